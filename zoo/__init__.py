@@ -1,0 +1,40 @@
+"""zoo: RoFormerV2, GAU-α and DeepNet encoders for Chinese, with a local model registry.
+
+    import zoo
+    model = zoo.create("roformer-v2-tiny")                 # freshly initialised
+    model = zoo.from_pretrained("roformer-v2-tiny-zh")     # registry name, name@version, folder, Hub id
+    zoo.publish(model, tokenizer, name="my-model", version="1.0")
+"""
+
+from . import families  # registers the configs and models with the transformers Auto classes
+from .configuration import EncoderConfig
+from .families.deepnet import DeepNetConfig
+from .families.gau_alpha import GAUAlphaConfig
+from .families.roformer_v2 import RoFormerV2Config
+from .presets import create, preset_config, presets
+from .pretrained import from_pretrained, list_models, load_tokenizer, publish
+from .registry import IntegrityError, ModelNotFoundError, RegistryError
+from .tokenizer import decode_text, default_tokenizer, tokenizer_from_vocab, train_tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeepNetConfig",
+    "EncoderConfig",
+    "GAUAlphaConfig",
+    "IntegrityError",
+    "ModelNotFoundError",
+    "RegistryError",
+    "RoFormerV2Config",
+    "create",
+    "decode_text",
+    "default_tokenizer",
+    "from_pretrained",
+    "list_models",
+    "load_tokenizer",
+    "preset_config",
+    "presets",
+    "publish",
+    "tokenizer_from_vocab",
+    "train_tokenizer",
+]

@@ -1,0 +1,132 @@
+"""`python -m zoo` (or `zoo`): the registry and model tools from the shell.
+
+    python -m zoo list
+    python -m zoo show NAME[@VERSION]
+    python -m zoo verify NAME[@VERSION]
+    python -m zoo publish DIR --name NAME --version VERSION [--metric KEY=VALUE ...]
+    python -m zoo presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+COMMANDS: dict = {}
+
+
+def command(name: str, help: str):
+    def register(fn):
+        COMMANDS[name] = (fn, help)
+        return fn
+
+    return register
+
+
+@command("list", "list the registry's models and versions")
+def cmd_list(args) -> int:
+    from .pretrained import list_models
+
+    rows = list_models(args.registry)
+    if not rows:
+        print("(the registry is empty)")
+        return 0
+    print(f"{'model':36} {'family':12} {'parameters':>12}  created               metrics")
+    for row in rows:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in row["metrics"].items())
+        print(f"{row['name'] + '@' + row['version']:36} {row['family'] or '?':12} {row['num_parameters'] or 0:>12,}  {row['created']}  {metrics}")
+    return 0
+
+
+@command("show", "show one model's manifest and config")
+def cmd_show(args) -> int:
+    from .registry import Registry, parse_ref
+
+    name, version = parse_ref(args.ref)
+    entry = Registry(args.registry).resolve(name, version, verify=False)
+    print(json.dumps({"ref": entry.ref, "path": str(entry.path), **entry.manifest}, indent=2, ensure_ascii=False))
+    config = entry.path / "config.json"
+    if config.is_file():
+        print(config.read_text())
+    return 0
+
+
+@command("verify", "check a published version's files against its manifest")
+def cmd_verify(args) -> int:
+    from .registry import Registry, parse_ref
+
+    name, version = parse_ref(args.ref)
+    entry = Registry(args.registry).resolve(name, version, verify=True)
+    print(f"{entry.ref}: {len(entry.manifest['files'])} files verified ({entry.path})")
+    return 0
+
+
+@command("publish", "publish a saved model folder (save_pretrained output) as NAME@VERSION")
+def cmd_publish(args) -> int:
+    from .pretrained import from_pretrained, load_tokenizer, publish
+
+    folder = Path(args.folder)
+    model = from_pretrained(folder, task=args.task)
+    tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file() else None
+    metrics = {}
+    for item in args.metric or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--metric expects KEY=VALUE, got {item!r}")
+        metrics[key] = float(value)
+    ref = publish(model, tokenizer, name=args.name, version=args.version, metrics=metrics,
+                  card=Path(args.card).read_text() if args.card else None, registry=args.registry)
+    print(f"published {ref}")
+    return 0
+
+
+@command("presets", "list the model presets")
+def cmd_presets(args) -> int:
+    from .presets import preset_config, presets
+
+    for name, fields in presets().items():
+        config = preset_config(name)
+        print(f"{name:22} {fields['family']:12} L={config.num_hidden_layers:<5} H={config.hidden_size:<5} "
+              f"params={config.num_parameters():,}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="RoFormerV2 / GAU-α / DeepNet model zoo")
+    parser.add_argument("--registry", default=None, help="registry root (default: $ZOO_REGISTRY or checkpoints/registry)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (fn, help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(fn=fn)
+        if name in ("show", "verify"):
+            p.add_argument("ref", help="NAME or NAME@VERSION")
+        if name == "publish":
+            p.add_argument("folder")
+            p.add_argument("--name", required=True)
+            p.add_argument("--version", required=True)
+            p.add_argument("--task", default="masked-lm")
+            p.add_argument("--metric", action="append", help="KEY=VALUE, repeatable")
+            p.add_argument("--card", help="a markdown file appended to the model card")
+    for extra in EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+EXTRA_COMMANDS: list = []  # later subcommands (expand, convert) register their parser here
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .registry import RegistryError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (RegistryError, FileNotFoundError, ValueError) as error:
+        print(f"zoo {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

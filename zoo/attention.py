@@ -1,0 +1,177 @@
+"""Attention kernels shared by multi-head attention and GAU.
+
+Every kernel computes, per query row i over the keys j it may see,
+
+    a_ij = s_i · (q_i · k_j)              s_i = 1/√d, times log(n_i)/log(base) for softmax_plus
+    softmax:  P = softmax(a) (masked keys get 0)           out = Dropout(P) · v
+    relu2:    P = relu(a)² / n_i                            out = Dropout(P) · v
+
+where n_i is the number of keys row i may see (valid, inside the window). softmax_plus is a
+per-row rescaling of the logits (architectures.md §2.2), so it runs through the same kernels as
+softmax by scaling q.
+
+Backends: "matmul" is the explicit two-matmul kernel (bf16 matmuls, softmax with fp32
+accumulation, the fast CPU dropout); "sdpa" is torch's scaled_dot_product_attention. On this
+CPU the matmul kernel is the faster one (BENCHMARKS.md); on CUDA sdpa is. "auto" picks by device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .dropout import dropout as fast_dropout
+from .rope import apply_rope
+
+
+@dataclass
+class AttentionMask:
+    """Which keys each query may see; built once per forward and shared by all layers.
+
+    key_valid: [B, S] bool, False for padded keys (None = no padding).
+    window:    if set, query i sees key j only when |i − j| ≤ window (sliding window).
+    sink:      with a window, the first `sink` keys stay visible to every query (Λ-mask).
+    """
+
+    key_valid: torch.Tensor | None = None
+    window: int | None = None
+    sink: int = 0
+
+    @property
+    def is_trivial(self) -> bool:
+        return self.key_valid is None and self.window is None
+
+    def dense(self, q_len: int, k_len: int, device: torch.device) -> torch.Tensor | None:
+        """Boolean mask broadcastable to [B, heads, q_len, k_len] (True = attend), or None."""
+        mask = None
+        if self.window is not None:
+            i = torch.arange(q_len, device=device)[:, None]
+            j = torch.arange(k_len, device=device)[None, :]
+            mask = (i - j).abs() <= self.window
+            if self.sink:
+                mask = mask | (j < self.sink)
+            mask = mask[None, None]
+        if self.key_valid is not None:
+            keys = self.key_valid[:, None, None, :]
+            mask = keys if mask is None else mask & keys
+        return mask
+
+    def visible_keys(self, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+        """n_i: the number of keys each query row may see, float64 shaped [B or 1, 1, q_len, 1]."""
+        if self.window is None:
+            if self.key_valid is None:
+                return torch.full((1, 1, 1, 1), float(k_len), device=device, dtype=torch.float64)
+            return self.key_valid.sum(-1, dtype=torch.float64)[:, None, None, None]
+        return self.dense(q_len, k_len, device).sum(-1, keepdim=True, dtype=torch.float64)
+
+
+def log_length_scale(visible: torch.Tensor, base: int, min_len: int) -> torch.Tensor:
+    """log(max(n, min_len)) / log(base): softmax_plus's per-row logit factor (§2.2)."""
+    return torch.log(visible.clamp_min(min_len)) / math.log(base)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "sdpa" if device.type == "cuda" else "matmul"
+    return backend
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: AttentionMask | None,
+    *,
+    normalization: str = "softmax",
+    row_scale: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    backend: str = "auto",
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of q [B, A, Sq, d] over k [B, A, Sk, d], v [B, A, Sk, dv] → [B, A, Sq, dv].
+
+    `row_scale` [B or 1, 1, Sq, 1] multiplies the 1/√d logit scale per query row (softmax_plus,
+    log-n scaling). Returns the output and, with `need_weights`, the probabilities (before dropout).
+    """
+    q_len, k_len, device = q.shape[-2], k.shape[-2], q.device
+    scale = q.shape[-1] ** -0.5
+    if row_scale is not None:
+        q = q * (row_scale * scale).to(q.dtype)
+        scale = 1.0
+    mask = None if mask is None or mask.is_trivial else mask
+    dense_mask = None if mask is None else mask.dense(q_len, k_len, device)
+    p = dropout_p if training else 0.0
+
+    if normalization == "relu2":
+        visible = (
+            torch.full((1, 1, 1, 1), float(k_len), device=device, dtype=torch.float64)
+            if mask is None
+            else mask.visible_keys(q_len, k_len, device)
+        )
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        probs = torch.relu(scores).square() / visible.to(scores.dtype)
+        if dense_mask is not None:
+            probs = probs.masked_fill(~dense_mask, 0.0)
+        out = torch.matmul(fast_dropout(probs, p, training), v)
+        return out, (probs if need_weights else None)
+
+    if resolve_backend(backend, device) == "sdpa" and not need_weights:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask, dropout_p=p, scale=scale)
+        return out, None
+
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if scale != 1.0:
+        scores = scores * scale
+    if dense_mask is not None:
+        scores = scores.masked_fill(~dense_mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(fast_dropout(probs, p, training), v)
+    return out, (probs if need_weights else None)
+
+
+@dataclass
+class AttentionContext:
+    """Everything attention needs that is the same in every layer of one forward pass.
+
+    Built by the encoder from the inputs; position variants (extrapolation) substitute their own
+    tables, masks or a subclass with another `attend`.
+    cos, sin:  RoPE tables [B or 1, 1, S, d/2] in the compute dtype (None = no rotary).
+    row_scale: per-row logit factor [B or 1, 1, S, 1] (softmax_plus / log-n), or None.
+    """
+
+    mask: AttentionMask | None = None
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+    row_scale: torch.Tensor | None = None
+    backend: str = "auto"
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        normalization: str,
+        dropout_p: float,
+        training: bool,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotate q and k (RoPE), then attend."""
+        if self.cos is not None:
+            q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)
+        return attention(
+            q,
+            k,
+            v,
+            self.mask,
+            normalization=normalization,
+            row_scale=self.row_scale,
+            dropout_p=dropout_p,
+            training=training,
+            backend=self.backend,
+            need_weights=need_weights,
+        )

@@ -1,0 +1,128 @@
+"""The blocks an encoder stacks: multi-head attention, FFN, GAU, and the residual schemes around them.
+
+Residual schemes (chosen by `config.residual`):
+    post:      x ← Norm(x + Dropout(F(x)))                       RoFormerV2, GAU-α (§1.1, §2.1)
+    deepnorm:  x ← Norm(α·x + Dropout(F(x)))                     DeepNet (§3.1)
+    pre:       x ← x + Dropout(F(Norm(x))), final norm after the last block
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .attention import AttentionContext
+from .dropout import Dropout
+from .norms import ScaleOffset, make_norm
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """q, k, v = xW_q, xW_k, xW_v; RoPE on q, k; softmax(q·kᵀ/√d) v per head; then W_o (§1.1)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        inner = self.num_heads * self.head_size
+        bias = config.use_bias
+        self.q_proj = nn.Linear(config.hidden_size, inner, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, inner, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, config.hidden_size, bias=bias)
+        self.normalization = config.attention_normalization
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
+        batch, seq, _ = x.shape
+        shape = (batch, seq, self.num_heads, self.head_size)
+        q = self.q_proj(x).view(shape).transpose(1, 2)
+        k = self.k_proj(x).view(shape).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        out, probs = ctx.attend(
+            q, k, v, normalization=self.normalization, dropout_p=self.dropout_p,
+            training=self.training, need_weights=need_weights,
+        )
+        out = out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_size)
+        return self.out_proj(out), probs
+
+
+class FeedForward(nn.Module):
+    """W_2 · act(W_1 · x): two matrices, no GLU, no inner dropout (§1.1)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext | None = None, need_weights: bool = False):
+        return self.fc2(self.act(self.fc1(x))), None
+
+
+class GatedAttentionUnit(nn.Module):
+    """GAU-α (§2.1), single head:
+
+        [u | v | z] = swish(x · W_i)            widths e, e, s (split order u, v, z)
+        q = z ⊙ γ_q,  k = z ⊙ γ_k               then RoPE on q and k
+        A = softmax_plus(q·kᵀ/√s)
+        out = (u ⊙ A·v) · W_o
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.expansion_size = config.intermediate_size
+        self.key_size = config.attention_key_size
+        self.i_dense = nn.Linear(config.hidden_size, 2 * self.expansion_size + self.key_size, bias=config.use_bias)
+        self.o_dense = nn.Linear(self.expansion_size, config.hidden_size, bias=config.use_bias)
+        self.q_scaleoffset = ScaleOffset(self.key_size, offset=config.use_bias)
+        self.k_scaleoffset = ScaleOffset(self.key_size, offset=config.use_bias)
+        self.normalization = config.attention_normalization
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
+        u, v, z = F.silu(self.i_dense(x)).split([self.expansion_size, self.expansion_size, self.key_size], dim=-1)
+        q, k = self.q_scaleoffset(z), self.k_scaleoffset(z)
+        out, probs = ctx.attend(
+            q[:, None], k[:, None], v[:, None], normalization=self.normalization, dropout_p=self.dropout_p,
+            training=self.training, need_weights=need_weights,
+        )
+        return self.o_dense(u * out[:, 0]), probs
+
+
+class EncoderLayer(GradientCheckpointingLayer):
+    """One block: attention then FFN ("transformer"), or one GAU ("gau"), each in its residual scheme."""
+
+    def __init__(self, config, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.residual = config.residual
+        self.alpha = config.alpha
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        if config.block_type == "gau":
+            self.gau = GatedAttentionUnit(config)
+            self.gau_norm = make_norm(config)
+            self.sublayers = (("gau", "gau_norm"),)
+        else:
+            self.self_attn = MultiHeadSelfAttention(config)
+            self.self_attn_norm = make_norm(config)
+            self.ffn = FeedForward(config)
+            self.ffn_norm = make_norm(config)
+            self.sublayers = (("self_attn", "self_attn_norm"), ("ffn", "ffn_norm"))
+
+    def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext, output_attentions: bool = False):
+        attentions = None
+        for branch_name, norm_name in self.sublayers:
+            branch, norm = getattr(self, branch_name), getattr(self, norm_name)
+            if self.residual == "pre":
+                out, probs = branch(norm(hidden_states), ctx, need_weights=output_attentions)
+                hidden_states = hidden_states + self.dropout(out)
+            else:
+                out, probs = branch(hidden_states, ctx, need_weights=output_attentions)
+                residual = hidden_states if self.alpha == 1.0 else hidden_states * self.alpha
+                hidden_states = norm(residual + self.dropout(out))
+            if probs is not None:
+                attentions = probs
+        return hidden_states, attentions

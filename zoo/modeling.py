@@ -1,0 +1,514 @@
+"""The encoder core and its task heads, shared by every family.
+
+Embeddings → N × EncoderLayer → (final norm for pre-norm) → head. A family subclasses these
+classes only to bind its config class (see zoo/families/).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.utils import ModelOutput
+
+from .attention import AttentionContext, AttentionMask, log_length_scale
+from .configuration import EncoderConfig
+from .dropout import Dropout
+from .heads import EfficientGlobalPointer, GlobalPointer, MaskedLMHead, global_pointer_loss
+from .layers import EncoderLayer, FeedForward, GatedAttentionUnit, MultiHeadSelfAttention
+from .norms import LayerNorm, ScaleOffset, make_norm
+from .rope import RotaryEmbedding
+
+BERT4KERAS_TRUNCATION_GAIN = 1.13684723  # 1/0.87963: std lost to truncation at ±2σ (§1.4)
+
+
+class Embeddings(nn.Module):
+    """e = E_tok[ids] + E_seg[seg] (+ E_pos[pos] if learned); then Dropout → Norm (bert4keras order)
+    or Norm → Dropout (torchscale order). No absolute positions with RoPE (§1.1)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_embedding_type == "learned"
+            else None
+        )
+        self.norm = make_norm(config) if config.embedding_norm else None
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.dropout_first = config.dropout_before_embedding_norm
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if token_type_ids is None:
+            # every Zhuiyi script passes all-zero segment ids (§1.3): add row 0 without a gather
+            embeddings = inputs_embeds + self.token_type_embeddings.weight[0]
+        else:
+            embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        if self.position_embeddings is not None:
+            if position_ids is None:
+                position_ids = torch.arange(embeddings.shape[1], device=embeddings.device)[None]
+            if position_ids.is_floating_point() or int(position_ids.max()) >= self.position_embeddings.num_embeddings:
+                raise ValueError(
+                    "learned position embeddings take integer position_ids below "
+                    f"max_position_embeddings={self.position_embeddings.num_embeddings}"
+                )
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        if self.norm is None:
+            return self.dropout(embeddings)
+        if self.dropout_first:
+            return self.norm(self.dropout(embeddings))
+        return self.dropout(self.norm(embeddings))
+
+
+def _linear_role(linear: nn.Linear, role: str) -> nn.Linear:
+    """Tag a dense layer with its initialisation role: "qk", "value" (gets DeepNorm's β) or "head"."""
+    linear._zoo_role = role
+    return linear
+
+
+class ZooPreTrainedModel(PreTrainedModel):
+    """Base of every zoo model: initialisation, gradient checkpointing, attention backend."""
+
+    config_class = EncoderConfig
+    base_model_prefix = "encoder"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EncoderLayer"]
+    _supports_sdpa = False  # the attention backend is our own config field (`attention_backend`)
+
+    def __init__(self, config: EncoderConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+
+    # -- initialisation (runs inside post_init, and on missing keys at load; §1.4, §2.5, §3.2)
+    def _dense_init(self, linear: nn.Linear, role: str) -> None:
+        config = self.config
+        weight, bias = linear.weight, linear.bias
+        scheme = config.initializer
+        if scheme == "bert4keras":
+            self._bert4keras_init(weight, fan=_keras_fan(weight.shape[1], weight.shape[0]))
+            if bias is not None:
+                init.zeros_(bias)
+        elif scheme == "deepnorm_paper":
+            gain = config.beta if role == "value" else 1.0
+            init.xavier_normal_(weight, gain=gain)
+            if bias is not None:
+                init.zeros_(bias)
+        elif scheme == "deepnorm_torchscale":
+            # PyTorch's default Linear init U(±1/√fan_in) for weight and bias, times β on v/out/fc1/fc2
+            bound = (config.beta if role == "value" else 1.0) / math.sqrt(weight.shape[1])
+            init.uniform_(weight, -bound, bound)
+            if bias is not None:
+                init.uniform_(bias, -bound, bound)
+        else:
+            init.normal_(weight, mean=0.0, std=config.initializer_range)
+            if bias is not None:
+                init.zeros_(bias)
+
+    def _bert4keras_init(self, weight: torch.Tensor, fan: int) -> None:
+        config = self.config
+        std = BERT4KERAS_TRUNCATION_GAIN / math.sqrt(fan) * config.num_hidden_layers ** (-1.0 / config.initializer_order)
+        init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+    def _embedding_init(self, weight: torch.Tensor) -> None:
+        if self.config.initializer == "bert4keras":
+            self._bert4keras_init(weight, fan=_keras_fan(weight.shape[0], weight.shape[1]))
+        elif self.config.initializer.startswith("deepnorm"):
+            init.normal_(weight, mean=0.0, std=weight.shape[1] ** -0.5)  # fairseq/torchscale embeddings
+        else:
+            init.normal_(weight, mean=0.0, std=self.config.initializer_range)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            self._dense_init(module, getattr(module, "_zoo_role", "head"))
+        elif isinstance(module, nn.Embedding):
+            self._embedding_init(module.weight)
+        elif isinstance(module, (LayerNorm, nn.LayerNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, ScaleOffset):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.base_model.embeddings.word_embeddings = value
+
+
+def _keras_fan(rows: int, cols: int) -> int:
+    """bert4keras's fan: shape[0] of the Keras kernel [in, out] / embedding [V, E], unless that is
+    > 10000 or < 10, then shape[1] (so a vocabulary ≤ 10000 uses fan = V, §1.4)."""
+    return cols if rows > 10000 or rows < 10 else rows
+
+
+def _tag_roles(layer: EncoderLayer) -> None:
+    for module in layer.modules():
+        if isinstance(module, MultiHeadSelfAttention):
+            _linear_role(module.q_proj, "qk")
+            _linear_role(module.k_proj, "qk")
+            _linear_role(module.v_proj, "value")
+            _linear_role(module.out_proj, "value")
+        elif isinstance(module, FeedForward):
+            _linear_role(module.fc1, "value")
+            _linear_role(module.fc2, "value")
+        elif isinstance(module, GatedAttentionUnit):
+            _linear_role(module.i_dense, "value")
+            _linear_role(module.o_dense, "value")
+
+
+class EncoderModel(ZooPreTrainedModel):
+    """The bare encoder: returns the last hidden states (no pooler, §1.1)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
+        for layer in self.layers:
+            _tag_roles(layer)
+        self.final_norm = make_norm(config) if config.residual == "pre" else None
+        rope_dim = config.attention_key_size if config.block_type == "gau" else config.head_size
+        self.rotary = RotaryEmbedding(rope_dim, config.rope_theta) if config.position_embedding_type == "rope" else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def attention_context(
+        self,
+        batch: int,
+        seq_len: int,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> AttentionContext:
+        """Masks, RoPE tables and softmax_plus row scales for one forward pass."""
+        config = self.config
+        key_valid = None
+        if attention_mask is not None:
+            if attention_mask.shape != (batch, seq_len):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, seq_len)}"
+                )
+            if not bool(attention_mask.all()):
+                key_valid = attention_mask.bool()
+        mask = AttentionMask(key_valid=key_valid)
+        cos = sin = None
+        if self.rotary is not None:
+            rope_positions = position_ids if self.config.position_embedding_type == "rope" else None
+            if rope_positions is not None and rope_positions.dim() == 1:
+                rope_positions = rope_positions[None]
+            cos, sin = self.rotary(seq_len, dtype, device, position_ids=rope_positions)
+        row_scale = None
+        if config.attention_normalization == "softmax_plus":
+            visible = mask.visible_keys(seq_len, seq_len, device)
+            row_scale = log_length_scale(visible, config.softmax_plus_base, config.softmax_plus_min_len)
+        return AttentionContext(mask=mask, cos=cos, sin=sin, row_scale=row_scale, backend=config.attention_backend)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        attention_context: AttentionContext | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        """Inputs as in transformers; `position_ids` may be any real numbers (RoPE, no cap);
+        `attention_context` replaces the default masks/tables (used by position variants)."""
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        batch, seq_len = hidden.shape[:2]
+        if attention_context is None:
+            attention_context = self.attention_context(
+                batch, seq_len, attention_mask, position_ids, hidden.dtype, hidden.device
+            )
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden, probs = layer(hidden, attention_context, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_attentions += (probs,)
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+            if output_hidden_states:
+                all_hidden = all_hidden[:-1] + (hidden,)
+        output = BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attentions)
+        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------- heads
+
+
+class _EncoderHeadModel(ZooPreTrainedModel):
+    """A task model: `self.encoder` plus a head; shares the input plumbing."""
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                output_attentions, output_hidden_states, **kwargs) -> BaseModelOutput:
+        return self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+
+    def _classifier_dropout(self) -> float:
+        p = self.config.classifier_dropout
+        return self.config.hidden_dropout_prob if p is None else p
+
+    @staticmethod
+    def _finish(output: ModelOutput, return_dict: bool | None, config) -> ModelOutput | tuple:
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+class EncoderForMaskedLM(_EncoderHeadModel):
+    """Masked LM: logits = Dropout(h) · E_tokᵀ (tied, no bias; §1.1).
+
+    `masked_positions_only=True` with `labels` computes logits only where labels ≠ −100
+    (logits then have shape [n_masked, V]): the training fast path (ecosystem.md §6.1).
+    """
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "encoder.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.encoder = EncoderModel(config)
+        self.lm_head = MaskedLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head.decoder = value
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, masked_positions_only: bool = False, **kwargs):
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, **kwargs)
+        hidden = outputs.last_hidden_state
+        loss = None
+        if labels is not None and masked_positions_only:
+            selected = labels != -100
+            logits = self.lm_head(hidden[selected])
+            loss = F.cross_entropy(logits.float(), labels[selected])
+        else:
+            logits = self.lm_head(hidden)
+            if labels is not None:
+                loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                attentions=outputs.attentions)
+        return self._finish(output, return_dict, self.config)
+
+
+class EncoderForSequenceClassification(_EncoderHeadModel):
+    """First-token classification: Dense(Dropout(h[:, 0])) (the CLUE recipe, §1.6)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.encoder = EncoderModel(config)
+        self.dropout = Dropout(self._classifier_dropout())
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, **kwargs)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state[:, 0]))
+        loss = None
+        if labels is not None:
+            loss = classification_loss(self.config, logits, labels)
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                          attentions=outputs.attentions)
+        return self._finish(output, return_dict, self.config)
+
+
+def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss by `config.problem_type`, inferred as transformers does when unset."""
+    problem = config.problem_type
+    if problem is None:
+        if config.num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    if problem == "regression":
+        return F.mse_loss(logits.float().squeeze(-1), labels.float().view(-1))
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.float().view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class EncoderForTokenClassification(_EncoderHeadModel):
+    """Per-token classification: Dense(Dropout(h)); labels −100 are ignored."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.encoder = EncoderModel(config)
+        self.dropout = Dropout(self._classifier_dropout())
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, **kwargs)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return self._finish(output, return_dict, self.config)
+
+
+class EncoderForQuestionAnswering(_EncoderHeadModel):
+    """Span extraction: start and end logits from one Dense(h) → 2."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.encoder = EncoderModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, **kwargs)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        if attention_mask is not None:
+            start_logits = start_logits.masked_fill(attention_mask == 0, torch.finfo(start_logits.dtype).min)
+            end_logits = end_logits.masked_fill(attention_mask == 0, torch.finfo(end_logits.dtype).min)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]
+            start = start_positions.view(-1).clamp(0, ignored)
+            end = end_positions.view(-1).clamp(0, ignored)
+            loss = (
+                F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
+                + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)
+            ) / 2
+        output = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return self._finish(output, return_dict, self.config)
+
+
+class EncoderForMultipleChoice(_EncoderHeadModel):
+    """Multiple choice: inputs [B, C, S]; each choice scored by Dense(Dropout(h[:, 0])) → 1.
+
+    An `attention_mask` row of zeros marks a padded choice (C³ has 2–4 choices): it gets −∞.
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.encoder = EncoderModel(config)
+        self.dropout = Dropout(self._classifier_dropout())
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        reference = input_ids if input_ids is not None else inputs_embeds
+        batch, choices = reference.shape[:2]
+
+        def flat(t):
+            return None if t is None else t.reshape(batch * choices, *t.shape[2:])
+
+        mask = flat(attention_mask)
+        padded_choice = None
+        if mask is not None:
+            padded_choice = mask.sum(-1) == 0
+            mask = mask.clone()
+            mask[padded_choice, 0] = 1  # keep the row computable; its score is masked below
+        outputs = self._encode(flat(input_ids), mask, flat(token_type_ids), flat(position_ids),
+                               flat(inputs_embeds), output_attentions, output_hidden_states, **kwargs)
+        scores = self.classifier(self.dropout(outputs.last_hidden_state[:, 0])).view(batch * choices)
+        if padded_choice is not None:
+            scores = scores.masked_fill(padded_choice, torch.finfo(scores.dtype).min)
+        logits = scores.view(batch, choices)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                           attentions=outputs.attentions)
+        return self._finish(output, return_dict, self.config)
+
+
+@dataclass
+class GlobalPointerOutput(ModelOutput):
+    """logits [B, num_labels, S, S]: score of the span (start i, end j) for each entity type."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class EncoderForGlobalPointer(_EncoderHeadModel):
+    """Entity-span extraction with (Efficient) GlobalPointer; one head per label (`num_labels`).
+
+    `labels` [B, num_labels, S, S] are 0/1 span indicators; the loss is Su's multi-label CE.
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.encoder = EncoderModel(config)
+        head = EfficientGlobalPointer if config.global_pointer_efficient else GlobalPointer
+        self.global_pointer = head(config.hidden_size, config.num_labels, config.global_pointer_head_size)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, **kwargs)
+        logits = self.global_pointer(outputs.last_hidden_state, attention_mask)
+        loss = global_pointer_loss(labels, logits) if labels is not None else None
+        output = GlobalPointerOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                     attentions=outputs.attentions)
+        return self._finish(output, return_dict, self.config)

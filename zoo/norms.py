@@ -1,0 +1,59 @@
+"""Norms: the parameter-free RMS norm of RoFormerV2/GAU-α, LayerNorm for DeepNet, GAU's ScaleOffset."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Norm(x) = x / √(mean(x², last dim) + ε), no γ and no β (architectures.md §1.1).
+
+    bert4keras `LayerNormalization(zero_mean=False, scale=False, offset=False)`. Statistics are
+    taken in float32 when the input is half precision.
+    """
+
+    def __init__(self, eps: float = 1e-7):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x32 = x.float()
+            return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, parameter-free"
+
+
+class LayerNorm(nn.LayerNorm):
+    """Standard LayerNorm with γ and β (DeepNet, §3.1); statistics in float32 for half inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            weight = None if self.weight is None else self.weight.float()
+            bias = None if self.bias is None else self.bias.float()
+            return nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        return super().forward(x)
+
+
+class ScaleOffset(nn.Module):
+    """Per-dimension scale γ (initialised to ones) and optional offset β: x ⊙ γ + β (GAU q/k, §2.1)."""
+
+    def __init__(self, dim: int, offset: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if offset else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.weight.to(x.dtype)
+        if self.bias is not None:
+            x = x + self.bias.to(x.dtype)
+        return x
+
+
+def make_norm(config) -> nn.Module:
+    if config.norm_type == "rms":
+        return RMSNorm(config.layer_norm_eps)
+    return LayerNorm(config.hidden_size, eps=config.layer_norm_eps)

@@ -1,0 +1,267 @@
+"""Loading and publishing models by name: `from_pretrained`, `publish`, `list_models`.
+
+A reference is resolved in this order:
+    1. a local folder (verified against its `zoo_manifest.json` when it has one);
+    2. `name` or `name@version` in the local registry (verified);
+    3. a Hub repo id `org/name` (through huggingface_hub: honours HF_HUB_OFFLINE and its cache).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from . import families
+from .registry import MANIFEST, IntegrityError, ModelNotFoundError, Registry, parse_ref, verify_folder
+from .tokenizer import default_tokenizer, save_vocab
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a reference points: the folder to load and what it is."""
+
+    path: Path
+    source: str  # "folder", "registry" or "hub"
+    ref: str
+
+
+def resolve(ref: str | os.PathLike, registry: str | os.PathLike | None = None, revision: str | None = None) -> Resolved:
+    """Find the folder behind `ref`, verifying checksums; raises ModelNotFoundError with suggestions."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            verify_folder(path, json.loads((path / MANIFEST).read_text()), label=str(path))
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a model folder: config.json is missing")
+        return Resolved(path, "folder", str(ref))
+    ref = str(ref)
+    name, version = parse_ref(ref)
+    store = Registry(registry)
+    if "/" not in name:
+        if store.versions(name):
+            entry = store.resolve(name, version or revision)
+            return Resolved(entry.path, "registry", entry.ref)
+        raise ModelNotFoundError(_not_found_message(ref, store))
+    return _resolve_hub(name, version or revision, ref)
+
+
+def _resolve_hub(repo_id: str, revision: str | None, ref: str) -> Resolved:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError) as error:
+        raise ModelNotFoundError(
+            f"{ref!r} is not a local folder, not in the registry, and could not be fetched from the Hub "
+            f"(offline={os.environ.get('HF_HUB_OFFLINE', '0')}): {error}"
+        ) from error
+    if (folder / MANIFEST).is_file():
+        verify_folder(folder, json.loads((folder / MANIFEST).read_text()), label=ref)
+    return Resolved(folder, "hub", ref)
+
+
+def _not_found_message(ref: str, store: Registry) -> str:
+    from .presets import PRESETS
+
+    known = store.names()
+    message = f"no model {ref!r}: not a folder, and not in the registry at {store.root}"
+    if ref in PRESETS:
+        return message + f"; {ref!r} is a preset (a size, not trained weights): build it with zoo.create({ref!r})"
+    close = difflib.get_close_matches(ref, known, n=5, cutoff=0.5)
+    if close:
+        return message + f"; did you mean: {', '.join(close)}?"
+    if known:
+        return message + f"; published models: {', '.join(known)}"
+    return message + " (the registry is empty)"
+
+
+def from_pretrained(
+    ref: str | os.PathLike,
+    task: str = "masked-lm",
+    registry: str | os.PathLike | None = None,
+    revision: str | None = None,
+    **kwargs,
+):
+    """Load a zoo model for `task` from a registry name, `name@version`, folder or Hub repo id.
+
+    Extra keyword arguments go to the config / `from_pretrained` (e.g. `num_labels=3`,
+    `dtype=torch.bfloat16`, `attention_backend="sdpa"`, `hidden_dropout_prob=0.0`).
+    """
+    resolved = resolve(ref, registry, revision)
+    config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k not in _LOAD_KWARGS}
+    config = AutoConfig.from_pretrained(resolved.path, **config_kwargs)
+    cls = families.model_class(config, task)
+    check_weights_match_config(resolved.path, cls, config)
+    model = cls.from_pretrained(resolved.path, config=config, **kwargs)
+    model.zoo_ref = resolved.ref
+    return model
+
+
+def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of the safetensors weights in `folder` (headers only)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+    shapes = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except Exception as error:  # safetensors raises its own error types for corrupt headers
+            raise IntegrityError(f"{file} is not a readable safetensors file: {error}") from error
+    return shapes
+
+
+def check_weights_match_config(folder: Path, cls, config) -> None:
+    """Refuse weights whose encoder tensors disagree with config.json (shapes, missing, extra layers).
+
+    transformers would re-initialise such tensors (or ignore extra ones); for a published model
+    that is always a mistake, so the error names the file and the first offending tensors.
+    """
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+    found = checkpoint_shapes(folder)
+    prefix = cls.base_model_prefix + "."
+    if not any(k.startswith(prefix) for k in found):  # saved from a bare encoder
+        found = {prefix + k: v for k, v in found.items()}
+    if not any(k.startswith(prefix) for k in expected):  # loading into a bare encoder
+        expected = {prefix + k: v for k, v in expected.items()}
+    encoder_expected = {k: v for k, v in expected.items() if k.startswith(prefix)}
+    encoder_found = {k: v for k, v in found.items() if k.startswith(prefix)}
+    problems = []
+    for key, shape in encoder_expected.items():
+        if key not in encoder_found:
+            problems.append(f"{key} is missing from the weights")
+        elif encoder_found[key] != shape:
+            problems.append(f"{key} is {list(encoder_found[key])} in the weights but {list(shape)} by config.json")
+    problems += [f"{key} is in the weights but not in the model config.json describes" for key in encoder_found if key not in encoder_expected]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(f"config/weights mismatch in {folder}: {shown}")
+
+
+_LOAD_KWARGS = {"dtype", "device_map", "output_loading_info", "ignore_mismatched_sizes", "low_cpu_mem_usage", "state_dict"}
+
+
+def load_tokenizer(ref: str | os.PathLike, registry: str | os.PathLike | None = None, revision: str | None = None):
+    """The tokenizer published with a model (same resolution and verification as `from_pretrained`)."""
+    resolved = resolve(ref, registry, revision)
+    if not (resolved.path / "tokenizer.json").is_file() and not (resolved.path / "vocab.txt").is_file():
+        raise FileNotFoundError(f"{resolved.ref} has no tokenizer (tokenizer.json or vocab.txt) in {resolved.path}")
+    return AutoTokenizer.from_pretrained(resolved.path)
+
+
+def publish(
+    model,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    name: str,
+    version: str,
+    metrics: dict[str, float] | None = None,
+    card: str | None = None,
+    registry: str | os.PathLike | None = None,
+    max_shard_size: str = "2GB",
+) -> str:
+    """Publish `model` (and its tokenizer) as an immutable registry version; returns `name@version`.
+
+    Writes model.safetensors (sharded above `max_shard_size`), config.json, the tokenizer
+    (tokenizer.json, tokenizer_config.json, vocab.txt), a model card README.md with `metrics`, and
+    the manifest. With `tokenizer=None` the default tokenizer is included when its size matches.
+    """
+    store = Registry(registry)
+    if tokenizer is None:
+        candidate = default_tokenizer()
+        tokenizer = candidate if len(candidate) == model.config.vocab_size else None
+    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
+        )
+    store.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".stage-", dir=store.root) as staging:
+        staging = Path(staging)
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+            save_vocab(tokenizer, staging / "vocab.txt")
+        (staging / "README.md").write_text(model_card(model, name, version, metrics, card), encoding="utf-8")
+        entry = store.publish_folder(
+            staging,
+            name,
+            version,
+            extra_manifest={
+                "family": families.family_of(model.config),
+                "architecture": type(model).__name__,
+                "num_parameters": int(model.num_parameters()),
+                "metrics": dict(metrics or {}),
+                "zoo_version": _zoo_version(),
+            },
+        )
+    return entry.ref
+
+
+def _zoo_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def model_card(model, name: str, version: str, metrics: dict[str, float] | None, card: str | None) -> str:
+    """README.md with Hub front matter (model-index) and a metrics table."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    config = model.config
+    results = []
+    for key, value in (metrics or {}).items():
+        dataset, _, metric = key.rpartition("/")
+        results.append(
+            EvalResult(task_type="fill-mask", dataset_type=dataset or "embedded-corpus",
+                       dataset_name=dataset or "embedded-corpus", metric_type=metric, metric_value=float(value))
+        )
+    data = ModelCardData(
+        language="zh",
+        library_name="transformers",
+        pipeline_tag="fill-mask",
+        tags=["zoo", families.family_of(config), "chinese"],
+        model_name=name,
+        eval_results=results or None,
+    )
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in (metrics or {}).items()) or "| (none) | |"
+    body = (
+        f"# {name} {version}\n\n"
+        f"{families.family_of(config)} encoder: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"vocabulary {config.vocab_size}, {model.num_parameters():,} parameters.\n\n"
+        f"Load with `zoo.from_pretrained(\"{name}@{version}\")`.\n\n"
+        f"## Metrics\n\n| metric | value |\n| --- | --- |\n{rows}\n"
+    )
+    if card:
+        body += f"\n{card.strip()}\n"
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def list_models(registry: str | os.PathLike | None = None) -> list[dict]:
+    """Every published version: name, version, family, parameters, metrics, created, path."""
+    rows = []
+    for entry in Registry(registry).entries():
+        m = entry.manifest
+        rows.append({
+            "name": entry.name, "version": entry.version, "family": m.get("family"),
+            "num_parameters": m.get("num_parameters"), "metrics": m.get("metrics", {}),
+            "created": m.get("created"), "path": str(entry.path),
+        })
+    return rows
+
+
+__all__ = ["IntegrityError", "ModelNotFoundError", "from_pretrained", "list_models", "load_tokenizer", "publish", "resolve"]

@@ -1,0 +1,91 @@
+"""Rotary position embedding (RoPE), interleaved-pair layout of bert4keras (architectures.md §1.2).
+
+θ_i = b^(−2i/d), i = 0 … d/2−1, and for the pair (2i, 2i+1) at position n:
+
+    out[2i]   = x[2i]·cos(nθ_i) − x[2i+1]·sin(nθ_i)
+    out[2i+1] = x[2i+1]·cos(nθ_i) + x[2i]·sin(nθ_i)
+
+Angles are computed in float64 and only then cast to the compute dtype, so any position
+(integers, floats, offsets of 1e5) is exact to the dtype's rounding and there is no length cap.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rope_inv_freq(dim: int, base: float = 10000.0, device=None) -> torch.Tensor:
+    """θ_i = base^(−2i/dim) for i = 0 … dim/2 − 1, in float64."""
+    exponent = torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim
+    return base**-exponent
+
+
+def rope_cos_sin(
+    position_ids: torch.Tensor,
+    inv_freq: torch.Tensor,
+    dtype: torch.dtype,
+    mscale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(nθ_i)·mscale and sin(nθ_i)·mscale for positions [..., S] → two tensors [..., S, d/2].
+
+    The product n·θ_i and the trigonometric functions run in float64.
+    """
+    angles = position_ids.to(torch.float64)[..., None] * inv_freq.to(device=position_ids.device, dtype=torch.float64)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    if mscale != 1.0:
+        cos, sin = cos * mscale, sin * mscale
+    return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the interleaved pairs of x [..., S, d] by angles given as cos/sin [..., S, d/2]."""
+    x_even, x_odd = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack((x_even * cos - x_odd * sin, x_odd * cos + x_even * sin), dim=-1)
+    return rotated.flatten(-2)
+
+
+class RotaryEmbedding(nn.Module):
+    """Produces the (cos, sin) tables for a batch of position ids; tables for 0 … S−1 are cached.
+
+    Holds no parameters or persistent buffers: checkpoints carry nothing position-related.
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__()
+        self.dim = dim
+        self.base = base
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def inv_freq(self, device=None) -> torch.Tensor:
+        return rope_inv_freq(self.dim, self.base, device=device)
+
+    def forward(
+        self,
+        seq_len: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        position_ids: torch.Tensor | None = None,
+        inv_freq: torch.Tensor | None = None,
+        mscale: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables shaped [B or 1, 1, S, d/2] so they broadcast over heads.
+
+        `position_ids` [B, S] (int or float) default to 0 … S−1; `inv_freq` and `mscale` let
+        inference-time variants (NTK, YaRN, ...) change the frequencies without touching weights.
+        """
+        if position_ids is None and inv_freq is None and mscale == 1.0:
+            key = (seq_len, dtype, device)
+            if key not in self._cache:
+                if len(self._cache) > 16:
+                    self._cache.clear()
+                positions = torch.arange(seq_len, device=device)
+                cos, sin = rope_cos_sin(positions, self.inv_freq(device), dtype)
+                self._cache[key] = (cos[None, None], sin[None, None])
+            return self._cache[key]
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=device)[None]
+        if inv_freq is None:
+            inv_freq = self.inv_freq(device)
+        cos, sin = rope_cos_sin(position_ids, inv_freq, dtype, mscale)
+        return cos[:, None], sin[:, None]
