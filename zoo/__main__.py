@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -109,12 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--task", default="masked-lm")
             p.add_argument("--metric", action="append", help="KEY=VALUE, repeatable")
             p.add_argument("--card", help="a markdown file appended to the model card")
-    for extra in EXTRA_COMMANDS:
-        extra(sub)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not module_name.startswith(error.name):
+                raise
+            continue
+        module.register_cli(sub)  # adds its subparser(s) with set_defaults(fn=...)
     return parser
 
 
-EXTRA_COMMANDS: list = []  # later subcommands (expand, convert) register their parser here
+# modules that add their own subcommands through `register_cli(subparsers)`
+COMMAND_MODULES = ("zoo.growth", "zoo.convert.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
