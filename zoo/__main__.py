@@ -83,6 +83,28 @@ def cmd_publish(args) -> int:
     return 0
 
 
+@command("fill-mask", "print a masked-LM model's top predictions for each [MASK] in some sentences")
+def cmd_fill_mask(args) -> int:
+    from transformers import pipeline
+
+    from .pretrained import from_pretrained, load_tokenizer
+
+    model = from_pretrained(args.ref, registry=args.registry).eval()
+    tokenizer = load_tokenizer(args.ref, registry=args.registry)
+    fill = pipeline("fill-mask", model=model, tokenizer=tokenizer, device="cpu")
+    for text in args.texts:
+        if tokenizer.mask_token not in text:
+            raise ValueError(f"no {tokenizer.mask_token} in {text!r}")
+        results = fill(text, top_k=args.top_k)
+        if text.count(tokenizer.mask_token) == 1:
+            results = [results]
+        print(text)
+        for i, candidates in enumerate(results, 1):
+            shown = "  ".join(f"{c['token_str']} ({c['score']:.1%})" for c in candidates)
+            print(f"  [MASK] {i}: {shown}")
+    return 0
+
+
 @command("presets", "list the model presets")
 def cmd_presets(args) -> int:
     from .presets import preset_config, presets
@@ -103,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         if name in ("show", "verify"):
             p.add_argument("ref", help="NAME or NAME@VERSION")
+        if name == "fill-mask":
+            p.add_argument("ref", help="a registry name, NAME@VERSION, folder or Hub id")
+            p.add_argument("texts", nargs="+", help="sentences containing [MASK]")
+            p.add_argument("--top-k", type=int, default=5)
         if name == "publish":
             p.add_argument("folder")
             p.add_argument("--name", required=True)

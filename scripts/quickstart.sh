@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job: pretrain a tiny RoFormerV2 on the embedded corpus with DeepSpeed on 2 CPU ranks
+# (about 5 minutes), publish it to the local registry, then load it back by name and print its
+# predictions for masked characters.  Extra arguments are recipe overrides (key=value).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RANKS="${RANKS:-2}"
+deepspeed --num_gpus "$RANKS" --module pretrain --config pretrain/recipes/quickstart.yaml --restart "$@"
+python -m pretrain.summary checkpoints/runs/quickstart
+python -m zoo fill-mask quickstart-roformer-v2-tiny \
+    "今天天气很[MASK]，我们去公园散步吧。" \
+    "北[MASK]是中华人民共和国的首都。" \
+    "这本书的内容很精彩，我非常[MASK]欢。" \
+    "人民日报社论指出，要坚持改革开[MASK]。"
