@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .dropout import dropout as fast_dropout
+from .dropout import keep_mask
 from .rope import apply_rope
 
 
@@ -123,14 +124,85 @@ def attention(
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask, dropout_p=p, scale=scale)
         return out, None
 
-    scores = torch.matmul(q, k.transpose(-1, -2))
-    if scale != 1.0:
-        scores = scores * scale
+    if need_weights:  # the plain autograd path, which can hand out the probabilities
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        if scale != 1.0:
+            scores = scores * scale
+        if dense_mask is not None:
+            scores = scores.masked_fill(~dense_mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.matmul(fast_dropout(probs, p, training), v), probs
+
+    dtype = v.dtype
+    bias = None
     if dense_mask is not None:
-        scores = scores.masked_fill(~dense_mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(fast_dropout(probs, p, training), v)
-    return out, (probs if need_weights else None)
+        bias = torch.zeros(dense_mask.shape, dtype=dtype, device=device).masked_fill_(~dense_mask, torch.finfo(dtype).min)
+    return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
+
+
+class SoftmaxAttention(torch.autograd.Function):
+    """softmax(s·q·kᵀ + bias) with dropout, times v, as one autograd node (the CPU fast path).
+
+    Compared with composing matmul → softmax → dropout → matmul under autograd, it keeps only
+    q, k, v, the probabilities P and a boolean keep-mask for the backward pass (autograd would also
+    keep the dropped probabilities and a full-size dropout multiplier), runs in the dtype of v with
+    autocast off (so bf16 stays bf16), and draws the mask with the fast CPU generator:
+
+        forward:   P = softmax(S),  O = (P ⊙ M / (1 − p)) V
+        backward:  dV = (P ⊙ M / (1 − p))ᵀ dO,   dP = (dO Vᵀ) ⊙ M / (1 − p),
+                   dS = P ⊙ (dP − rowsum(dP ⊙ P)),   dQ = s·dS K,   dK = s·dSᵀ Q
+    `keep` may be given (tests); otherwise it is drawn when dropout_p > 0.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale, dropout_p, keep):
+        keep_scale = 1.0
+        with torch.autocast(q.device.type, enabled=False):
+            scores = torch.matmul(q, k.transpose(-1, -2))
+            if scale != 1.0:
+                scores.mul_(scale)
+            if bias is not None:
+                scores.add_(bias)
+            probs = torch.softmax(scores, dim=-1)
+            del scores
+            if dropout_p > 0.0:
+                if keep is None:
+                    keep, keep_scale = keep_mask(probs.shape, dropout_p, probs.device)
+                else:
+                    keep_scale = 1.0 / (1.0 - dropout_p)
+                dropped = probs * keep
+                dropped.mul_(keep_scale)
+                out = torch.matmul(dropped, v)
+                del dropped
+            else:
+                keep = None
+                out = torch.matmul(probs, v)
+        ctx.scale, ctx.keep_scale = scale, keep_scale
+        ctx.save_for_backward(q, k, v, probs, keep)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, probs, keep = ctx.saved_tensors
+        with torch.autocast(q.device.type, enabled=False):
+            grad_out = grad_out.to(v.dtype)
+            if keep is not None:
+                dropped = probs * keep
+                dropped.mul_(ctx.keep_scale)
+                grad_v = torch.matmul(dropped.transpose(-1, -2), grad_out)
+                del dropped
+            else:
+                grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
+            grad_p = torch.matmul(grad_out, v.transpose(-1, -2))
+            if keep is not None:
+                grad_p.mul_(keep).mul_(ctx.keep_scale)
+            row = (grad_p * probs).sum(-1, keepdim=True, dtype=torch.float32).to(grad_p.dtype)
+            grad_s = grad_p.sub_(row).mul_(probs)
+            if ctx.scale != 1.0:
+                grad_s.mul_(ctx.scale)
+            grad_q = torch.matmul(grad_s, k)
+            grad_k = torch.matmul(grad_s.transpose(-1, -2), q)
+        return grad_q, grad_k, grad_v, None, None, None, None
 
 
 @dataclass

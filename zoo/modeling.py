@@ -154,6 +154,15 @@ class ZooPreTrainedModel(PreTrainedModel):
         self.base_model.embeddings.word_embeddings = value
 
 
+def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype attention runs in: autocast's when it is on (embeddings stay fp32 under autocast,
+    but q/k/v come out of the projections in the autocast dtype), else the hidden states'."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return hidden.dtype
+
+
 def _keras_fan(rows: int, cols: int) -> int:
     """bert4keras's fan: shape[0] of the Keras kernel [in, out] / embedding [V, E], unless that is
     > 10000 or < 10, then shape[1] (so a vocabulary ≤ 10000 uses fan = V, §1.4)."""
@@ -250,7 +259,7 @@ class EncoderModel(ZooPreTrainedModel):
         batch, seq_len = hidden.shape[:2]
         if attention_context is None:
             attention_context = self.attention_context(
-                batch, seq_len, attention_mask, position_ids, hidden.dtype, hidden.device
+                batch, seq_len, attention_mask, position_ids, compute_dtype(hidden), hidden.device
             )
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None

@@ -186,10 +186,10 @@ def test_crash_during_publish_leaves_no_version(registry, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(os, "link", crash)
-    with pytest.raises(OSError, match="disk full"):
-        zoo.publish(zoo.create("roformer-v2-mini"), name="m", version="1")
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "link", crash)
+        with pytest.raises(OSError, match="disk full"):
+            zoo.publish(zoo.create("roformer-v2-mini"), name="m", version="1")
     assert zoo.list_models(registry) == []
     assert not [p for p in registry.rglob("*") if p.name.startswith((".publish-", ".stage-"))]
     zoo.publish(zoo.create("roformer-v2-mini"), name="m", version="1")  # the retry succeeds

@@ -1,0 +1,116 @@
+"""The attention kernels: every fast path computes the same function as the reference path."""
+
+import pytest
+import torch
+
+import zoo
+from zoo.attention import AttentionMask, SoftmaxAttention, attention
+from zoo.dropout import dropout, keep_mask
+from zoo.families import model_class
+
+from .test_models import SMALL, batch, make_config, randomize
+
+
+def reference_attention(q, k, v, key_valid=None, scale=None, keep=None, p=0.0):
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if key_valid is not None:
+        scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, -1)
+    if keep is not None:
+        probs = probs * keep / (1 - p)
+    return probs @ v
+
+
+def qkv(b=2, a=3, s=9, d=8, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, a, s, d, generator=g, dtype=dtype, requires_grad=True) for _ in range(3)]
+
+
+def test_softmax_attention_gradients_fp64():
+    q, k, v = qkv()
+    bias = torch.zeros(2, 1, 1, 9, dtype=torch.float64)
+    bias[1, ..., 6:] = torch.finfo(torch.float64).min
+    keep = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(1)) > 0.25
+    assert torch.autograd.gradcheck(lambda q, k, v: SoftmaxAttention.apply(q, k, v, bias, 0.3, 0.25, keep), (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: SoftmaxAttention.apply(q, k, v, None, 0.3, 0.0, None), (q, k, v))
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 64, 300])
+@pytest.mark.parametrize("padded", [False, True])
+def test_backends_agree_fp32(seq_len, padded):
+    """matmul kernel, sdpa, and the plain autograd path (need_weights): same outputs and gradients."""
+    q, k, v = qkv(s=seq_len, d=16, dtype=torch.float32)
+    key_valid = None
+    if padded:
+        key_valid = torch.ones(2, seq_len, dtype=torch.bool)
+        key_valid[1, max(1, seq_len // 2):] = False
+    mask = AttentionMask(key_valid=key_valid)
+    outputs, grads = {}, {}
+    for name, kwargs in {"matmul": dict(backend="matmul"), "sdpa": dict(backend="sdpa"),
+                         "autograd": dict(backend="matmul", need_weights=True)}.items():
+        out, _ = attention(q, k, v, mask, **kwargs)
+        outputs[name] = out
+        grads[name] = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected = reference_attention(q.double(), k.double(), v.double(), key_valid).float()
+    for name in outputs:
+        torch.testing.assert_close(outputs[name], expected, rtol=1e-5, atol=1e-5, msg=name)
+        for g, g_ref in zip(grads[name], grads["autograd"]):
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_dropout_path_equals_reference_with_the_same_mask():
+    q, k, v = qkv(s=33, d=8, dtype=torch.float64)
+    torch.manual_seed(7)
+    out, _ = attention(q, k, v, None, dropout_p=0.1, training=True, backend="matmul")
+    torch.manual_seed(7)
+    keep, scale = keep_mask((2, 3, 33, 33), 0.1, torch.device("cpu"))
+    expected = reference_attention(q, k, v, keep=keep, p=1 - 1 / scale)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fast_dropout_rate_and_expectation():
+    torch.manual_seed(0)
+    x = torch.ones(4_000_000)
+    y = dropout(x, 0.1, training=True)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.9) < 0.001  # realised keep rate 0.89999 ± 0.00015 (binomial)
+    assert abs(y.mean().item() - 1.0) < 0.001  # inverted scaling keeps the expectation
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1, training=True), y)  # reproducible from the seed
+    assert dropout(x, 0.1, training=False) is x
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+def test_fast_model_path_equals_reference_model_path(family):
+    """Whole models: the matmul kernel gives the fp32 outputs and gradients of the plain autograd path."""
+    config = make_config(family, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attention_backend="matmul")
+    model = randomize(model_class(config, "masked-lm")(config)).train()
+    ids, mask = batch()
+    fast = model(ids, attention_mask=mask, labels=ids)
+    fast.loss.backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    slow = model(ids, attention_mask=mask, labels=ids, output_attentions=True)  # need_weights: plain path
+    slow.loss.backward()
+    torch.testing.assert_close(fast.logits, slow.logits, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fast_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_autocast_keeps_attention_in_bf16():
+    model = zoo.create("roformer-v2-mini").train()
+    seen = []
+    original = SoftmaxAttention.forward
+
+    def spy(ctx, q, k, v, *rest):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return original(ctx, q, k, v, *rest)
+
+    SoftmaxAttention.forward = staticmethod(spy)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(torch.randint(104, 12000, (2, 16)), labels=torch.randint(104, 12000, (2, 16))).loss.backward()
+    finally:
+        SoftmaxAttention.forward = staticmethod(original)
+    assert seen and all(dtypes == (torch.bfloat16,) * 3 for dtypes in seen)
