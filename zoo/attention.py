@@ -144,13 +144,14 @@ class SoftmaxAttention(torch.autograd.Function):
     """softmax(s·q·kᵀ + bias) with dropout, times v, as one autograd node (the CPU fast path).
 
     Compared with composing matmul → softmax → dropout → matmul under autograd, it keeps only
-    q, k, v, the probabilities P and a boolean keep-mask for the backward pass (autograd would also
+    q, k, v, the probabilities P and a boolean keep-mask M for the backward pass (autograd would also
     keep the dropped probabilities and a full-size dropout multiplier), runs in the dtype of v with
-    autocast off (so bf16 stays bf16), and draws the mask with the fast CPU generator:
+    autocast off (so bf16 stays bf16), draws M with the fast CPU generator, and applies the scale s
+    and the dropout rescaling c = 1/(1 − p) to the small [S, d] operands instead of the [S, S] ones:
 
-        forward:   P = softmax(S),  O = (P ⊙ M / (1 − p)) V
-        backward:  dV = (P ⊙ M / (1 − p))ᵀ dO,   dP = (dO Vᵀ) ⊙ M / (1 − p),
-                   dS = P ⊙ (dP − rowsum(dP ⊙ P)),   dQ = s·dS K,   dK = s·dSᵀ Q
+        forward:   P = softmax((s·Q) Kᵀ + bias),  O = c · (P ⊙ M) V
+        backward:  dV = (P ⊙ M)ᵀ (c·dO),   dP = ((c·dO) Vᵀ) ⊙ M,
+                   dS = P ⊙ (dP − rowsum(dP ⊙ P)),   dQ = s · dS K,   dK = dSᵀ (s·Q)
     `keep` may be given (tests); otherwise it is drawn when dropout_p > 0.
     """
 
@@ -158,9 +159,8 @@ class SoftmaxAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, scale, dropout_p, keep):
         keep_scale = 1.0
         with torch.autocast(q.device.type, enabled=False):
-            scores = torch.matmul(q, k.transpose(-1, -2))
-            if scale != 1.0:
-                scores.mul_(scale)
+            q_scaled = q * scale if scale != 1.0 else q
+            scores = torch.matmul(q_scaled, k.transpose(-1, -2))
             if bias is not None:
                 scores.add_(bias)
             probs = torch.softmax(scores, dim=-1)
@@ -170,38 +170,33 @@ class SoftmaxAttention(torch.autograd.Function):
                     keep, keep_scale = keep_mask(probs.shape, dropout_p, probs.device)
                 else:
                     keep_scale = 1.0 / (1.0 - dropout_p)
-                dropped = probs * keep
-                dropped.mul_(keep_scale)
-                out = torch.matmul(dropped, v)
-                del dropped
+                out = torch.matmul(torch.where(keep, probs, 0.0), v)
+                out.mul_(keep_scale)
             else:
                 keep = None
                 out = torch.matmul(probs, v)
         ctx.scale, ctx.keep_scale = scale, keep_scale
-        ctx.save_for_backward(q, k, v, probs, keep)
+        ctx.save_for_backward(q_scaled, k, v, probs, keep)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, probs, keep = ctx.saved_tensors
-        with torch.autocast(q.device.type, enabled=False):
+        q_scaled, k, v, probs, keep = ctx.saved_tensors
+        with torch.autocast(q_scaled.device.type, enabled=False):
             grad_out = grad_out.to(v.dtype)
             if keep is not None:
-                dropped = probs * keep
-                dropped.mul_(ctx.keep_scale)
-                grad_v = torch.matmul(dropped.transpose(-1, -2), grad_out)
-                del dropped
+                grad_out = grad_out * ctx.keep_scale
+                grad_v = torch.matmul(torch.where(keep, probs, 0.0).transpose(-1, -2), grad_out)
+                grad_p = torch.where(keep, torch.matmul(grad_out, v.transpose(-1, -2)), 0.0)
             else:
                 grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
-            grad_p = torch.matmul(grad_out, v.transpose(-1, -2))
-            if keep is not None:
-                grad_p.mul_(keep).mul_(ctx.keep_scale)
+                grad_p = torch.matmul(grad_out, v.transpose(-1, -2))
             row = (grad_p * probs).sum(-1, keepdim=True, dtype=torch.float32).to(grad_p.dtype)
             grad_s = grad_p.sub_(row).mul_(probs)
-            if ctx.scale != 1.0:
-                grad_s.mul_(ctx.scale)
             grad_q = torch.matmul(grad_s, k)
-            grad_k = torch.matmul(grad_s.transpose(-1, -2), q)
+            if ctx.scale != 1.0:
+                grad_q.mul_(ctx.scale)
+            grad_k = torch.matmul(grad_s.transpose(-1, -2), q_scaled)
         return grad_q, grad_k, grad_v, None, None, None, None
 
 
