@@ -92,8 +92,12 @@ class ZooPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["EncoderLayer"]
     _supports_sdpa = False  # the attention backend is our own config field (`attention_backend`)
 
-    def __init__(self, config: EncoderConfig, *inputs, **kwargs):
-        super().__init__(config, *inputs, **kwargs)
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        realign_parameters(model)
+        return loaded
 
     # -- initialisation (runs inside post_init, and on missing keys at load; §1.4, §2.5, §3.2)
     def _dense_init(self, linear: nn.Linear, role: str) -> None:
@@ -152,6 +156,19 @@ class ZooPreTrainedModel(PreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.base_model.embeddings.word_embeddings = value
+
+
+def realign_parameters(model: nn.Module, alignment: int = 64) -> None:
+    """Copy parameters and buffers that sit at unaligned addresses into fresh (aligned) memory.
+
+    safetensors files are memory-mapped at an offset set by their header, so loaded CPU tensors are
+    often 8-byte aligned only; BLAS then takes slower code paths whose rounding also differs from
+    the aligned ones, so a reloaded model would not reproduce the saved model's outputs bit for bit.
+    """
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % alignment:
+                tensor.data = tensor.data.clone()
 
 
 def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
