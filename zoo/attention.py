@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from .dropout import dropout as fast_dropout
-from .dropout import keep_mask
+from .dropout import fused_available, keep_mask
+from .kernels import dropout_kernels, new_seed, threshold_for
+from .kernels import keep_scale as kernel_keep_scale
 from .rope import apply_rope
 
 
@@ -165,7 +167,14 @@ class SoftmaxAttention(torch.autograd.Function):
                 scores.add_(bias)
             probs = torch.softmax(scores, dim=-1)
             del scores
-            if dropout_p > 0.0:
+            ctx.seed = None
+            if dropout_p > 0.0 and keep is None and fused_available(probs):
+                # counter-based mask: nothing mask-sized is drawn here or stored for the backward
+                kernels = dropout_kernels()
+                ctx.seed, ctx.threshold, keep_scale = new_seed(), threshold_for(dropout_p), kernel_keep_scale(dropout_p)
+                out = torch.matmul(kernels.masked_scale(probs, ctx.seed, ctx.threshold, 1.0), v)
+                out.mul_(keep_scale)
+            elif dropout_p > 0.0:
                 if keep is None:
                     keep, keep_scale = keep_mask(probs.shape, dropout_p, probs.device)
                 else:
@@ -184,6 +193,18 @@ class SoftmaxAttention(torch.autograd.Function):
         q_scaled, k, v, probs, keep = ctx.saved_tensors
         with torch.autocast(q_scaled.device.type, enabled=False):
             grad_out = grad_out.to(v.dtype)
+            if ctx.seed is not None:
+                grad_out = grad_out * ctx.keep_scale
+                grad_s = torch.matmul(grad_out, v.transpose(-1, -2))
+                # in place: grad_s becomes dS; returns P ⊙ M, the mask regenerated from the seed
+                dropped = dropout_kernels().softmax_dropout_backward(grad_s, probs, ctx.seed, ctx.threshold)
+                grad_v = torch.matmul(dropped.transpose(-1, -2), grad_out)
+                del dropped
+                grad_q = torch.matmul(grad_s, k)
+                if ctx.scale != 1.0:
+                    grad_q.mul_(ctx.scale)
+                grad_k = torch.matmul(grad_s.transpose(-1, -2), q_scaled)
+                return grad_q, grad_k, grad_v, None, None, None, None
             if keep is not None:
                 grad_out = grad_out * ctx.keep_scale
                 grad_v = torch.matmul(torch.where(keep, probs, 0.0).transpose(-1, -2), grad_out)

@@ -3,7 +3,9 @@
 A reference is resolved in this order:
     1. a local folder (verified against its `zoo_manifest.json` when it has one);
     2. `name` or `name@version` in the local registry (verified);
-    3. a Hub repo id `org/name` (through huggingface_hub: honours HF_HUB_OFFLINE and its cache).
+    3. an official release name (zoo/convert/releases.py) not yet in the registry: converted once from
+       its archive (downloads folder, or fetched when online) and published, then as 2;
+    4. a Hub repo id `org/name` (through huggingface_hub: honours HF_HUB_OFFLINE and its cache).
 """
 
 from __future__ import annotations
@@ -47,9 +49,18 @@ def resolve(ref: str | os.PathLike, registry: str | os.PathLike | None = None, r
     name, version = parse_ref(ref)
     store = Registry(registry)
     if "/" not in name:
-        if store.versions(name):
-            entry = store.resolve(name, version or revision)
+        wanted = version or revision
+        published = store.versions(name)
+        if published and (wanted is None or wanted in published):
+            entry = store.resolve(name, wanted)
             return Resolved(entry.path, "registry", entry.ref)
+        from .convert.releases import RELEASES, install_release
+
+        if name in RELEASES:  # an official release: convert it from its archive once, then it is published
+            entry = install_release(name, wanted, registry=store.root)
+            return Resolved(entry.path, "registry", entry.ref)
+        if published:
+            store.resolve(name, wanted)  # raises: names the versions there are
         raise ModelNotFoundError(_not_found_message(ref, store))
     return _resolve_hub(name, version or revision, ref)
 
@@ -71,17 +82,20 @@ def _resolve_hub(repo_id: str, revision: str | None, ref: str) -> Resolved:
 
 
 def _not_found_message(ref: str, store: Registry) -> str:
+    from .convert.releases import RELEASES
     from .presets import PRESETS
 
-    known = store.names()
+    known = sorted(set(store.names()) | set(RELEASES))
     message = f"no model {ref!r}: not a folder, and not in the registry at {store.root}"
     if ref in PRESETS:
         return message + f"; {ref!r} is a preset (a size, not trained weights): build it with zoo.create({ref!r})"
     close = difflib.get_close_matches(ref, known, n=5, cutoff=0.5)
     if close:
         return message + f"; did you mean: {', '.join(close)}?"
-    if known:
-        return message + f"; published models: {', '.join(known)}"
+    published = store.names()
+    message += f"; released models: {', '.join(RELEASES)}"
+    if published:
+        return message + f"; published models: {', '.join(published)}"
     return message + " (the registry is empty)"
 
 

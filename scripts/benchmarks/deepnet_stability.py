@@ -1,7 +1,7 @@
 """DeepNet stability study: Post-LN, Pre-LN and DeepNorm at equal width, learning rate and warmup.
 
     python scripts/benchmarks/deepnet_stability.py [--depths 12,100,200] [--deepnorm-extra 1000]
-        [--steps 300] [--hidden 128] [--heads 2] [--ffn 512] [--seq-len 64] [--batch 32]
+        [--steps 300] [--hidden 64] [--heads 1] [--ffn 256] [--seq-len 64] [--batch 32]
         [--lr 5e-4] [--warmup 100] [--out scripts/benchmarks/results/deepnet_stability]
 
 Arms (architectures.md §3, the seeds' "increment explosion" argument):
@@ -204,9 +204,9 @@ def main(argv=None) -> int:
     parser.add_argument("--deepnorm-extra", default="1000", help="depths run for DeepNorm only ('' for none)")
     parser.add_argument("--arms", default="post-ln,pre-ln,deepnorm")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--ffn", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--ffn", type=int, default=256)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)

@@ -5,7 +5,9 @@ import torch
 
 import zoo
 from zoo.attention import AttentionMask, SoftmaxAttention, attention
+import zoo.dropout
 from zoo.dropout import dropout, keep_mask
+from zoo.kernels import dropout_kernels, keep_scale, new_seed, reference_keep_mask, threshold_for
 from zoo.families import model_class
 
 from .test_models import SMALL, batch, make_config, randomize
@@ -59,23 +61,59 @@ def test_backends_agree_fp32(seq_len, padded):
             torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_dropout_path_equals_reference_with_the_same_mask():
-    q, k, v = qkv(s=33, d=8, dtype=torch.float64)
+@pytest.fixture(params=["kernel", "pytorch"])
+def dropout_path(request, monkeypatch):
+    """Run a test with the compiled dropout kernel and with the PyTorch fallback."""
+    if request.param == "kernel":
+        assert dropout_kernels() is not None, "the CPU dropout kernel must build here (needs a C++ compiler)"
+    else:
+        monkeypatch.setattr(zoo.dropout, "dropout_kernels", lambda: None)
+    return request.param
+
+
+def expected_mask(path, seed_state, shape, p):
+    """The mask the path under test draws after torch.manual_seed(seed_state)."""
+    torch.manual_seed(seed_state)
+    if path == "kernel":
+        return reference_keep_mask(shape, p, new_seed()), keep_scale(p)
+    return keep_mask(shape, p, torch.device("cpu"))
+
+
+def test_dropout_attention_equals_reference_with_the_same_mask(dropout_path):
+    """Forward and backward of the dropout path against fp64 autograd with the mask it must have drawn."""
+    q, k, v = qkv(s=33, d=8, dtype=torch.float32)
     torch.manual_seed(7)
     out, _ = attention(q, k, v, None, dropout_p=0.1, training=True, backend="matmul")
-    torch.manual_seed(7)
-    keep, scale = keep_mask((2, 3, 33, 33), 0.1, torch.device("cpu"))
-    expected = reference_attention(q, k, v, keep=keep, p=1 - 1 / scale)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    keep, scale = expected_mask(dropout_path, 7, (2, 3, 33, 33), 0.1)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    expected = reference_attention(q64, k64, v64, keep=keep, p=1 - 1 / scale)
+    expected_grads = torch.autograd.grad(expected, (q64, k64, v64), grad.double())
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-6)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e.float(), rtol=1e-4, atol=1e-6)
 
 
-def test_fast_dropout_rate_and_expectation():
+def test_kernel_mask_is_the_documented_hash():
+    x = torch.randn(3, 7, 129)
+    out = dropout_kernels().masked_scale(x, 2**61 + 12345, threshold_for(0.1), 1.5)
+    keep = reference_keep_mask(x.shape, 0.1, 2**61 + 12345)
+    assert torch.equal(out, torch.where(keep, x * 1.5, torch.zeros(())))
+    bf16 = x.bfloat16()
+    assert torch.equal(dropout_kernels().masked_scale(bf16, 99, threshold_for(0.25), 1.0),
+                       torch.where(reference_keep_mask(x.shape, 0.25, 99), bf16, torch.zeros((), dtype=torch.bfloat16)))
+
+
+def test_fast_dropout_rate_expectation_and_gradient(dropout_path):
     torch.manual_seed(0)
-    x = torch.ones(4_000_000)
+    x = torch.ones(4_000_000, requires_grad=True)
     y = dropout(x, 0.1, training=True)
     kept = (y != 0).float().mean().item()
     assert abs(kept - 0.9) < 0.001  # realised keep rate 0.89999 ± 0.00015 (binomial)
     assert abs(y.mean().item() - 1.0) < 0.001  # inverted scaling keeps the expectation
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad, y.detach())  # the backward applies the same mask and scale
     torch.manual_seed(0)
     assert torch.equal(dropout(x, 0.1, training=True), y)  # reproducible from the seed
     assert dropout(x, 0.1, training=False) is x

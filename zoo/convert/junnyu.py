@@ -217,6 +217,10 @@ def junnyu_state_dict(model) -> dict[str, torch.Tensor]:
     ours = model.state_dict()
     if not any(k.startswith("encoder.") for k in ours):  # a bare EncoderModel
         ours = {"encoder." + k: v for k, v in ours.items()}
+    head = sorted(k for k in ours if not k.startswith(("encoder.", "lm_head.")))
+    if head:
+        raise ValueError(f"{type(model).__name__} has task-head parameters ({', '.join(head[:4])}) that JunnYu's "
+                         "masked-LM layout cannot hold; export `model.encoder` to write the encoder alone")
     out = {}
     for rule in _layer_rules(family, prefix, config.num_hidden_layers):
         out[rule.source] = ours[rule.target].detach().clone().contiguous()

@@ -1,0 +1,73 @@
+"""Compiled CPU kernels, built on first use with torch's C++ extension loader.
+
+`dropout_cpu.cpp` holds the dropout kernels: the keep-mask of element i is a pure function of a
+per-call seed and i (splitmix64 of a counter, four 16-bit lanes per hash), so the forward pass
+draws no random tensor and the backward pass regenerates the mask instead of storing it. The
+build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
+when it is not possible, `dropout_kernels()` returns None and callers use their PyTorch path.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("dropout_cpu.cpp")
+LANES = 65536
+GOLDEN = 0x9E3779B97F4A7C15
+MASK64 = (1 << 64) - 1
+
+
+@functools.cache
+def dropout_kernels():
+    """The compiled module (masked_scale, softmax_dropout_backward), or None if it cannot be built."""
+    if os.environ.get("ZOO_DISABLE_KERNELS") == "1":
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(
+            name="zoo_dropout_cpu",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fno-math-errno"],
+            verbose=False,
+        )
+    except Exception as error:  # no compiler, no ninja, ...: fall back to the PyTorch path
+        logger.warning("zoo: the CPU dropout kernel could not be built (%s); using the slower PyTorch path", error)
+        return None
+
+
+def threshold_for(p: float) -> int:
+    """Lanes below round(p · 2¹⁶) are dropped: the realised rate is within 8e-6 of p."""
+    return round(p * LANES)
+
+
+def keep_scale(p: float) -> float:
+    """1 / (1 − realised rate): kept elements are scaled so the expectation is exact."""
+    return LANES / (LANES - threshold_for(p))
+
+
+def new_seed() -> int:
+    """A mask seed drawn from torch's default generator, so torch.manual_seed reproduces masks."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+def reference_keep_mask(shape, p: float, seed: int) -> torch.Tensor:
+    """The kernel's keep-mask computed independently in Python (for tests): element i is kept when
+    16-bit lane i mod 4 of splitmix64(seed + (i // 4 + 1)·φ) is ≥ round(p · 2¹⁶)."""
+    import numpy as np
+
+    n = int(np.prod(shape))
+    counters = np.arange(n // 4 + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (counters + np.uint64(1)) * np.uint64(GOLDEN)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    lanes = z.view(np.uint16).reshape(-1, 4)[: (n + 3) // 4].reshape(-1)[:n]  # little-endian: lowest lane first
+    return torch.from_numpy(lanes >= threshold_for(p)).reshape(shape)

@@ -1,0 +1,144 @@
+// Dropout kernels for the CPU with a counter-based mask (see zoo/kernels/__init__.py).
+//
+// Element i of a call with seed s is kept when lane (i mod 4) of splitmix64(s + (i / 4 + 1) · φ)
+// (16-bit lanes, lowest first) is at least `threshold`; the mask is a pure function of (s, i), so
+// the backward pass regenerates it instead of storing it, and every element costs a quarter of a
+// 64-bit hash. bf16 tensors are handled as raw 16-bit words (conversions by bit manipulation).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+constexpr int64_t kGrain = 1 << 14;  // elements per parallel chunk (a multiple of 4)
+
+inline uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+inline bool kept(uint64_t seed, int64_t i, uint32_t threshold) {
+  const uint64_t word = splitmix64(seed + (static_cast<uint64_t>(i >> 2) + 1) * kGolden);
+  const uint32_t lane = static_cast<uint32_t>((word >> (16 * (i & 3))) & 0xFFFF);
+  return lane >= threshold;
+}
+
+inline float bf16_to_float(uint16_t bits) {
+  uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  u += 0x7FFF + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+template <typename T>
+struct Codec;
+
+template <>
+struct Codec<float> {
+  using Raw = float;
+  static float load(Raw x) { return x; }
+  static Raw store(float x) { return x; }
+};
+
+template <>
+struct Codec<at::BFloat16> {
+  using Raw = uint16_t;
+  static float load(Raw x) { return bf16_to_float(x); }
+  static Raw store(float x) { return float_to_bf16(x); }
+};
+
+template <typename T>
+void masked_scale_impl(const torch::Tensor& x, torch::Tensor& out, uint64_t seed, uint32_t threshold, float scale) {
+  using Raw = typename Codec<T>::Raw;
+  const Raw* src = reinterpret_cast<const Raw*>(x.data_ptr());
+  Raw* dst = reinterpret_cast<Raw*>(out.data_ptr());
+  const int64_t n = x.numel();
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      dst[i] = kept(seed, i, threshold) ? Codec<T>::store(Codec<T>::load(src[i]) * scale) : Codec<T>::store(0.0f);
+    }
+  });
+}
+
+// grad [rows, cols] holds (c·dO)·Vᵀ on entry and dS = P ⊙ (dP − rowsum(dP ⊙ P)) on exit, where
+// dP = grad ⊙ M; dropped receives P ⊙ M (for dV). probs and grad are row-major and contiguous.
+template <typename T>
+void softmax_dropout_backward_impl(torch::Tensor& grad, const torch::Tensor& probs, torch::Tensor& dropped,
+                                   uint64_t seed, uint32_t threshold) {
+  using Raw = typename Codec<T>::Raw;
+  Raw* g = reinterpret_cast<Raw*>(grad.data_ptr());
+  const Raw* p = reinterpret_cast<const Raw*>(probs.data_ptr());
+  Raw* d = reinterpret_cast<Raw*>(dropped.data_ptr());
+  const int64_t cols = probs.size(-1);
+  const int64_t rows = probs.numel() / cols;
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t base = r * cols;
+      float sum = 0.0f;
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t i = base + j;
+        const float pj = Codec<T>::load(p[i]);
+        const bool keep = kept(seed, i, threshold);
+        const float gj = keep ? Codec<T>::load(g[i]) : 0.0f;
+        sum += gj * pj;
+        d[i] = Codec<T>::store(keep ? pj : 0.0f);
+      }
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t i = base + j;
+        const float pj = Codec<T>::load(p[i]);
+        const float gj = kept(seed, i, threshold) ? Codec<T>::load(g[i]) : 0.0f;
+        g[i] = Codec<T>::store(pj * (gj - sum));
+      }
+    }
+  });
+}
+
+void check(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name, " must be float32 or bfloat16");
+}
+
+}  // namespace
+
+torch::Tensor masked_scale(const torch::Tensor& x, int64_t seed, int64_t threshold, double scale) {
+  check(x, "x");
+  auto out = torch::empty_like(x);
+  if (x.scalar_type() == at::kBFloat16) {
+    masked_scale_impl<at::BFloat16>(x, out, static_cast<uint64_t>(seed), static_cast<uint32_t>(threshold), scale);
+  } else {
+    masked_scale_impl<float>(x, out, static_cast<uint64_t>(seed), static_cast<uint32_t>(threshold), scale);
+  }
+  return out;
+}
+
+torch::Tensor softmax_dropout_backward(torch::Tensor grad, const torch::Tensor& probs, int64_t seed, int64_t threshold) {
+  check(grad, "grad");
+  check(probs, "probs");
+  TORCH_CHECK(grad.sizes() == probs.sizes() && grad.scalar_type() == probs.scalar_type(), "grad and probs must match");
+  auto dropped = torch::empty_like(probs);
+  if (probs.scalar_type() == at::kBFloat16) {
+    softmax_dropout_backward_impl<at::BFloat16>(grad, probs, dropped, static_cast<uint64_t>(seed), static_cast<uint32_t>(threshold));
+  } else {
+    softmax_dropout_backward_impl<float>(grad, probs, dropped, static_cast<uint64_t>(seed), static_cast<uint32_t>(threshold));
+  }
+  return dropped;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("masked_scale", &masked_scale, "out = keep ? x * scale : 0 with the counter-based mask");
+  m.def("softmax_dropout_backward", &softmax_dropout_backward,
+        "in place: grad -> dS of softmax followed by dropout; returns P ⊙ M");
+}
