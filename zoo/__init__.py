@@ -8,6 +8,7 @@
 
 from . import families  # registers the configs and models with the transformers Auto classes
 from .configuration import EncoderConfig
+from .convert import convert_checkpoint, export_junnyu
 from .families.deepnet import DeepNetConfig
 from .families.gau_alpha import GAUAlphaConfig
 from .families.roformer_v2 import RoFormerV2Config
@@ -26,9 +27,11 @@ __all__ = [
     "ModelNotFoundError",
     "RegistryError",
     "RoFormerV2Config",
+    "convert_checkpoint",
     "create",
     "decode_text",
     "default_tokenizer",
+    "export_junnyu",
     "from_pretrained",
     "list_models",
     "load_tokenizer",

@@ -53,10 +53,12 @@ def test_checkpoints_written_by_tensorflow_convert(family):
     _check(result.model, bert4keras_variables(family, DIMS[family], FIXTURE_SEED[family]), family)
 
 
+@pytest.mark.tensorflow
 def test_checkpoint_written_with_tensorflow_in_the_test(tmp_path):
-    """Where TensorFlow is installed: save with its Saver now, read with both readers."""
-    pytest.importorskip("tensorflow", reason="TensorFlow not installed (optional extra); fixtures/ hold "
-                                             "TensorFlow-written checkpoints that the other tests convert")
+    """With the tensorflow extra (`python -m pytest -m tensorflow`): save with its Saver now, read with
+    both readers. The default run covers TensorFlow-written files through fixtures/."""
+    import tensorflow  # noqa: F401  (selected only where the extra is installed)
+
     for family in FAMILIES:
         variables = write_bert4keras_folder(tmp_path / family, family, DIMS[family], seed=7, writer="tensorflow")
         pure = convert_checkpoint(tmp_path / family, "bert4keras", reader="pure").model
@@ -92,6 +94,8 @@ def test_release_zip_converts_and_publishes(tmp_path, registry):
     readme = (Path(zoo.list_models()[0]["path"]) / "README.md").read_text()
     assert "## Provenance" in readme and result.record["source"]["files"][archive.name]["sha256"] in readme
     assert len(zoo.load_tokenizer("tiny-roformer-zh")) == DIMS["roformer-v2"]["vocab_size"]
+    with pytest.raises(zoo.RegistryError, match="tiny-roformer-zh@zhuiyi is already published"):
+        convert_checkpoint(archive, "bert4keras", publish="tiny-roformer-zh@zhuiyi")
 
 
 def test_optimizer_state_is_skipped_and_reported(tmp_path):

@@ -2,6 +2,7 @@
 
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,10 +173,10 @@ def test_pure_reader_is_used_without_tensorflow(tmp_path):
         open_tf_checkpoint(prefix, reader="fast")
 
 
+@pytest.mark.tensorflow
 def test_tensorflow_reader_agrees_with_the_pure_one(tmp_path):
-    """Runs where TensorFlow is installed (the optional extra); the fixtures above cover its format otherwise."""
-    tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (optional extra); "
-                                                  "fixtures/ cover TensorFlow-written files")
+    """With the tensorflow extra (`python -m pytest -m tensorflow`); the fixtures above cover its format otherwise."""
+    import tensorflow as tf
     rng = np.random.RandomState(4)
     big = rng.standard_normal((300, 257)).astype(np.float32)  # > 64 KiB: the vectorised CRC path
     checkpoint = tf.train.Checkpoint(v=tf.Variable(big), w=tf.Variable(tf.constant([1.5, -2.25], dtype=tf.bfloat16)))
@@ -188,3 +189,11 @@ def test_tensorflow_reader_agrees_with_the_pure_one(tmp_path):
     assert pure.read("w/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [1.5, -2.25]  # bfloat16 widened exactly
     tb.write_bundle(tmp_path / "ours", {"x": big})
     assert np.array_equal(tf.train.load_checkpoint(os.fspath(tmp_path / "ours")).get_tensor("x"), big)
+
+
+def test_tensorflow_reader_without_tensorflow_says_how_to_get_it(tmp_path, monkeypatch):
+    prefix = _bundle(tmp_path)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if not installed, also where it is
+    with pytest.raises(ImportError, match=r"needs TensorFlow, which zoo does not depend on: pip install 'zoo-zh\[tensorflow\]'"):
+        open_tf_checkpoint(prefix, reader="tensorflow")
+    assert open_tf_checkpoint(prefix, reader="auto").keys() == ["a/kernel", "b"]  # auto needs no TensorFlow
