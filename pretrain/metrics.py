@@ -11,15 +11,20 @@ from pathlib import Path
 import torch
 
 
-def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Measured dense matmul throughput of this process (FLOP/s) for `dtype`: the MFU denominator."""
     generator = torch.Generator().manual_seed(0)  # leave the global RNG (dropout) untouched
-    a = torch.randn(size, size, generator=generator).to(dtype)
-    b = torch.randn(size, size, generator=generator).to(dtype)
+    if device != "cpu":
+        size, repeats = max(size, 8192), max(repeats, 20)
+    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     a @ b
+    synchronize = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 

@@ -2,7 +2,7 @@
 
     python scripts/benchmarks/deepnet_stability.py [--depths 12,100,200] [--deepnorm-extra 1000]
         [--steps 300] [--hidden 64] [--heads 1] [--ffn 256] [--seq-len 64] [--batch 32]
-        [--lr 5e-4] [--warmup 100] [--out scripts/benchmarks/results/deepnet_stability]
+        [--lr 1e-3] [--warmup 100] [--out scripts/benchmarks/results/deepnet_stability]
 
 Arms (architectures.md §3, the seeds' "increment explosion" argument):
     post-ln   x ← LN(x + f(x)), xavier_normal init with gain 1 everywhere (α = β = 1)
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ffn", type=int, default=256)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("scripts/benchmarks/results/deepnet_stability"))
