@@ -7,6 +7,7 @@
 """
 
 from . import families  # registers the configs and models with the transformers Auto classes
+from . import positions  # inference-time position variants (extrapolation.md B.5, B.6); random training positions (B.3)
 from .configuration import EncoderConfig
 from .convert import convert_checkpoint, export_junnyu
 from .families.deepnet import DeepNetConfig
@@ -35,6 +36,7 @@ __all__ = [
     "from_pretrained",
     "list_models",
     "load_tokenizer",
+    "positions",
     "preset_config",
     "presets",
     "publish",

@@ -46,6 +46,9 @@ class EncoderConfig(PreTrainedConfig):
         type_vocab_size: number of segment ids (all zero in every Zhuiyi script, §1.3).
         max_position_embeddings: table size for learned positions; nominal for RoPE (no length cap).
         layer_norm_eps: ε of every norm (bert4keras K.epsilon() = 1e-7; torchscale LayerNorm 1e-5).
+        embedding_norm_eps: ε of the embedding norm only (None = layer_norm_eps). `zoo.expand` sets it:
+            growing the width d → D scales the tied embeddings by d/D, and Norm(s·e) with ε·s² equals
+            Norm(e) with ε exactly (expansion.md A.1).
         block_type: "transformer" (attention then FFN sublayers) or "gau" (one GAU sublayer).
         norm_type: "rms" (parameter-free x/√(mean x² + ε), §1.1) or "layernorm" (γ, β).
         residual: "post" Norm(x + F(x)), "pre" x + F(Norm(x)) with a final norm, or "deepnorm"
@@ -89,6 +92,7 @@ class EncoderConfig(PreTrainedConfig):
     type_vocab_size: int = 2
     max_position_embeddings: int = 512
     layer_norm_eps: float = 1e-7
+    embedding_norm_eps: float | None = None
     pad_token_id: int | None = 0
     block_type: str = "transformer"
     norm_type: str = "rms"
@@ -153,6 +157,10 @@ class EncoderConfig(PreTrainedConfig):
             raise ValueError(f"{type(self).__name__}.softmax_plus_min_len must be ≥ 1, got {self.softmax_plus_min_len}")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"{type(self).__name__}.layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if self.embedding_norm_eps is not None and not self.embedding_norm_eps > 0:
+            raise ValueError(
+                f"{type(self).__name__}.embedding_norm_eps must be positive or None, got {self.embedding_norm_eps}"
+            )
 
     # -- derived quantities
     @property

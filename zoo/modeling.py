@@ -48,7 +48,7 @@ class Embeddings(nn.Module):
             if config.position_embedding_type == "learned"
             else None
         )
-        self.norm = make_norm(config) if config.embedding_norm else None
+        self.norm = make_norm(config, eps=config.embedding_norm_eps) if config.embedding_norm else None
         self.dropout = Dropout(config.hidden_dropout_prob)
         self.dropout_first = config.dropout_before_embedding_norm
 
@@ -224,8 +224,13 @@ class EncoderModel(ZooPreTrainedModel):
         position_ids: torch.Tensor | None,
         dtype: torch.dtype,
         device: torch.device,
+        position_variant=None,
     ) -> AttentionContext:
-        """Masks, RoPE tables and softmax_plus row scales for one forward pass."""
+        """Masks, RoPE tables and softmax_plus row scales for one forward pass.
+
+        `position_variant` (a zoo.positions.PositionVariant) builds the context instead, for
+        inference-time extrapolation variants (NTK, windows, ReRoPE, log n†, ...).
+        """
         config = self.config
         key_valid = None
         if attention_mask is not None:
@@ -235,6 +240,13 @@ class EncoderModel(ZooPreTrainedModel):
                 )
             if not bool(attention_mask.all()):
                 key_valid = attention_mask.bool()
+        if position_variant is not None:
+            if not hasattr(position_variant, "context"):
+                raise TypeError(
+                    f"position_variant must be a zoo.positions.PositionVariant, got {type(position_variant).__name__}: "
+                    "build one with zoo.positions.variant(name, train_length=N)"
+                )
+            return position_variant.context(self, key_valid, seq_len, position_ids, dtype, device)
         mask = AttentionMask(key_valid=key_valid)
         cos = sin = None
         if self.rotary is not None:
@@ -259,10 +271,14 @@ class EncoderModel(ZooPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         attention_context: AttentionContext | None = None,
+        position_variant=None,
         **kwargs,
     ) -> BaseModelOutput | tuple:
         """Inputs as in transformers; `position_ids` may be any real numbers (RoPE, no cap);
-        `attention_context` replaces the default masks/tables (used by position variants)."""
+        `attention_context` replaces the default masks/tables; `position_variant` (zoo.positions)
+        chooses an inference-time position/attention variant for this call."""
+        if kwargs:  # a misspelt option must not be ignored silently
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         output_hidden_states = bool(
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -274,9 +290,11 @@ class EncoderModel(ZooPreTrainedModel):
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         batch, seq_len = hidden.shape[:2]
+        if attention_context is not None and position_variant is not None:
+            raise ValueError("pass attention_context or position_variant, not both")
         if attention_context is None:
             attention_context = self.attention_context(
-                batch, seq_len, attention_mask, position_ids, compute_dtype(hidden), hidden.device
+                batch, seq_len, attention_mask, position_ids, compute_dtype(hidden), hidden.device, position_variant
             )
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None

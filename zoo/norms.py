@@ -53,7 +53,9 @@ class ScaleOffset(nn.Module):
         return x
 
 
-def make_norm(config) -> nn.Module:
+def make_norm(config, eps: float | None = None) -> nn.Module:
+    """The residual-stream norm of `config`, with ε = `eps` if given, else `config.layer_norm_eps`."""
+    eps = config.layer_norm_eps if eps is None else eps
     if config.norm_type == "rms":
-        return RMSNorm(config.layer_norm_eps)
-    return LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        return RMSNorm(eps)
+    return LayerNorm(config.hidden_size, eps=eps)
