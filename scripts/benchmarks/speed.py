@@ -262,7 +262,8 @@ def render_markdown(payload: dict) -> str:
         ratios = []
         for ours_name in [n for n in names if n.startswith("zoo-")]:
             family = cell[ours_name]["family"] if ours_name in cell else None
-            peers = [r for n, r in cell.items() if not n.startswith("zoo-") and (r["family"] == family or "bert" in n)]
+            peers = [r for n, r in cell.items()
+                     if not n.startswith("zoo-") and (r["family"] == family or n.startswith("transformers-"))]
             if peers and ours_name in cell:
                 best = max(peers, key=lambda r: r["tokens_per_s"])
                 ratios.append(f"{ours_name[4:]} {cell[ours_name]['tokens_per_s'] / best['tokens_per_s']:.2f}× ({best['model']})")
