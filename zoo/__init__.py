@@ -4,6 +4,7 @@
     model = zoo.create("roformer-v2-tiny")                 # freshly initialised
     model = zoo.from_pretrained("roformer-v2-tiny-zh")     # registry name, name@version, folder, Hub id
     zoo.publish(model, tokenizer, name="my-model", version="1.0")
+    bigger = zoo.expand(model, hidden_size=512, num_layers=8)   # same function, larger model
 """
 
 from . import families  # registers the configs and models with the transformers Auto classes
@@ -13,6 +14,7 @@ from .convert import convert_checkpoint, export_junnyu
 from .families.deepnet import DeepNetConfig
 from .families.gau_alpha import GAUAlphaConfig
 from .families.roformer_v2 import RoFormerV2Config
+from .growth import expand
 from .presets import create, preset_config, presets
 from .pretrained import from_pretrained, list_models, load_tokenizer, publish
 from .registry import IntegrityError, ModelNotFoundError, RegistryError
@@ -32,6 +34,7 @@ __all__ = [
     "create",
     "decode_text",
     "default_tokenizer",
+    "expand",
     "export_junnyu",
     "from_pretrained",
     "list_models",
