@@ -3,6 +3,9 @@
     checkpoints/runs/<run>/checkpoints/step_0000100/    DeepSpeed's files for that tag, plus
         rng_rank<r>.pt                                  each rank's RNG states (dropout reproducibility)
         COMPLETE                                        written last, after every rank finished
+    checkpoints/runs/<run>/checkpoints/step_0000100_stage1/   the same step right after a growth
+                                                        (pretrain/stages.py): COMPLETE records the
+                                                        stage and the grown model's config
 
 A tag without COMPLETE (a crash mid-save) is never resumed from and is removed by the next save, so
 it cannot shadow the last complete checkpoint. DeepSpeed's own `latest` file is not used.
@@ -30,8 +33,9 @@ MARKER = "COMPLETE"
 UNIVERSAL_SUFFIX = "_universal"
 
 
-def tag_for(step: int) -> str:
-    return f"step_{step:07d}"
+def tag_for(step: int, grown_stage: int | None = None) -> str:
+    """step_0000100, or step_0000100_stage1 for the checkpoint written right after growing into stage 1."""
+    return f"step_{step:07d}" + (f"_stage{grown_stage}" if grown_stage else "")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,11 @@ class CheckpointInfo:
     world_size: int
     zero_stage: int
     meta: dict
+
+    @property
+    def stage(self) -> int:
+        """The growth stage (pretrain/stages.py) whose model this checkpoint holds; 0 without stages."""
+        return int(self.meta.get("stage", 0))
 
 
 def complete_checkpoints(directory: Path) -> list[CheckpointInfo]:
@@ -57,11 +66,12 @@ def complete_checkpoints(directory: Path) -> list[CheckpointInfo]:
             except json.JSONDecodeError:
                 continue  # a marker cut short is not a completed checkpoint
             found.append(CheckpointInfo(path.name, path, meta["step"], meta["world_size"], meta["zero_stage"], meta))
-    return sorted(found, key=lambda c: c.step)
+    return sorted(found, key=lambda c: (c.step, c.stage))
 
 
 def find_checkpoint(directory: Path, which: str | None) -> CheckpointInfo:
-    """`which` None/"latest": the newest complete checkpoint; else a tag name or a step number."""
+    """`which` None/"latest": the newest complete checkpoint; else a tag name or a step number (at a
+    growth step, the number names the checkpoint before the growth, which grows again on resume)."""
     checkpoints = complete_checkpoints(directory)
     if not checkpoints:
         raise FileNotFoundError(f"no complete checkpoint under {directory}")
@@ -97,10 +107,10 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(engine, directory: Path, step: int, client_state: dict, keep: int, meta: dict) -> Path:
+def save(engine, directory: Path, step: int, client_state: dict, keep: int, meta: dict, tag: str | None = None) -> Path:
     """Save on every rank; returns the tag folder once it is complete everywhere."""
     rank = dist.get_rank() if dist.is_initialized() else 0
-    tag = tag_for(step)
+    tag = tag or tag_for(step)
     path = directory / tag
     if rank == 0 and path.exists():
         shutil.rmtree(path)  # an incomplete save of this step from a crashed run

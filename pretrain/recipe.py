@@ -105,8 +105,9 @@ class Recipe:
     deepspeed: dict
     seed: int = 42
     publish: PublishSection | None = None
-    stages: list = field(default_factory=list)
+    stages: list = field(default_factory=list)  # as written in the recipe
     source: str = "<dict>"
+    growth_stages: list = field(default_factory=list, repr=False)  # validated pretrain.stages.Stage list
 
     def to_dict(self) -> dict:
         return _to_dict(self)
@@ -125,7 +126,7 @@ LAMB_TYPES = ("lamb",)
 
 def _to_dict(obj):
     if hasattr(obj, "__dataclass_fields__"):
-        return {f.name: _to_dict(getattr(obj, f.name)) for f in fields(obj) if f.name != "source"}
+        return {f.name: _to_dict(getattr(obj, f.name)) for f in fields(obj) if f.name not in ("source", "growth_stages")}
     if isinstance(obj, list):
         return [_to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -323,6 +324,10 @@ def validate(recipe: Recipe) -> None:
                 check_version(recipe.publish.version)
         except RegistryError as error:
             raise RecipeError(f"{src}: publish: {error}") from error
+    if recipe.stages:
+        from .stages import parse_stages
+
+        recipe.growth_stages = parse_stages(recipe.stages, recipe)
 
 
 def validate_schedule(schedule: dict, key: str, src: str) -> None:

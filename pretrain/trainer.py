@@ -7,11 +7,16 @@ The trainer knows nothing of the model family: it builds the model from the reci
 takes data from pretrain.data / pretrain.loader, and leaves ZeRO, mixed precision, gradient
 accumulation and clipping to DeepSpeed. Single-process runs (`python -m pretrain`) and N ranks under
 the `deepspeed` launcher run the same code; on CPU the backend is gloo.
+
+With growth stages (pretrain/stages.py) the loop grows the model at each stage boundary (`grow`):
+checkpoint, zoo.expand the model and map its optimizer state, re-initialise the engine, checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
+import json
 import logging
 import math
 import os
@@ -27,15 +32,16 @@ import yaml
 from tqdm.auto import tqdm
 
 import zoo
-from zoo.families import FAMILIES, model_class
+from zoo.families import CONFIG_CLASSES, FAMILIES, model_class
 
 from . import checkpoint as ckpt
 from .data import build_corpus, default_cache_dir
 from .loader import PositionSampler, PretrainingStream, heldout_batches
 from .masking import MaskingPolicy
 from .metrics import MetricsLog, measure_matmul_peak, peak_memory_mb
-from .optim import Lamb, build_scheduler, parameter_groups
+from .optim import Lamb, parameter_groups, schedule_multiplier
 from .recipe import Recipe
+from .stages import Stage, lr_multiplier
 
 logger = logging.getLogger("pretrain")
 
@@ -119,11 +125,26 @@ def build_model(recipe: Recipe):
         model = model_class(config, "masked-lm")(config)
     else:
         model = zoo.from_pretrained(model_section.init_from, task="masked-lm", **model_section.config)
-    if model_section.activation_checkpointing:
-        every = 1 if model_section.activation_checkpointing is True else int(model_section.activation_checkpointing)
+    return with_activation_checkpointing(model, recipe)
+
+
+def with_activation_checkpointing(model, recipe: Recipe):
+    setting = recipe.model.activation_checkpointing
+    if setting:
+        every = 1 if setting is True else int(setting)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                               every_n_layers=every)
     return model
+
+
+def model_from_config(config_dict: dict, recipe: Recipe):
+    """A masked-LM model of the config stored in a checkpoint (its weights come from the checkpoint)."""
+    config_class = CONFIG_CLASSES.get(config_dict.get("model_type"))
+    if config_class is None:
+        raise ValueError(f"the checkpoint's model_type {config_dict.get('model_type')!r} is not a zoo family")
+    config = config_class.from_dict(config_dict)
+    torch.manual_seed(recipe.seed)
+    return with_activation_checkpointing(model_class(config, "masked-lm")(config), recipe)
 
 
 def deepspeed_config(recipe: Recipe) -> tuple[dict, dict | None]:
@@ -157,8 +178,16 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), allow_unicode=True, sort_keys=False))
 
+        self.stages: list[Stage] = list(recipe.growth_stages)
+        self.stage = self.resume_from.stage if self.resume_from is not None else 0
+        if self.stage and self.stage >= len(self.stages):
+            raise ValueError(f"checkpoint {self.resume_from.path} belongs to growth stage {self.stage}, but "
+                             f"{recipe.source} lists {len(self.stages)} stages")
         self.tokenizer = build_tokenizer(recipe.data.tokenizer)
-        self.model = build_model(recipe)
+        if self.stage == 0:
+            self.model = build_model(recipe)
+        else:  # a checkpoint taken after a growth: build the grown model directly
+            self.model = model_from_config(self.resume_from.meta["model_config"], recipe)
         if len(self.tokenizer) > self.model.config.vocab_size:
             raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size is "
                              f"{self.model.config.vocab_size} (model section of {recipe.source})")
@@ -196,8 +225,6 @@ class Trainer:
         return ckpt.find_checkpoint(self.checkpoint_dir, resume)
 
     def _init_engine(self) -> None:
-        import deepspeed
-
         recipe = self.recipe
         config, own_optimizer = deepspeed_config(recipe)
         self.zero_stage = int(config.get("zero_optimization", {}).get("stage", 0))
@@ -210,6 +237,34 @@ class Trainer:
                                      "and the number of ranks in one resume")
                 load_tag = ckpt.to_universal(self.resume_from)
                 config.setdefault("checkpoint", {})["load_universal"] = True
+        self._build_engine(config, own_optimizer)
+        positions = PositionSampler(recipe.data.positions.type, recipe.data.seq_len, recipe.data.positions.max_position)
+        self.stream = PretrainingStream(self.corpus.train, self.global_batch, self.micro_batch, self.world, self.rank,
+                                        recipe.seed, self.policy, positions)
+        self.step = 0
+        self.train_flops = 0.0
+        self._last_saved = None  # (step, stage) of the newest checkpoint this run wrote or resumed from
+        self._update_flops_per_token()
+        if self.resume_from is not None:
+            same_topology = self.resume_from.world_size == self.world
+            state = ckpt.load(self.engine, self.checkpoint_dir, load_tag, self.rank,
+                              self.resume_from.path if same_topology else None)
+            self.step = int(state["step"])
+            self.stream.load_state_dict(state["stream"])
+            self.train_flops = float(state.get("train_flops", self.step * self.global_batch * recipe.data.seq_len
+                                               * self.flops_per_token))
+            self._last_saved = (self.step, self.stage)
+            self._check_stage_at_resume()
+            self.log.write("resume", self.step, tag=self.resume_from.tag, from_world_size=self.resume_from.world_size,
+                           world_size=self.world, stage=self.stage)
+        self.compute_dtype = self._compute_dtype(config)
+        peak = recipe.training.peak_tflops
+        self.peak_flops = peak * 1e12 if peak else self._measure_peak()
+
+    def _build_engine(self, config: dict, own_optimizer: dict | None) -> None:
+        """deepspeed.initialize over self.model, with the scheduler of the current growth stage."""
+        import deepspeed
+
         groups = parameter_groups(self.model, _weight_decay(config, own_optimizer))
         optimizer = None
         if own_optimizer is not None:
@@ -217,32 +272,41 @@ class Trainer:
             params.pop("torch_adam", None)
             optimizer = Lamb(groups, **params)
         scheduler = None
-        if recipe.training.lr_schedule is not None:
-            schedule, total = recipe.training.lr_schedule, recipe.training.steps
-            scheduler = lambda opt: build_scheduler(opt, schedule, total)  # noqa: E731
+        multiplier = self._lr_multiplier()
+        if multiplier is not None:
+            scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, multiplier)  # noqa: E731
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model, model_parameters=groups, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
         self.global_batch = self.engine.train_batch_size()
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
-        positions = PositionSampler(recipe.data.positions.type, recipe.data.seq_len, recipe.data.positions.max_position)
-        self.stream = PretrainingStream(self.corpus.train, self.global_batch, self.micro_batch, self.world, self.rank,
-                                        recipe.seed, self.policy, positions)
-        self.step = 0
-        if self.resume_from is not None:
-            same_topology = self.resume_from.world_size == self.world
-            state = ckpt.load(self.engine, self.checkpoint_dir, load_tag, self.rank,
-                              self.resume_from.path if same_topology else None)
-            self.step = int(state["step"])
-            self.stream.load_state_dict(state["stream"])
-            self.log.write("resume", self.step, tag=self.resume_from.tag, from_world_size=self.resume_from.world_size,
-                           world_size=self.world)
-        self.compute_dtype = self._compute_dtype(config)
-        peak = recipe.training.peak_tflops
-        self.peak_flops = peak * 1e12 if peak else self._measure_peak()
+
+    def _lr_multiplier(self):
+        """The recipe's schedule (as a function of the global step), re-warmed after a growth."""
+        training = self.recipe.training
+        stage = self.stages[self.stage] if self.stage else None
+        if training.lr_schedule is None and not (stage and stage.lr_rewarm):
+            return None
+        base = (schedule_multiplier(training.lr_schedule, training.steps) if training.lr_schedule is not None
+                else (lambda step: 1.0))
+        return lr_multiplier(base, stage)
+
+    def _update_flops_per_token(self) -> None:
+        recipe = self.recipe
         self.flops_per_token = self.model.config.train_flops_per_token(
             recipe.data.seq_len, masked_fraction=recipe.data.masking.rate if recipe.training.masked_positions_only else None
         )
+
+    def _check_stage_at_resume(self) -> None:
+        if not self.stages:
+            return
+        current, following = self.stages[self.stage], self.stages[self.stage + 1:]
+        if self.step < current.start or (following and self.step > following[0].start):
+            raise ValueError(
+                f"checkpoint {self.resume_from.path} holds stage {self.stage} ({current.name!r}) at step {self.step}, "
+                f"but {self.recipe.source} runs that stage over steps {current.start}–{current.end}; the stages "
+                "changed since the checkpoint was written"
+            )
 
     def _compute_dtype(self, config: dict) -> torch.dtype:
         if config.get("bf16", {}).get("enabled") or (config.get("torch_autocast", {}).get("enabled")
@@ -264,9 +328,14 @@ class Trainer:
         last_eval = None
         if self.step == 0:
             last_eval = self.evaluate()
-            self.log.write("eval", 0, **last_eval)
+            self.log.write("eval", 0, **last_eval, train_flops=0.0, **({"stage": self.stage} if self.stages else {}))
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-        while self.step < total:
+        while True:
+            while self.stage + 1 < len(self.stages) and self.step == self.stages[self.stage + 1].start:
+                self.grow(self.stages[self.stage + 1])
+                window_start = time.perf_counter()  # the growth's time is not training throughput
+            if self.step >= total:
+                break
             losses = []
             for batch in self.stream.next_step():
                 output = self.engine(**batch, masked_positions_only=training.masked_positions_only)
@@ -279,6 +348,7 @@ class Trainer:
             self.step += 1
             window_steps += 1
             window_tokens += self.global_batch * recipe.data.seq_len
+            self.train_flops += self.global_batch * recipe.data.seq_len * self.flops_per_token
             bar.update(1)
             if self.step % training.log_every == 0 or self.step == total:
                 (loss,) = _all_mean([sum(losses) / len(losses)])
@@ -293,13 +363,17 @@ class Trainer:
                     mfu=tokens_per_s * self.flops_per_token / (self.world * self.peak_flops),
                     consumed_sequences=self.stream.state.consumed,
                     peak_memory_mb=_all_mean([peak_memory_mb()])[0],
+                    train_flops=self.train_flops,
                 )
+                if self.stages:
+                    record["stage"] = self.stage
                 self.log.write("train", self.step, **record)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{record['mfu']:.1%}")
                 window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
             if self.step % training.eval_every == 0 or self.step == total:
                 last_eval = self.evaluate()
-                self.log.write("eval", self.step, **last_eval)
+                self.log.write("eval", self.step, **last_eval, train_flops=self.train_flops,
+                               **({"stage": self.stage} if self.stages else {}))
                 if self.rank == 0:
                     bar.write(f"step {self.step}: held-out masked accuracy {last_eval['mlm_accuracy']:.2%}, "
                               f"loss {last_eval['mlm_loss']:.3f}")
@@ -352,7 +426,7 @@ class Trainer:
         module.train(was_training)
         return {"mlm_accuracy": correct / max(total, 1), "mlm_loss": loss_sum / max(total, 1), "masked_tokens": int(total)}
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, grown: bool = False) -> Path:
         from deepspeed.checkpoint.constants import (
             UNIVERSAL_CHECKPOINT_INFO,
             UNIVERSAL_CHECKPOINT_VERSION_KEY,
@@ -362,13 +436,78 @@ class Trainer:
         client_state = {
             "step": self.step,
             "stream": self.stream.state_dict(),
+            "train_flops": self.train_flops,
             # what ds_to_universal needs to convert this checkpoint for another number of ranks
             UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
         }
         meta = {"world_size": self.world, "zero_stage": self.zero_stage, "run_name": self.recipe.run_name}
-        path = ckpt.save(self.engine, self.checkpoint_dir, self.step, client_state, self.recipe.training.keep_checkpoints, meta)
-        self.log.write("checkpoint", self.step, path=str(path))
+        if self.stages:
+            meta.update(stage=self.stage, stage_name=self.stages[self.stage].name,
+                        model_config=json.loads(self.model.config.to_json_string()))
+        tag = ckpt.tag_for(self.step, self.stage if grown else None)
+        path = ckpt.save(self.engine, self.checkpoint_dir, self.step, client_state, self.recipe.training.keep_checkpoints,
+                         meta, tag=tag)
+        self._last_saved = (self.step, self.stage)
+        self.log.write("checkpoint", self.step, path=str(path), **({"stage": self.stage} if self.stages else {}))
         return path
+
+    # -- growth
+    def grow(self, stage: Stage) -> None:
+        """Grow the model and its optimizer state into `stage` (pretrain/stages.py), checkpointing before
+        and after, and re-initialise the DeepSpeed engine with the grown model."""
+        from zoo.growth import expand
+
+        from .stages import check_growable, expand_kwargs, full_weights, read_optimizer_state, write_optimizer_state
+
+        check_growable(self.engine)
+        if self._last_saved != (self.step, self.stage):
+            self.save_checkpoint()  # the small model at the boundary: a resume from it grows again here
+        started = time.perf_counter()
+        before = self.evaluate()
+        weights = full_weights(self.engine)
+        state = read_optimizer_state(self.engine)
+        small_config = copy.deepcopy(self.engine.module.config)
+        with torch.random.fork_rng(devices=[]):  # the growth leaves the training RNG stream alone
+            small = model_class(small_config, "masked-lm")(small_config)
+        missing, unexpected = small.load_state_dict(weights, strict=False)
+        if [k for k in missing if k != "lm_head.decoder.weight"] or unexpected:
+            raise RuntimeError(f"growth: weights do not match the model: missing {missing}, unexpected {unexpected}")
+        small.tie_weights()
+        small.train()
+        big, plan = expand(small, return_plan=True, **expand_kwargs(stage))
+        mode = stage.optimizer_state
+        if mode == "reset" and self.zero_stage > 0:
+            mapped = {}  # one step count per ZeRO parameter group: start the optimizer afresh
+        else:
+            mapped = plan.map_optimizer_state(state, mode) if state else {}
+        small_params = sum(p.numel() for p in small.parameters())
+        carried = mode if mapped else "none"
+        del small, weights, state
+        # a fresh engine over the grown model
+        self.engine = self.optimizer = self.scheduler = None
+        gc.collect()
+        self.model = with_activation_checkpointing(big.train(), self.recipe)
+        self.stage = stage.index
+        config, own_optimizer = deepspeed_config(self.recipe)
+        self._build_engine(config, own_optimizer)
+        check_growable(self.engine)
+        if mapped:
+            write_optimizer_state(self.engine, mapped)
+        self._update_flops_per_token()
+        after = self.evaluate()
+        self.log.write(
+            "growth", self.step, stage=stage.index, name=stage.name, loss_before=before["mlm_loss"],
+            loss_after=after["mlm_loss"], accuracy_before=before["mlm_accuracy"], accuracy_after=after["mlm_accuracy"],
+            parameters_before=small_params, parameters_after=sum(p.numel() for p in big.parameters()),
+            probe_max_abs_change=plan.probe_max_abs_change, optimizer_state=carried,
+            lr_rewarm=stage.lr_rewarm, flops_per_token=self.flops_per_token, train_flops=self.train_flops,
+            growth_seconds=time.perf_counter() - started, to=plan.summary()["to"],
+        )
+        if self.rank == 0:
+            tqdm.write(f"step {self.step}: grew into stage {stage.index} ({stage.name!r}): "
+                       f"{small_params:,} → {sum(p.numel() for p in big.parameters()):,} parameters; held-out loss "
+                       f"{before['mlm_loss']:.4f} → {after['mlm_loss']:.4f}")
+        self.save_checkpoint(grown=True)
 
     def export(self, final_eval: dict | None) -> tuple[Path | None, str | None]:
         """Consolidated fp32 weights as a model folder (and publish it if the recipe says so)."""

@@ -504,6 +504,21 @@ def _target_config(config, sizes: dict, alpha: str):
     return type(config).from_dict(data)
 
 
+def grown_config(config, hidden_size: int | None = None, num_layers: int | None = None, num_heads: int | None = None,
+                 head_size: int | None = None, intermediate_size: int | None = None, expansion_size: int | None = None,
+                 key_size: int | None = None, alpha: str = "depth", **_options):
+    """The sizes `expand` would grow `config` to, validated as `expand` validates them (ValueError naming
+    the argument), without building a model: for checking a growth plan (e.g. a recipe's stages) up front.
+    The other keyword arguments of `expand` are accepted and ignored."""
+    if alpha not in ALPHA_POLICIES:
+        raise ValueError(f"alpha={alpha!r} is not one of {list(ALPHA_POLICIES)}")
+    sizes = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, head_size=head_size,
+                 intermediate_size=intermediate_size, expansion_size=expansion_size, key_size=key_size)
+    if all(value is None for value in sizes.values()):
+        raise ValueError(f"nothing to grow: pass at least one of {', '.join(_ARGUMENTS)}")
+    return _target_config(config, sizes, alpha)
+
+
 def _needs_uniform_residual(config) -> bool:
     """LayerNorm on the residual stream, or a transform MLM head (its own LayerNorm reads a D-wide copy)."""
     return config.norm_type == "layernorm" or config.mlm_head == "transform"
@@ -1027,7 +1042,14 @@ def expand_optimizer(optimizer: torch.optim.Optimizer, small_model: nn.Module, b
     for name, rule in plan.rules.items():
         if rule.source in group_of:
             groups[group_of[rule.source]]["params"].append(big_params[name])
-    grown = type(optimizer)(groups, **optimizer.defaults)
+    # torch keeps some internal flags in `defaults` that its constructor does not take (AdamW's
+    # decoupled_weight_decay): pass only what the constructor accepts
+    import inspect
+
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    defaults = {k: v for k, v in optimizer.defaults.items() if takes_any or k in accepted}
+    grown = type(optimizer)(groups, **defaults)
     by_name = {small_names[id(p)]: state for p, state in optimizer.state.items() if id(p) in small_names}
     for name, state in plan.map_optimizer_state(by_name, mode).items():
         grown.state[big_params[name]] = state
@@ -1136,5 +1158,5 @@ def register_cli(subparsers) -> None:
     parser.set_defaults(fn=cmd_expand)
 
 
-__all__ = ["AxisMap", "GrowthPlan", "TensorRule", "expand", "expand_optimizer", "probe_batch", "probe_change",
-           "register_cli"]
+__all__ = ["AxisMap", "GrowthPlan", "TensorRule", "expand", "expand_optimizer", "grown_config", "probe_batch",
+           "probe_change", "register_cli"]
