@@ -1,0 +1,30 @@
+"""Shared fixtures of the CLUE tests: the format-exact fixture tree and a tiny model folder."""
+
+from pathlib import Path
+
+import pytest
+
+import zoo
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return zoo.default_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A randomly initialised 1-layer RoFormerV2 (hidden 32) saved with the default tokenizer."""
+    folder = tmp_path_factory.mktemp("clue-model") / "tiny"
+    zoo.create("roformer-v2-mini", **TINY).save_pretrained(folder)
+    zoo.default_tokenizer().save_pretrained(folder)
+    return folder
