@@ -2,6 +2,7 @@
 
     python scripts/benchmarks/speed.py [--lengths 128,512,2048] [--dtypes fp32,bf16] [--dropouts 0.1,0]
                                        [--rounds 5] [--tokens 4096] [--peers all|none|a,b] [--out DIR]
+                                       [--memory [--memory-lengths 2048]]
 
 Shapes (ecosystem.md §8): 2 transformer layers (4 GAU layers for GAU-α), hidden 768, 12 heads,
 FFN 3072, GAU expansion 1536 and key 128, vocabulary 12000, about `--tokens` tokens per step
@@ -167,21 +168,24 @@ def run_cell(models: dict, seq_len: int, dtype: torch.dtype, tokens: int, rounds
 
 
 def memory_cell(name: str, seq_len: int, dtype: str, dropout: float, tokens: int, peers: str) -> float:
-    """Resident-memory growth (MB) over one training step, in a fresh process."""
+    """Peak resident-memory growth (MB) over one training step, in a fresh process: the high-water mark
+    is reset just before the step, so imports and model construction do not count."""
     code = f"""
-import gc, resource, sys, torch
+import gc, sys, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import speed
 family, build = speed.candidates({peers!r})[{name!r}]
 model = build({dropout}, {seq_len})
 ids, labels = speed.batch({seq_len}, {tokens})
 gc.collect()
-def rss():
-    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
-before = rss()
+def status(key):
+    line = next(l for l in open('/proc/self/status') if l.startswith(key + ':'))
+    return int(line.split()[1]) / 1024
+open('/proc/self/clear_refs', 'w').write('5')  # reset the high-water mark VmHWM to the current RSS (Linux ≥ 4.0)
+before = status('VmRSS')
 with torch.autocast('cpu', dtype=torch.bfloat16, enabled={dtype!r} == 'bf16'):
     model.model.train(); model.train_step(ids, labels)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+print(status('VmHWM') - before)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if result.returncode != 0:
@@ -199,6 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--peers", default="all")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory growth (subprocess per cell)")
+    parser.add_argument("--memory-lengths", default=None, help="measure memory only at these lengths (default: all)")
     parser.add_argument("--out", type=Path, default=Path("scripts/benchmarks/results/speed"))
     args = parser.parse_args(argv)
 
@@ -227,7 +232,8 @@ def main(argv=None) -> int:
                                    min_tokens_per_s=tokens / max(times), max_tokens_per_s=tokens / min(times),
                                    gflops=tokens / median * flops / 1e9,
                                    peak_fraction=tokens / median * flops / peaks[dtype_name])
-                        if args.memory and mode == "train":
+                        if args.memory and mode == "train" and (
+                                args.memory_lengths is None or str(seq_len) in args.memory_lengths.split(",")):
                             row["memory_mb"] = memory_cell(name, seq_len, dtype_name, dropout, args.tokens, args.peers)
                         results.append(row)
                         print(f"{mode:5} S={seq_len:<5} {dtype_name} drop={dropout:<3} {name:26} "
