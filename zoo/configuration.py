@@ -74,6 +74,8 @@ class EncoderConfig(PreTrainedConfig):
             (torch scaled_dot_product_attention, fastest on CUDA) or "auto" (chosen by device).
         classifier_dropout: dropout before task heads (None = hidden_dropout_prob).
         global_pointer_head_size, global_pointer_efficient: GlobalPointer head options.
+        global_pointer_use_bias: biases in the GlobalPointer dense layers (the published CLUE recipes of
+            RoFormerV2 / GAU-α use none, clue.md §5.3; bert4keras's layer default is True).
     """
 
     model_type = "zoo_encoder"
@@ -115,6 +117,7 @@ class EncoderConfig(PreTrainedConfig):
     classifier_dropout: float | None = None
     global_pointer_head_size: int = 64
     global_pointer_efficient: bool = True
+    global_pointer_use_bias: bool = False
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):

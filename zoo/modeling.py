@@ -543,7 +543,8 @@ class EncoderForGlobalPointer(_EncoderHeadModel):
         super().__init__(config)
         self.encoder = EncoderModel(config)
         head = EfficientGlobalPointer if config.global_pointer_efficient else GlobalPointer
-        self.global_pointer = head(config.hidden_size, config.num_labels, config.global_pointer_head_size)
+        self.global_pointer = head(config.hidden_size, config.num_labels, config.global_pointer_head_size,
+                                   use_bias=config.global_pointer_use_bias)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
