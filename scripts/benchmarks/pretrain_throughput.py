@@ -159,7 +159,7 @@ def ranks_comparison(spec: str, args, out: Path) -> dict:
         command = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(29600 + ranks), str(Path(__file__)),
                    "--worker", spec, "--result", str(result), "--steps", str(args.steps), "--rounds", str(args.rounds),
                    "--seq-len", str(args.seq_len), "--batch", str(args.batch // ranks)]
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
         rows[ranks] = json.loads(result.read_text())
     return rows
