@@ -12,7 +12,8 @@ softmax by scaling q.
 
 Backends: "matmul" is the explicit two-matmul kernel (bf16 matmuls, softmax with fp32
 accumulation, the fast CPU dropout); "sdpa" is torch's scaled_dot_product_attention. On this
-CPU the matmul kernel is the faster one (BENCHMARKS.md); on CUDA sdpa is. "auto" picks by device.
+CPU the matmul kernel is the faster one (BENCHMARKS.md), except fp32 inference at long lengths;
+on CUDA sdpa is. "auto" picks accordingly (`resolve_backend`).
 """
 
 from __future__ import annotations
@@ -76,10 +77,20 @@ def log_length_scale(visible: torch.Tensor, base: int, min_len: int) -> torch.Te
     return torch.log(visible.clamp_min(min_len)) / math.log(base)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend == "auto":
-        return "sdpa" if device.type == "cuda" else "matmul"
-    return backend
+SDPA_CPU_MIN_LENGTH = 512  # fp32 inference on the CPU from this length: torch's fused kernel wins (BENCHMARKS.md)
+
+
+def resolve_backend(backend: str, device: torch.device, q: torch.Tensor | None = None, dropout_p: float = 0.0) -> str:
+    """"auto": sdpa on CUDA; on the CPU our matmul kernel, except for fp32 inference (no gradient, no
+    dropout) at S ≥ SDPA_CPU_MIN_LENGTH, where torch's fused sdpa kernel is faster."""
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        return "sdpa"
+    if (q is not None and dropout_p == 0.0 and q.dtype == torch.float32 and q.shape[-2] >= SDPA_CPU_MIN_LENGTH
+            and not (torch.is_grad_enabled() and q.requires_grad)):
+        return "sdpa"
+    return "matmul"
 
 
 def attention(
@@ -122,7 +133,7 @@ def attention(
         out = torch.matmul(fast_dropout(probs, p, training), v)
         return out, (probs if need_weights else None)
 
-    if resolve_backend(backend, device) == "sdpa" and not need_weights:
+    if resolve_backend(backend, device, q, p) == "sdpa" and not need_weights:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask, dropout_p=p, scale=scale)
         return out, None
 

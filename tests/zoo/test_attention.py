@@ -61,6 +61,35 @@ def test_backends_agree_fp32(seq_len, padded):
             torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_auto_backend_takes_sdpa_only_for_long_fp32_inference(monkeypatch):
+    """"auto" on the CPU: sdpa for fp32 inference at S ≥ 512 (where it is faster), the matmul kernel
+    otherwise (bf16, training, dropout, short rows); both give the reference function."""
+    from zoo import attention as attention_module
+
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(1) or real_sdpa(*a, **kw))
+    key_valid = torch.ones(2, 512, dtype=torch.bool)
+    key_valid[1, 300:] = False
+    mask = AttentionMask(key_valid=key_valid)
+    q, k, v = qkv(s=512, d=16, dtype=torch.float32)
+    expected = reference_attention(q.double(), k.double(), v.double(), key_valid).float()
+    with torch.no_grad():
+        out, _ = attention(q, k, v, mask)
+    assert calls == [1]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for case in ("grad", "dropout", "bf16", "short"):
+        calls.clear()
+        qq, kk, vv = (q, k, v) if case != "short" else qkv(s=511, d=16, dtype=torch.float32)
+        m = mask if case != "short" else None
+        if case == "bf16":
+            qq, kk, vv = qq.bfloat16(), kk.bfloat16(), vv.bfloat16()
+        with torch.set_grad_enabled(case == "grad"):
+            attention(qq, kk, vv, m, dropout_p=0.1 if case == "dropout" else 0.0, training=case == "dropout")
+        assert calls == [], case
+
+
 @pytest.fixture(params=["kernel", "pytorch"])
 def dropout_path(request, monkeypatch):
     """Run a test with the compiled dropout kernel and with the PyTorch fallback."""
