@@ -4,6 +4,7 @@ a model into submission-style predictions. The fine-tuning loop (finetune.py) on
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections import defaultdict
 
 import numpy as np
@@ -26,7 +27,9 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
-class Runner:
+class Runner(ABC):
+    """One task kind's encoding, loss and decoding; subclasses give train_items, collate and predict."""
+
     kind = ""
     supports_rdrop = False
 
@@ -39,11 +42,13 @@ class Runner:
     def model_kwargs(self) -> dict:
         return {}
 
+    @abstractmethod
     def train_items(self, examples) -> list:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def collate(self, items) -> dict:
-        raise NotImplementedError
+        ...
 
     def logits(self, model, batch) -> torch.Tensor:
         with autocast(self.bf16):
@@ -58,8 +63,9 @@ class Runner:
         return 0.5 * (F.kl_div(la, lb, log_target=True, reduction="batchmean")
                       + F.kl_div(lb, la, log_target=True, reduction="batchmean"))
 
+    @abstractmethod
     def predict(self, model, examples):
-        raise NotImplementedError
+        ...
 
     def evaluate(self, model, examples) -> dict:
         return score_task(self.task, examples, self.predict(model, examples))
