@@ -11,7 +11,9 @@ per-row rescaling of the logits (architectures.md §2.2), so it runs through the
 softmax by scaling q.
 
 Backends: "matmul" is the explicit two-matmul kernel (bf16 matmuls, softmax with fp32
-accumulation, the fast CPU dropout); "sdpa" is torch's scaled_dot_product_attention. On this
+accumulation, the fast CPU dropout): on the CPU the compiled kernel `BlockedSoftmaxAttention`,
+which works through blocks of query rows so the scores stay in cache, elsewhere (or without a
+compiler) `SoftmaxAttention`; "sdpa" is torch's scaled_dot_product_attention. On this
 CPU the matmul kernel is the faster one (BENCHMARKS.md), except fp32 inference at long lengths;
 on CUDA sdpa is. "auto" picks accordingly (`resolve_backend`).
 """
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from .dropout import dropout as fast_dropout
 from .dropout import fused_available, keep_mask
-from .kernels import dropout_kernels, new_seed, threshold_for
+from .kernels import attention_kernels, dropout_kernels, new_seed, threshold_for
 from .kernels import keep_scale as kernel_keep_scale
 from .rope import apply_rope
 
@@ -150,7 +152,77 @@ def attention(
     bias = None
     if dense_mask is not None:
         bias = torch.zeros(dense_mask.shape, dtype=dtype, device=device).masked_fill_(~dense_mask, torch.finfo(dtype).min)
+    if blocked_available(v):
+        return BlockedSoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
     return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
+
+
+def blocked_available(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and attention_kernels() is not None
+
+
+BLOCK_ELEMENTS = 2**19  # scores per block of the CPU kernel: ≈ 1 MB in bf16, the L2 cache (BENCHMARKS.md)
+
+
+def block_shape(q_len: int, k_len: int, heads: int) -> tuple[int, int]:
+    """(heads per block, query rows per block): whole rows of several heads while a head's scores are
+    small, else blocks of rows of one head, about BLOCK_ELEMENTS scores each."""
+    if q_len * k_len >= BLOCK_ELEMENTS:
+        return 1, max(16, BLOCK_ELEMENTS // k_len)
+    return min(heads, BLOCK_ELEMENTS // (q_len * k_len)), q_len
+
+
+class BlockedSoftmaxAttention(torch.autograd.Function):
+    """The function of `SoftmaxAttention`, computed by the compiled CPU kernel (zoo/kernels/attention_cpu.cpp).
+
+    Per head and block of query rows: S_R = (s·Q_R) Kᵀ + bias_R, P_R = softmax(S_R), O_R = c·(P_R ⊙ M_R) V,
+    with the scores of a block in cache and the dropout mask M of element i drawn from (seed, i) by
+    the same counter-based rule as the dropout kernel (so it equals `SoftmaxAttention` with that mask).
+    Training keeps P ([B·H, Sq, Sk], as SoftmaxAttention does); the backward pass overwrites it with
+    dS, so it runs once (no retain_graph). `seed` may be given (tests); otherwise it is drawn.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale, dropout_p, seed):
+        kernels = attention_kernels()
+        batch, heads, q_len, _ = q.shape
+        k_len = k.shape[-2]
+        with torch.autocast(q.device.type, enabled=False):
+            q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1).contiguous()
+            k_flat = k.reshape(batch * heads, k_len, -1).contiguous()
+            v_flat = v.reshape(batch * heads, k_len, -1).contiguous()
+            threshold, keep_scale = (threshold_for(dropout_p), kernel_keep_scale(dropout_p)) if dropout_p > 0.0 else (0, 1.0)
+            if dropout_p > 0.0 and seed is None:
+                seed = new_seed()
+            needs_grad = any(ctx.needs_input_grad[:3])
+            probs = torch.empty(batch * heads, q_len, k_len, dtype=v.dtype) if needs_grad else None
+            group, rows = block_shape(q_len, k_len, batch * heads)
+            out = kernels.attention_forward(q_scaled, k_flat, v_flat, bias, heads, probs, seed or 0, threshold, group, rows)
+            if keep_scale != 1.0:
+                out.mul_(keep_scale)
+        ctx.shape, ctx.scale, ctx.keep_scale = q.shape, scale, keep_scale
+        ctx.seed, ctx.threshold, ctx.block, ctx.spent = seed or 0, threshold, (group, rows), False
+        if needs_grad:
+            ctx.save_for_backward(q_scaled, k_flat, v_flat, probs)
+        return out.view(batch, heads, q_len, -1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.spent:
+            raise RuntimeError("BlockedSoftmaxAttention's backward overwrites its saved probabilities and runs once; "
+                               "retain_graph=True with a second backward is not supported (use attention_backend='sdpa')")
+        ctx.spent = True
+        q_scaled, k, v, probs = ctx.saved_tensors
+        batch, heads, q_len, _ = ctx.shape
+        with torch.autocast(q_scaled.device.type, enabled=False):
+            grad_out = grad_out.to(v.dtype).reshape(batch * heads, q_len, -1)
+            grad_out = grad_out * ctx.keep_scale if ctx.keep_scale != 1.0 else grad_out.contiguous()
+            grad_q, grad_k, grad_v = attention_kernels().attention_backward(
+                grad_out, q_scaled, k, v, probs, ctx.seed, ctx.threshold, *ctx.block)
+            if ctx.scale != 1.0:
+                grad_q.mul_(ctx.scale)
+        return (grad_q.view(ctx.shape), grad_k.view(batch, heads, k.shape[1], -1),
+                grad_v.view(batch, heads, v.shape[1], -1), None, None, None, None)
 
 
 class SoftmaxAttention(torch.autograd.Function):

@@ -10,8 +10,9 @@ FFN 3072, GAU expansion 1536 and key 128, vocabulary 12000, about `--tokens` tok
 inference is a forward pass in eval mode without gradients. bf16 runs every model under
 `torch.autocast` on the CPU. Each (length, dtype, dropout) cell times every model in interleaved
 rounds (model A, B, C, A, B, C, ...) and reports the median; the matmul peak is measured in the
-same run. FLOP/s count model FLOPs of the MLM step with the head on the masked tokens only
-(ecosystem.md §6.2), the same formula for every model. Peak memory is the growth of resident
+same run. FLOP/s count model FLOPs (ecosystem.md §6.2), the same formula for every model: a training
+step with the MLM head on the masked tokens only, inference with the head on every position (every
+model's forward computes all logits). Peak memory is the growth of resident
 memory over one training step, measured in a fresh subprocess per model and cell.
 
 Peers: transformers' BERT (sdpa) and RoFormer (eager) always; JunnYu's roformer / gau_alpha and
@@ -224,9 +225,11 @@ def main(argv=None) -> int:
                     tokens = max(1, args.tokens // seq_len) * seq_len
                     for name, times in timings.items():
                         median = statistics.median(times)
-                        flops = models[name].flops_config.train_flops_per_token(seq_len, masked_fraction=MASK_RATE)
-                        if mode == "infer":
-                            flops /= 3
+                        config = models[name].flops_config
+                        if mode == "infer":  # every model's forward computes the MLM logits at every position
+                            flops = config.train_flops_per_token(seq_len) / 3
+                        else:
+                            flops = config.train_flops_per_token(seq_len, masked_fraction=MASK_RATE)
                         row = dict(mode=mode, model=name, family=table[name][0], seq_len=seq_len, dtype=dtype_name,
                                    attention_dropout=dropout, tokens_per_s=tokens / median,
                                    min_tokens_per_s=tokens / max(times), max_tokens_per_s=tokens / min(times),

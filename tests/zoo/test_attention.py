@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.attention import AttentionMask, SoftmaxAttention, attention
+from zoo.attention import AttentionMask, BlockedSoftmaxAttention, SoftmaxAttention, attention
+import zoo.attention
 import zoo.dropout
 from zoo.dropout import dropout, keep_mask
 from zoo.kernels import dropout_kernels, keep_scale, new_seed, reference_keep_mask, threshold_for
@@ -90,12 +91,17 @@ def test_auto_backend_takes_sdpa_only_for_long_fp32_inference(monkeypatch):
         assert calls == [], case
 
 
-@pytest.fixture(params=["kernel", "pytorch"])
+@pytest.fixture(params=["blocked", "kernel", "pytorch"])
 def dropout_path(request, monkeypatch):
-    """Run a test with the compiled dropout kernel and with the PyTorch fallback."""
-    if request.param == "kernel":
+    """Run a test with the blocked attention kernel, with the dropout kernel alone (SoftmaxAttention),
+    and with the PyTorch fallback (no compiler)."""
+    if request.param != "pytorch":
         assert dropout_kernels() is not None, "the CPU dropout kernel must build here (needs a C++ compiler)"
+    if request.param == "blocked":
+        assert zoo.attention.attention_kernels() is not None, "the CPU attention kernel must build here"
     else:
+        monkeypatch.setattr(zoo.attention, "attention_kernels", lambda: None)
+    if request.param == "pytorch":
         monkeypatch.setattr(zoo.dropout, "dropout_kernels", lambda: None)
     return request.param
 
@@ -103,7 +109,7 @@ def dropout_path(request, monkeypatch):
 def expected_mask(path, seed_state, shape, p):
     """The mask the path under test draws after torch.manual_seed(seed_state)."""
     torch.manual_seed(seed_state)
-    if path == "kernel":
+    if path != "pytorch":
         return reference_keep_mask(shape, p, new_seed()), keep_scale(p)
     return keep_mask(shape, p, torch.device("cpu"))
 
@@ -165,19 +171,99 @@ def test_fast_model_path_equals_reference_model_path(family):
         torch.testing.assert_close(fast_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_autocast_keeps_attention_in_bf16():
+@pytest.mark.parametrize("function", [BlockedSoftmaxAttention, SoftmaxAttention])
+def test_autocast_keeps_attention_in_bf16(function, monkeypatch):
+    if function is SoftmaxAttention:
+        monkeypatch.setattr(zoo.attention, "attention_kernels", lambda: None)
     model = zoo.create("roformer-v2-mini").train()
     seen = []
-    original = SoftmaxAttention.forward
+    original = function.forward
 
     def spy(ctx, q, k, v, *rest):
         seen.append((q.dtype, k.dtype, v.dtype))
         return original(ctx, q, k, v, *rest)
 
-    SoftmaxAttention.forward = staticmethod(spy)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            model(torch.randint(104, 12000, (2, 16)), labels=torch.randint(104, 12000, (2, 16))).loss.backward()
-    finally:
-        SoftmaxAttention.forward = staticmethod(original)
+    monkeypatch.setattr(function, "forward", staticmethod(spy))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(104, 12000, (2, 16)), labels=torch.randint(104, 12000, (2, 16))).loss.backward()
     assert seen and all(dtypes == (torch.bfloat16,) * 3 for dtypes in seen)
+
+
+def windowed_reference(q, k, v, allowed, scale, keep=None, p=0.0):
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, -1)
+    if keep is not None:
+        probs = probs * keep / (1 - p)
+    return probs @ v
+
+
+@pytest.mark.parametrize("block_elements", [64, 2**19])  # many row blocks and head groups / one block per head
+@pytest.mark.parametrize("q_len,k_len", [(1, 1), (7, 7), (40, 40), (300, 300), (5, 33)])
+@pytest.mark.parametrize("masking", ["none", "padding", "window"])
+def test_blocked_kernel_equals_fp64_reference(block_elements, q_len, k_len, masking, monkeypatch):
+    """The compiled blocked kernel, fp32, against fp64 autograd: outputs and all three gradients, with
+    blocks that split rows and heads unevenly, padding and sliding-window masks, logits up to ±60
+    (the exp's whole range, including underflow to 0)."""
+    monkeypatch.setattr(zoo.attention, "BLOCK_ELEMENTS", block_elements)
+    g = torch.Generator().manual_seed(q_len * 1000 + k_len)
+    q, k, v = (torch.randn(3, 5, n, 8, generator=g) for n in (q_len, k_len, k_len))
+    q = q * 2.5
+    allowed = torch.ones(3, 1, q_len, k_len, dtype=torch.bool)
+    if masking == "padding":
+        allowed[1, ..., max(1, k_len // 2):] = False
+        allowed[2, ..., max(1, k_len - 3):] = False
+    elif masking == "window":
+        allowed = ((torch.arange(q_len)[:, None] - torch.arange(k_len)[None, :]).abs() <= 3)[None, None]
+        allowed = allowed | (torch.arange(k_len) == k_len - 1)  # no row without a visible key
+    bias = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = BlockedSoftmaxAttention.apply(q, k, v, bias, 0.9, 0.0, None)
+    grad = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    expected = windowed_reference(q64, k64, v64, allowed, 0.9)
+    expected_grads = torch.autograd.grad(expected, (q64, k64, v64), grad.double())
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=2e-6)
+    for name, got, want in zip("qkv", grads, expected_grads):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=2e-5, msg=f"d{name}")
+
+
+@pytest.mark.parametrize("block_elements", [64, 2**19])
+def test_blocked_kernel_dropout_uses_the_documented_mask(block_elements, monkeypatch):
+    """With a given seed the kernel drops exactly reference_keep_mask(shape, p, seed) of the full
+    [B, H, Sq, Sk] score tensor, however it is cut into blocks, in the forward and the backward pass."""
+    monkeypatch.setattr(zoo.attention, "BLOCK_ELEMENTS", block_elements)
+    q, k, v = qkv(b=2, a=3, s=37, d=8, dtype=torch.float32, seed=3)
+    out = BlockedSoftmaxAttention.apply(q, k, v, None, 0.4, 0.2, 2**40 + 17)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    keep = reference_keep_mask((2, 3, 37, 37), 0.2, 2**40 + 17)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    expected = reference_attention(q64, k64, v64, scale=0.4, keep=keep, p=1 - 1 / keep_scale(0.2))
+    expected_grads = torch.autograd.grad(expected, (q64, k64, v64), grad.double())
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_blocked_kernel_bf16_matches_the_unblocked_kernel():
+    """bf16: both kernels round the same matmuls to bf16; they differ only in the exp and in the order of
+    fp32 sums, so they agree to a few bf16 ulps (2⁻⁸ relative), far closer than either is to fp64."""
+    q, k, v = (t.detach().bfloat16().requires_grad_() for t in qkv(b=2, a=4, s=130, d=32, dtype=torch.float32, seed=5))
+    grad = torch.randn(2, 4, 130, 32).bfloat16()
+    results = []
+    for function in (BlockedSoftmaxAttention, SoftmaxAttention):
+        out = function.apply(q, k, v, None, 32**-0.5, 0.0, None)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for blocked, plain in zip(*results):
+        assert blocked.dtype == torch.bfloat16
+        torch.testing.assert_close(blocked.float(), plain.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_blocked_kernel_backward_runs_once():
+    q, k, v = qkv(s=9, dtype=torch.float32)
+    out = BlockedSoftmaxAttention.apply(q, k, v, None, 0.5, 0.0, None)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        out.sum().backward()

@@ -1,10 +1,13 @@
 """Compiled CPU kernels, built on first use with torch's C++ extension loader.
 
-`dropout_cpu.cpp` holds the dropout kernels: the keep-mask of element i is a pure function of a
-per-call seed and i (splitmix64 of a counter, four 16-bit lanes per hash), so the forward pass
-draws no random tensor and the backward pass regenerates the mask instead of storing it. The
-build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
-when it is not possible, `dropout_kernels()` returns None and callers use their PyTorch path.
+- `dropout_cpu.cpp`: dropout whose keep-mask is a pure function of a per-call seed and the element
+  index (splitmix64 of a counter, four 16-bit lanes per hash, `common.h`), so the forward pass draws
+  no random tensor and the backward pass regenerates the mask instead of storing it;
+- `attention_cpu.cpp`: softmax attention blocked over query rows (scores stay in cache, a vectorised
+  exp, the same dropout mask), used by `zoo.attention` on the CPU.
+
+Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
+when it is not possible, the loader returns None and callers use their PyTorch path.
 """
 
 from __future__ import annotations
@@ -17,29 +20,40 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("dropout_cpu.cpp")
+KERNELS = Path(__file__).parent
 LANES = 65536
 GOLDEN = 0x9E3779B97F4A7C15
 MASK64 = (1 << 64) - 1
 
 
-@functools.cache
-def dropout_kernels():
-    """The compiled module (masked_scale, softmax_dropout_backward), or None if it cannot be built."""
+def _build(name: str, source: str):
     if os.environ.get("ZOO_DISABLE_KERNELS") == "1":
         return None
     try:
         from torch.utils.cpp_extension import load
 
         return load(
-            name="zoo_dropout_cpu",
-            sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-fno-math-errno"],
+            name=name,
+            sources=[str(KERNELS / source)],
+            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"],
+            extra_include_paths=[str(KERNELS)],
             verbose=False,
         )
     except Exception as error:  # no compiler, no ninja, ...: fall back to the PyTorch path
-        logger.warning("zoo: the CPU dropout kernel could not be built (%s); using the slower PyTorch path", error)
+        logger.warning("zoo: the CPU kernel %s could not be built (%s); using the slower PyTorch path", source, error)
         return None
+
+
+@functools.cache
+def dropout_kernels():
+    """The compiled dropout module (masked_scale, softmax_dropout_backward), or None if it cannot be built."""
+    return _build("zoo_dropout_cpu", "dropout_cpu.cpp")
+
+
+@functools.cache
+def attention_kernels():
+    """The compiled blocked attention (attention_forward, attention_backward), or None."""
+    return _build("zoo_attention_cpu", "attention_cpu.cpp")
 
 
 def threshold_for(p: float) -> int:

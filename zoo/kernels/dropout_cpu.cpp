@@ -1,63 +1,15 @@
-// Dropout kernels for the CPU with a counter-based mask (see zoo/kernels/__init__.py).
-//
-// Element i of a call with seed s is kept when lane (i mod 4) of splitmix64(s + (i / 4 + 1) · φ)
-// (16-bit lanes, lowest first) is at least `threshold`; the mask is a pure function of (s, i), so
-// the backward pass regenerates it instead of storing it, and every element costs a quarter of a
-// 64-bit hash. bf16 tensors are handled as raw 16-bit words (conversions by bit manipulation).
+// Dropout kernels for the CPU with a counter-based mask (see zoo/kernels/__init__.py and common.h):
+// the mask is a pure function of (seed, element index), so the backward pass regenerates it instead
+// of storing it, and every element costs a quarter of a 64-bit hash.
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#include <cstdint>
-#include <cstring>
+#include "common.h"
 
 namespace {
 
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+using namespace zoo_kernels;
 constexpr int64_t kGrain = 1 << 14;  // elements per parallel chunk (a multiple of 4)
-
-inline uint64_t splitmix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-inline bool kept(uint64_t seed, int64_t i, uint32_t threshold) {
-  const uint64_t word = splitmix64(seed + (static_cast<uint64_t>(i >> 2) + 1) * kGolden);
-  const uint32_t lane = static_cast<uint32_t>((word >> (16 * (i & 3))) & 0xFFFF);
-  return lane >= threshold;
-}
-
-inline float bf16_to_float(uint16_t bits) {
-  uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-inline uint16_t float_to_bf16(float f) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-template <typename T>
-struct Codec;
-
-template <>
-struct Codec<float> {
-  using Raw = float;
-  static float load(Raw x) { return x; }
-  static Raw store(float x) { return x; }
-};
-
-template <>
-struct Codec<at::BFloat16> {
-  using Raw = uint16_t;
-  static float load(Raw x) { return bf16_to_float(x); }
-  static Raw store(float x) { return float_to_bf16(x); }
-};
 
 template <typename T>
 void masked_scale_impl(const torch::Tensor& x, torch::Tensor& out, uint64_t seed, uint32_t threshold, float scale) {
