@@ -10,8 +10,9 @@
 // matmuls are ATen's (oneDNN); the row kernels here compute the softmax with fp32 accumulation and a
 // vectorised exp, draw the counter-based dropout mask M (common.h) by the element's index in the
 // full [A, Sq, Sk] score tensor, and, in training, write P into the caller's [A, Sq, Sk] buffer. The
-// backward pass turns that buffer into dS in place. Work is spread over (head, row block) in the
-// forward pass and over heads in the backward pass; the matmuls inside run on one thread each.
+// backward pass turns that buffer into dS in place. Work on blocks is spread over threads by
+// (head group, row block) tasks whose matmuls run on one thread each; dV and dK, which need every
+// row of a head, are batched matmuls threaded inside.
 
 #include <ATen/Parallel.h>
 
@@ -133,58 +134,62 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
 }
 
+// Three phases, so that every thread has work even with fewer heads than threads: dV as batched
+// matmuls (threaded inside), then dP, dS and dQ over (head group, row block) tasks, then dK.
 template <typename T>
 void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    at::Tensor& probs, at::Tensor& grad_q, at::Tensor& grad_k, at::Tensor& grad_v, uint64_t seed,
                    uint32_t threshold, int64_t group, int64_t block_rows) {
   const int64_t A = q.size(0), Sq = q.size(1), Sk = k.size(1);
-  const int64_t groups = (A + group - 1) / group;
   RawOf<T>* probs_base = reinterpret_cast<RawOf<T>*>(probs.data_ptr());
-  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+  if (threshold > 0) {  // dV = (P ⊙ M)ᵀ dO, with P ⊙ M drawn afresh from the seed, a few heads at a time
+    const int64_t chunk = std::max<int64_t>(at::get_num_threads(), group);
+    at::Tensor dropped = at::empty({std::min(chunk, A), Sq, Sk}, q.options());
+    RawOf<T>* dst = reinterpret_cast<RawOf<T>*>(dropped.data_ptr());
+    for (int64_t a0 = 0; a0 < A; a0 += chunk) {
+      const int64_t c = std::min(chunk, A - a0), offset = a0 * Sq * Sk;
+      at::parallel_for(0, c * Sq, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin * Sk; i < end * Sk; ++i) {
+          dst[i] = kept(seed, offset + i, threshold) ? probs_base[offset + i] : Codec<T>::store(0.0f);
+        }
+      });
+      at::Tensor dv = grad_v.narrow(0, a0, c);
+      at::bmm_out(dv, dropped.narrow(0, 0, c).transpose(1, 2), grad_out.narrow(0, a0, c));
+    }
+  } else {
+    at::bmm_out(grad_v, probs.transpose(1, 2), grad_out);
+  }
+  const int64_t groups = (A + group - 1) / group, blocks = (Sq + block_rows - 1) / block_rows;
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(Sk);
     at::Tensor grad_s = at::empty({group, block_rows, Sk}, q.options());
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t a0 = task * group, g = std::min(group, A - a0);
-      at::Tensor p = probs.narrow(0, a0, g), g_out = grad_out.narrow(0, a0, g);
-      at::Tensor dv = grad_v.narrow(0, a0, g), dk = grad_k.narrow(0, a0, g);
-      if (threshold > 0) {  // dV = (P ⊙ M)ᵀ dO, with P ⊙ M drawn afresh from the seed
-        at::Tensor dropped = at::empty_like(p);
-        const RawOf<T>* src = probs_base + a0 * Sq * Sk;
-        RawOf<T>* dst = reinterpret_cast<RawOf<T>*>(dropped.data_ptr());
-        for (int64_t i = 0; i < g * Sq * Sk; ++i) {
-          dst[i] = kept(seed, a0 * Sq * Sk + i, threshold) ? src[i] : Codec<T>::store(0.0f);
-        }
-        at::bmm_out(dv, dropped.transpose(1, 2), g_out);
-      } else {
-        at::bmm_out(dv, p.transpose(1, 2), g_out);
-      }
-      for (int64_t r0 = 0; r0 < Sq; r0 += block_rows) {
-        const int64_t rows = std::min(block_rows, Sq - r0);
-        at::Tensor gs = grad_s.narrow(0, 0, g).narrow(1, 0, rows);
-        at::bmm_out(gs, g_out.narrow(1, r0, rows), v.narrow(0, a0, g).transpose(1, 2));
-        const RawOf<T>* g_ptr = reinterpret_cast<const RawOf<T>*>(gs.data_ptr());
-        for (int64_t h = 0; h < g; ++h) {
-          for (int64_t i = 0; i < rows; ++i) {
-            const int64_t base = ((a0 + h) * Sq + r0 + i) * Sk;
-            const RawOf<T>* g_row = g_ptr + (h * rows + i) * Sk;
-            if (threshold > 0) {
-              softmax_backward_row<T, true>(g_row, probs_base + base, Sk, base, seed, threshold, buf.data());
-            } else {
-              softmax_backward_row<T, false>(g_row, probs_base + base, Sk, base, seed, threshold, buf.data());
-            }
+      const int64_t a0 = (task / blocks) * group, r0 = (task % blocks) * block_rows;
+      const int64_t g = std::min(group, A - a0), rows = std::min(block_rows, Sq - r0);
+      at::Tensor gs = grad_s.narrow(0, 0, g).narrow(1, 0, rows);
+      at::bmm_out(gs, grad_out.narrow(0, a0, g).narrow(1, r0, rows), v.narrow(0, a0, g).transpose(1, 2));
+      const RawOf<T>* g_ptr = reinterpret_cast<const RawOf<T>*>(gs.data_ptr());
+      for (int64_t h = 0; h < g; ++h) {
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t base = ((a0 + h) * Sq + r0 + i) * Sk;
+          const RawOf<T>* g_row = g_ptr + (h * rows + i) * Sk;
+          if (threshold > 0) {
+            softmax_backward_row<T, true>(g_row, probs_base + base, Sk, base, seed, threshold, buf.data());
+          } else {
+            softmax_backward_row<T, false>(g_row, probs_base + base, Sk, base, seed, threshold, buf.data());
           }
         }
-        at::Tensor dq = grad_q.narrow(0, a0, g).narrow(1, r0, rows);
-        at::Tensor ds = p.narrow(1, r0, rows);
-        if (dq.is_contiguous()) {
-          at::bmm_out(dq, ds, k.narrow(0, a0, g));
-        } else {
-          dq.copy_(at::bmm(ds, k.narrow(0, a0, g)));
-        }
       }
-      at::bmm_out(dk, p.transpose(1, 2), q.narrow(0, a0, g));  // p now holds dS
+      at::Tensor dq = grad_q.narrow(0, a0, g).narrow(1, r0, rows);
+      at::Tensor ds = probs.narrow(0, a0, g).narrow(1, r0, rows);
+      if (dq.is_contiguous()) {
+        at::bmm_out(dq, ds, k.narrow(0, a0, g));
+      } else {
+        dq.copy_(at::bmm(ds, k.narrow(0, a0, g)));
+      }
     }
   });
+  at::bmm_out(grad_k, probs.transpose(1, 2), q);  // probs now holds dS
 }
 
 void check(const at::Tensor& t, const char* name, const at::Tensor& like) {
