@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .kernels import elementwise_kernels
+
 
 class RMSNorm(nn.Module):
     """Norm(x) = x / √(mean(x², last dim) + ε), no γ and no β (architectures.md §1.1).
@@ -18,6 +20,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and elementwise_kernels() is not None:
+            return FusedRMSNorm.apply(x, self.eps)
         if x.dtype in (torch.float16, torch.bfloat16):
             x32 = x.float()
             return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
@@ -25,6 +29,22 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, parameter-free"
+
+
+class FusedRMSNorm(torch.autograd.Function):
+    """RMSNorm's function as one pass each way on the CPU (zoo/kernels/elementwise_cpu.cpp): fp32
+    statistics and arithmetic, one rounding to x's dtype; saves x and the per-row 1/rms."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        y, rstd = elementwise_kernels().rms_norm_forward(x, eps)
+        ctx.save_for_backward(x.contiguous(), rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, rstd = ctx.saved_tensors
+        return elementwise_kernels().rms_norm_backward(grad.to(x.dtype), x, rstd), None
 
 
 class LayerNorm(nn.LayerNorm):

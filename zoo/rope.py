@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .kernels import elementwise_kernels
+
 
 def rope_inv_freq(dim: int, base: float = 10000.0, device=None) -> torch.Tensor:
     """θ_i = base^(−2i/dim) for i = 0 … dim/2 − 1, in float64."""
@@ -40,9 +42,37 @@ def rope_cos_sin(
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the interleaved pairs of x [..., S, d] by angles given as cos/sin [..., S, d/2]."""
+    if fused_rope_applies(x, cos, sin):
+        return FusedRope.apply(x, cos, sin)
     x_even, x_odd = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack((x_even * cos - x_odd * sin, x_odd * cos + x_even * sin), dim=-1)
     return rotated.flatten(-2)
+
+
+def fused_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """The compiled kernel takes x [B, H, S, d] on the CPU with tables [B or 1, 1, S, d/2] of x's dtype."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() != 4:
+        return False
+    table = (x.shape[0], 1, x.shape[2], x.shape[3] // 2)
+    for t in (cos, sin):
+        if t.dtype != x.dtype or t.dim() != 4 or t.shape[0] not in (1, table[0]) or tuple(t.shape[1:]) != table[1:]:
+            return False
+    return elementwise_kernels() is not None
+
+
+class FusedRope(torch.autograd.Function):
+    """`apply_rope` as one pass on the CPU (zoo/kernels/elementwise_cpu.cpp), fp32 arithmetic and one
+    rounding; the backward pass is the inverse rotation (the same kernel with −sin)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return elementwise_kernels().rope(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return elementwise_kernels().rope(grad, cos, sin, -1.0), None, None
 
 
 class RotaryEmbedding(nn.Module):

@@ -4,7 +4,8 @@
   index (splitmix64 of a counter, four 16-bit lanes per hash, `common.h`), so the forward pass draws
   no random tensor and the backward pass regenerates the mask instead of storing it;
 - `attention_cpu.cpp`: softmax attention blocked over query rows (scores stay in cache, a vectorised
-  exp, the same dropout mask), used by `zoo.attention` on the CPU.
+  exp, the same dropout mask), used by `zoo.attention` on the CPU;
+- `elementwise_cpu.cpp`: the RMS norm and RoPE as one pass each way (`zoo.norms`, `zoo.rope`).
 
 Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
 when it is not possible, the loader returns None and callers use their PyTorch path.
@@ -54,6 +55,12 @@ def dropout_kernels():
 def attention_kernels():
     """The compiled blocked attention (attention_forward, attention_backward), or None."""
     return _build("zoo_attention_cpu", "attention_cpu.cpp")
+
+
+@functools.cache
+def elementwise_kernels():
+    """The compiled RMS norm and RoPE (rms_norm_forward/backward, rope), or None."""
+    return _build("zoo_elementwise_cpu", "elementwise_cpu.cpp")
 
 
 def threshold_for(p: float) -> int:
