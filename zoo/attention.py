@@ -14,7 +14,7 @@ Backends: "matmul" is the explicit two-matmul kernel (bf16 matmuls, softmax with
 accumulation, the fast CPU dropout): on the CPU the compiled kernel `BlockedSoftmaxAttention`,
 which works through blocks of query rows so the scores stay in cache, elsewhere (or without a
 compiler) `SoftmaxAttention`; "sdpa" is torch's scaled_dot_product_attention. On this
-CPU the matmul kernel is the faster one (BENCHMARKS.md), except fp32 inference at long lengths;
+CPU the matmul kernel is the faster one (BENCHMARKS.md), except fp32 inference;
 on CUDA sdpa is. "auto" picks accordingly (`resolve_backend`).
 """
 
@@ -79,18 +79,14 @@ def log_length_scale(visible: torch.Tensor, base: int, min_len: int) -> torch.Te
     return torch.log(visible.clamp_min(min_len)) / math.log(base)
 
 
-SDPA_CPU_MIN_LENGTH = 512  # fp32 inference on the CPU from this length: torch's fused kernel wins (BENCHMARKS.md)
-
-
 def resolve_backend(backend: str, device: torch.device, q: torch.Tensor | None = None, dropout_p: float = 0.0) -> str:
     """"auto": sdpa on CUDA; on the CPU our matmul kernel, except for fp32 inference (no gradient, no
-    dropout) at S ≥ SDPA_CPU_MIN_LENGTH, where torch's fused sdpa kernel is faster."""
+    dropout), where torch's fused sdpa kernel is as fast or faster (BENCHMARKS.md, fp32 section)."""
     if backend != "auto":
         return backend
     if device.type == "cuda":
         return "sdpa"
-    if (q is not None and dropout_p == 0.0 and q.dtype == torch.float32 and q.shape[-2] >= SDPA_CPU_MIN_LENGTH
-            and not (torch.is_grad_enabled() and q.requires_grad)):
+    if q is not None and dropout_p == 0.0 and q.dtype == torch.float32 and not (torch.is_grad_enabled() and q.requires_grad):
         return "sdpa"
     return "matmul"
 

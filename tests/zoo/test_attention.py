@@ -7,6 +7,8 @@ import zoo
 from zoo.attention import AttentionMask, BlockedSoftmaxAttention, SoftmaxAttention, attention
 import zoo.attention
 import zoo.dropout
+import zoo.norms
+import zoo.rope
 from zoo.dropout import dropout, keep_mask
 from zoo.kernels import dropout_kernels, keep_scale, new_seed, reference_keep_mask, threshold_for
 from zoo.families import model_class
@@ -62,33 +64,32 @@ def test_backends_agree_fp32(seq_len, padded):
             torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_auto_backend_takes_sdpa_only_for_long_fp32_inference(monkeypatch):
-    """"auto" on the CPU: sdpa for fp32 inference at S ≥ 512 (where it is faster), the matmul kernel
-    otherwise (bf16, training, dropout, short rows); both give the reference function."""
+def test_auto_backend_takes_sdpa_only_for_fp32_inference(monkeypatch):
+    """"auto" on the CPU: sdpa for fp32 inference (where it is as fast or faster), the matmul kernel
+    otherwise (bf16, training, dropout); both give the reference function."""
     from zoo import attention as attention_module
 
     calls = []
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention",
                         lambda *a, **kw: calls.append(1) or real_sdpa(*a, **kw))
-    key_valid = torch.ones(2, 512, dtype=torch.bool)
-    key_valid[1, 300:] = False
-    mask = AttentionMask(key_valid=key_valid)
-    q, k, v = qkv(s=512, d=16, dtype=torch.float32)
-    expected = reference_attention(q.double(), k.double(), v.double(), key_valid).float()
-    with torch.no_grad():
-        out, _ = attention(q, k, v, mask)
-    assert calls == [1]
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    for case in ("grad", "dropout", "bf16", "short"):
+    for seq_len in (7, 512):
+        key_valid = torch.ones(2, seq_len, dtype=torch.bool)
+        key_valid[1, seq_len // 2 + 1:] = False
+        mask = AttentionMask(key_valid=key_valid)
+        q, k, v = qkv(s=seq_len, d=16, dtype=torch.float32)
+        expected = reference_attention(q.double(), k.double(), v.double(), key_valid).float()
         calls.clear()
-        qq, kk, vv = (q, k, v) if case != "short" else qkv(s=511, d=16, dtype=torch.float32)
-        m = mask if case != "short" else None
-        if case == "bf16":
-            qq, kk, vv = qq.bfloat16(), kk.bfloat16(), vv.bfloat16()
-        with torch.set_grad_enabled(case == "grad"):
-            attention(qq, kk, vv, m, dropout_p=0.1 if case == "dropout" else 0.0, training=case == "dropout")
-        assert calls == [], case
+        with torch.no_grad():
+            out, _ = attention(q, k, v, mask)
+        assert calls == [1]
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        for case in ("grad", "dropout", "bf16"):
+            calls.clear()
+            qq, kk, vv = (q.bfloat16(), k.bfloat16(), v.bfloat16()) if case == "bf16" else (q, k, v)
+            with torch.set_grad_enabled(case == "grad"):
+                attention(qq, kk, vv, mask, dropout_p=0.1 if case == "dropout" else 0.0, training=case == "dropout")
+            assert calls == [], case
 
 
 @pytest.fixture(params=["blocked", "kernel", "pytorch"])
@@ -169,6 +170,37 @@ def test_fast_model_path_equals_reference_model_path(family):
     torch.testing.assert_close(fast.logits, slow.logits, rtol=1e-5, atol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(fast_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])
+def test_compiled_kernels_leave_whole_models_unchanged(family, attention_dropout, monkeypatch):
+    """Whole models with padding, fp32, training mode: every compiled kernel on (blocked attention, fused
+    RMS norm and RoPE, dropout) against every kernel off (the PyTorch paths). Hidden dropout is off
+    (the two dropout paths draw different masks); with attention dropout the dropout kernel stays on
+    in the second run, so SoftmaxAttention draws the blocked kernel's mask from the same seed."""
+    config = make_config(family, hidden_dropout_prob=0.0, attention_probs_dropout_prob=attention_dropout,
+                         attention_backend="matmul")
+    model = randomize(model_class(config, "masked-lm")(config)).train()
+    ids, mask = batch()
+
+    def run():
+        model.zero_grad()
+        torch.manual_seed(11)
+        out = model(ids, attention_mask=mask, labels=ids)
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fast_logits, fast_grads = run()
+    monkeypatch.setattr(zoo.attention, "attention_kernels", lambda: None)
+    monkeypatch.setattr(zoo.norms, "elementwise_kernels", lambda: None)
+    monkeypatch.setattr(zoo.rope, "elementwise_kernels", lambda: None)
+    if attention_dropout == 0.0:
+        monkeypatch.setattr(zoo.dropout, "dropout_kernels", lambda: None)
+    slow_logits, slow_grads = run()
+    torch.testing.assert_close(fast_logits, slow_logits, rtol=1e-5, atol=1e-5)
+    for name, grad in slow_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("function", [BlockedSoftmaxAttention, SoftmaxAttention])
