@@ -148,7 +148,7 @@ def attention(
     bias = None
     if dense_mask is not None:
         bias = torch.zeros(dense_mask.shape, dtype=dtype, device=device).masked_fill_(~dense_mask, torch.finfo(dtype).min)
-    if blocked_available(v):
+    if blocked_available(v) and q_len > 0 and k_len > 0:
         return BlockedSoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
     return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
 
