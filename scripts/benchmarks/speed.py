@@ -3,6 +3,7 @@
     python scripts/benchmarks/speed.py [--lengths 128,512,2048] [--dtypes fp32,bf16] [--dropouts 0.1,0]
                                        [--rounds 5] [--tokens 4096] [--peers all|none|a,b] [--out DIR]
                                        [--memory [--memory-lengths 2048]]
+    python scripts/benchmarks/speed.py --replot scripts/benchmarks/results/speed   # table and PNG again
 
 Shapes (ecosystem.md §8): 2 transformer layers (4 GAU layers for GAU-α), hidden 768, 12 heads,
 FFN 3072, GAU expansion 1536 and key 128, vocabulary 12000, about `--tokens` tokens per step
@@ -206,7 +207,14 @@ def main(argv=None) -> int:
     parser.add_argument("--memory", action="store_true", help="also measure peak memory growth (subprocess per cell)")
     parser.add_argument("--memory-lengths", default=None, help="measure memory only at these lengths (default: all)")
     parser.add_argument("--out", type=Path, default=Path("scripts/benchmarks/results/speed"))
+    parser.add_argument("--replot", type=Path, default=None, metavar="DIR",
+                        help="only redraw DIR/speed.md and DIR/speed.png from DIR/speed.json")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        payload = json.loads((args.replot / "speed.json").read_text())
+        (args.replot / "speed.md").write_text(render_markdown(payload))
+        plot(payload, args.replot / "speed.png")
+        return 0
 
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -252,8 +260,45 @@ def main(argv=None) -> int:
     os.replace(tmp, args.out / "speed.json")
     markdown = render_markdown(payload)
     (args.out / "speed.md").write_text(markdown)
+    plot(payload, args.out / "speed.png")
     print("\n" + markdown)
     return 0
+
+
+def plot(payload: dict, path: Path) -> None:
+    """One panel per (dtype, mode, attention dropout): tokens/s of every model at each length, ours solid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = payload["results"]
+    panels = sorted({(r["dtype"], r["mode"], r["attention_dropout"]) for r in rows}, key=lambda k: (k[0], k[1] != "train", -k[2]))
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    lengths = sorted({r["seq_len"] for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False)
+    width = 0.8 / len(names)
+    colors = plt.get_cmap("tab20")
+    for ax, (dtype, mode, dropout) in zip(axes[0], panels):
+        for i, name in enumerate(names):
+            values = {r["seq_len"]: r["tokens_per_s"] for r in rows
+                      if (r["dtype"], r["mode"], r["attention_dropout"], r["model"]) == (dtype, mode, dropout, name)}
+            xs = [j + (i - (len(names) - 1) / 2) * width for j, n in enumerate(lengths) if n in values]
+            ax.bar(xs, [values[n] for n in lengths if n in values], width, color=colors(i % 20),
+                   label=name, edgecolor="black" if name.startswith("zoo-") else "none",
+                   hatch=None if name.startswith("zoo-") else "//", alpha=1.0 if name.startswith("zoo-") else 0.6)
+        ax.set_xticks(range(len(lengths)), [f"S = {n}" for n in lengths])
+        title = f"{mode}, {dtype}" + (f", attention dropout {dropout:g}" if mode == "train" else "")
+        ax.set_title(title)
+        ax.set_ylabel("tokens/s")
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=(len(names) + 1) // 2, fontsize=8)
+    fig.suptitle(f"Our families (solid) against the peers (hatched): {payload['threads']} thread(s), "
+                 f"matmul peak fp32 {payload['peaks_gflops']['fp32']:.0f} / bf16 {payload['peaks_gflops']['bf16']:.0f} GFLOP/s")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def render_markdown(payload: dict) -> str:
