@@ -103,3 +103,23 @@ def test_fused_rope_bf16_matches_the_pytorch_path():
     c, s = cos.double(), sin.double()
     exact = torch.stack((x_even * c - x_odd * s, x_odd * c + x_even * s), -1).flatten(-2)
     torch.testing.assert_close(fused.double(), exact, rtol=2**-8, atol=1e-6)  # one bf16 rounding
+
+
+def test_layer_norm_inference_path_matches_the_cast_path():
+    """bf16 LayerNorm without autograd (ATen's kernel on the bf16 input) against the training path
+    (cast to fp32 and back) and against fp64: the same rounding of the same fp32 statistics."""
+    from zoo.norms import LayerNorm
+
+    g = torch.Generator().manual_seed(6)
+    norm = LayerNorm(768, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.2 * torch.randn(768, generator=g))
+        norm.bias.copy_(0.2 * torch.randn(768, generator=g))
+    x = (torch.randn(64, 768, generator=g) * 4 + 1).bfloat16()
+    with torch.no_grad():
+        fast = norm(x)
+    slow = norm(x)  # grad enabled: the cast path
+    assert fast.dtype == slow.dtype == torch.bfloat16
+    exact = torch.nn.functional.layer_norm(x.double(), (768,), norm.weight.double(), norm.bias.double(), 1e-5)
+    torch.testing.assert_close(fast.double(), exact, rtol=2**-8, atol=2**-8)
+    torch.testing.assert_close(fast.float(), slow.float(), rtol=2**-7, atol=2**-7)
