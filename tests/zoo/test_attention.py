@@ -131,6 +131,17 @@ def test_dropout_attention_equals_reference_with_the_same_mask(dropout_path):
         torch.testing.assert_close(g, e.float(), rtol=1e-4, atol=1e-6)
 
 
+def test_kernel_builds_are_named_for_this_cpu():
+    """Builds use -march=native; the module name carries a digest of the CPU's flags, so a shared
+    extension cache never hands one CPU's build to another."""
+    from zoo.kernels import attention_kernels, cpu_tag, elementwise_kernels
+
+    tag = cpu_tag()
+    assert len(tag) == 8 and int(tag, 16) >= 0
+    for module in (dropout_kernels(), attention_kernels(), elementwise_kernels()):
+        assert module.__name__.endswith("_" + tag)
+
+
 def test_kernel_mask_is_the_documented_hash():
     x = torch.randn(3, 7, 129)
     out = dropout_kernels().masked_scale(x, 2**61 + 12345, threshold_for(0.1), 1.5)

@@ -27,6 +27,23 @@ GOLDEN = 0x9E3779B97F4A7C15
 MASK64 = (1 << 64) - 1
 
 
+@functools.cache
+def cpu_tag() -> str:
+    """A short digest of the CPU's model and instruction-set flags. Builds use -march=native, so the
+    extension name carries it: a cache directory shared by different machines (a network home) then
+    holds one build per CPU instead of handing one CPU's build to another."""
+    import hashlib
+    import platform
+
+    described = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            described += "".join(sorted({line for line in info if line.startswith(("flags", "model name"))}))
+    except OSError:
+        pass
+    return hashlib.sha1(described.encode()).hexdigest()[:8]
+
+
 def _build(name: str, source: str):
     if os.environ.get("ZOO_DISABLE_KERNELS") == "1":
         return None
@@ -34,7 +51,7 @@ def _build(name: str, source: str):
         from torch.utils.cpp_extension import load
 
         return load(
-            name=name,
+            name=f"{name}_{cpu_tag()}",
             sources=[str(KERNELS / source)],
             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"],
             extra_include_paths=[str(KERNELS)],
