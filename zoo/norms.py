@@ -51,7 +51,7 @@ class LayerNorm(nn.LayerNorm):
     """Standard LayerNorm with γ and β (DeepNet, §3.1); statistics in float32 for half inputs.
 
     Without autograd on the CPU, a bf16 input goes straight into ATen's kernel, which takes fp32 γ, β
-    and keeps its statistics in fp32 (same result as the cast path, a tenth of its time here). With
+    and keeps its statistics in fp32 (same result as the cast path, a fifteenth of its time here). With
     autograd the input is cast to fp32 first: that kernel's backward loses precision in dγ and dβ
     with a bf16 input (10% relative error measured against fp64).
     """

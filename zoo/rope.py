@@ -53,6 +53,8 @@ def fused_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
     """The compiled kernel takes x [B, H, S, d] on the CPU with tables [B or 1, 1, S, d/2] of x's dtype."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() != 4:
         return False
+    if cos.requires_grad or sin.requires_grad:  # the kernel differentiates x only
+        return False
     table = (x.shape[0], 1, x.shape[2], x.shape[3] // 2)
     for t in (cos, sin):
         if t.dtype != x.dtype or t.dim() != 4 or t.shape[0] not in (1, table[0]) or tuple(t.shape[1:]) != table[1:]:
