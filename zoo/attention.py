@@ -189,17 +189,19 @@ class BlockedSoftmaxAttention(torch.autograd.Function):
             q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1).contiguous()
             k_flat = k.reshape(batch * heads, k_len, -1).contiguous()
             v_flat = v.reshape(batch * heads, k_len, -1).contiguous()
-            threshold, keep_scale = (threshold_for(dropout_p), kernel_keep_scale(dropout_p)) if dropout_p > 0.0 else (0, 1.0)
-            if dropout_p > 0.0 and seed is None:
-                seed = new_seed()
+            if dropout_p > 0.0:
+                threshold, keep_scale = threshold_for(dropout_p), kernel_keep_scale(dropout_p)
+                seed = new_seed() if seed is None else seed
+            else:
+                threshold, keep_scale, seed = 0, 1.0, 0
             needs_grad = any(ctx.needs_input_grad[:3])
             probs = torch.empty(batch * heads, q_len, k_len, dtype=v.dtype) if needs_grad else None
             group, rows = block_shape(q_len, k_len, batch * heads)
-            out = kernels.attention_forward(q_scaled, k_flat, v_flat, bias, heads, probs, seed or 0, threshold, group, rows)
+            out = kernels.attention_forward(q_scaled, k_flat, v_flat, bias, heads, probs, seed, threshold, group, rows)
             if keep_scale != 1.0:
                 out.mul_(keep_scale)
         ctx.shape, ctx.scale, ctx.keep_scale = q.shape, scale, keep_scale
-        ctx.seed, ctx.threshold, ctx.block, ctx.spent = seed or 0, threshold, (group, rows), False
+        ctx.seed, ctx.threshold, ctx.block, ctx.spent = seed, threshold, (group, rows), False
         if needs_grad:
             ctx.save_for_backward(q_scaled, k_flat, v_flat, probs)
         return out.view(batch, heads, q_len, -1)

@@ -92,44 +92,55 @@ void softmax_backward_row(const typename Codec<T>::Raw* grad, typename Codec<T>:
 template <typename T>
 using RawOf = typename Codec<T>::Raw;
 
+// Calls body(a0, g, r0, rows, scratch, buf) for every block of `group` heads from a0 and `rows` query
+// rows from r0, spread over threads; each thread owns a [group, block_rows, Sk] scratch tensor and an
+// Sk-float row buffer.
+template <typename Body>
+void for_each_block(int64_t A, int64_t Sq, int64_t Sk, int64_t group, int64_t block_rows, const at::TensorOptions& options,
+                    const Body& body) {
+  const int64_t groups = (A + group - 1) / group, blocks = (Sq + block_rows - 1) / block_rows;
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(Sk);
+    at::Tensor scratch = at::empty({group, block_rows, Sk}, options);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t a0 = (task / blocks) * group, r0 = (task % blocks) * block_rows;
+      body(a0, std::min(group, A - a0), r0, std::min(block_rows, Sq - r0), scratch, buf.data());
+    }
+  });
+}
+
 template <typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& bias,
                   int64_t heads, const c10::optional<at::Tensor>& probs, at::Tensor& out, uint64_t seed, uint32_t threshold,
                   int64_t group, int64_t block_rows) {
   const int64_t A = q.size(0), Sq = q.size(1), Sk = k.size(1);
-  const int64_t groups = (A + group - 1) / group, blocks = (Sq + block_rows - 1) / block_rows;
   RawOf<T>* probs_base = probs.has_value() ? reinterpret_cast<RawOf<T>*>(probs->data_ptr()) : nullptr;
-  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(Sk);
-    at::Tensor scores = at::empty({group, block_rows, Sk}, q.options());
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t a0 = (task / blocks) * group, r0 = (task % blocks) * block_rows;
-      const int64_t g = std::min(group, A - a0), rows = std::min(block_rows, Sq - r0);
-      at::Tensor s = scores.narrow(0, 0, g).narrow(1, 0, rows);  // contiguous: rows < block_rows only when g == 1
-      at::bmm_out(s, q.narrow(0, a0, g).narrow(1, r0, rows), k.narrow(0, a0, g).transpose(1, 2));
-      RawOf<T>* s_ptr = reinterpret_cast<RawOf<T>*>(s.data_ptr());
-      for (int64_t h = 0; h < g; ++h) {
-        const int64_t a = a0 + h;
-        if (bias.has_value()) s[h].add_((*bias)[a / heads][a % heads].narrow(0, r0, rows));
-        for (int64_t i = 0; i < rows; ++i) {
-          const int64_t base = (a * Sq + r0 + i) * Sk;
-          RawOf<T>* row = s_ptr + (h * rows + i) * Sk;
-          RawOf<T>* p_row = probs_base != nullptr ? probs_base + base : row;
-          if (threshold > 0) {
-            softmax_row<T, true>(row, p_row, row, Sk, base, seed, threshold, buf.data());
-          } else {
-            softmax_row<T, false>(row, p_row, nullptr, Sk, base, seed, threshold, buf.data());
-          }
+  for_each_block(A, Sq, Sk, group, block_rows, q.options(),
+                 [&](int64_t a0, int64_t g, int64_t r0, int64_t rows, at::Tensor& scores, float* buf) {
+    at::Tensor s = scores.narrow(0, 0, g).narrow(1, 0, rows);  // contiguous: rows < block_rows only when g == 1
+    at::bmm_out(s, q.narrow(0, a0, g).narrow(1, r0, rows), k.narrow(0, a0, g).transpose(1, 2));
+    RawOf<T>* s_ptr = reinterpret_cast<RawOf<T>*>(s.data_ptr());
+    for (int64_t h = 0; h < g; ++h) {
+      const int64_t a = a0 + h;
+      if (bias.has_value()) s[h].add_((*bias)[a / heads][a % heads].narrow(0, r0, rows));
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t base = (a * Sq + r0 + i) * Sk;
+        RawOf<T>* row = s_ptr + (h * rows + i) * Sk;
+        RawOf<T>* p_row = probs_base != nullptr ? probs_base + base : row;
+        if (threshold > 0) {
+          softmax_row<T, true>(row, p_row, row, Sk, base, seed, threshold, buf);
+        } else {
+          softmax_row<T, false>(row, p_row, nullptr, Sk, base, seed, threshold, buf);
         }
       }
-      // s holds P ⊙ M with dropout, else P unless P went to probs
-      at::Tensor weights = threshold == 0 && probs.has_value() ? probs->narrow(0, a0, g).narrow(1, r0, rows) : s;
-      at::Tensor o = out.narrow(0, a0, g).narrow(1, r0, rows);
-      if (o.is_contiguous()) {
-        at::bmm_out(o, weights, v.narrow(0, a0, g));
-      } else {
-        o.copy_(at::bmm(weights, v.narrow(0, a0, g)));
-      }
+    }
+    // s holds P ⊙ M with dropout, else P unless P went to probs
+    at::Tensor weights = threshold == 0 && probs.has_value() ? probs->narrow(0, a0, g).narrow(1, r0, rows) : s;
+    at::Tensor o = out.narrow(0, a0, g).narrow(1, r0, rows);
+    if (o.is_contiguous()) {
+      at::bmm_out(o, weights, v.narrow(0, a0, g));
+    } else {
+      o.copy_(at::bmm(weights, v.narrow(0, a0, g)));
     }
   });
 }
@@ -159,34 +170,28 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
   } else {
     at::bmm_out(grad_v, probs.transpose(1, 2), grad_out);
   }
-  const int64_t groups = (A + group - 1) / group, blocks = (Sq + block_rows - 1) / block_rows;
-  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(Sk);
-    at::Tensor grad_s = at::empty({group, block_rows, Sk}, q.options());
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t a0 = (task / blocks) * group, r0 = (task % blocks) * block_rows;
-      const int64_t g = std::min(group, A - a0), rows = std::min(block_rows, Sq - r0);
-      at::Tensor gs = grad_s.narrow(0, 0, g).narrow(1, 0, rows);
-      at::bmm_out(gs, grad_out.narrow(0, a0, g).narrow(1, r0, rows), v.narrow(0, a0, g).transpose(1, 2));
-      const RawOf<T>* g_ptr = reinterpret_cast<const RawOf<T>*>(gs.data_ptr());
-      for (int64_t h = 0; h < g; ++h) {
-        for (int64_t i = 0; i < rows; ++i) {
-          const int64_t base = ((a0 + h) * Sq + r0 + i) * Sk;
-          const RawOf<T>* g_row = g_ptr + (h * rows + i) * Sk;
-          if (threshold > 0) {
-            softmax_backward_row<T, true>(g_row, probs_base + base, Sk, base, seed, threshold, buf.data());
-          } else {
-            softmax_backward_row<T, false>(g_row, probs_base + base, Sk, base, seed, threshold, buf.data());
-          }
+  for_each_block(A, Sq, Sk, group, block_rows, q.options(),
+                 [&](int64_t a0, int64_t g, int64_t r0, int64_t rows, at::Tensor& grad_s, float* buf) {
+    at::Tensor gs = grad_s.narrow(0, 0, g).narrow(1, 0, rows);
+    at::bmm_out(gs, grad_out.narrow(0, a0, g).narrow(1, r0, rows), v.narrow(0, a0, g).transpose(1, 2));
+    const RawOf<T>* g_ptr = reinterpret_cast<const RawOf<T>*>(gs.data_ptr());
+    for (int64_t h = 0; h < g; ++h) {
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t base = ((a0 + h) * Sq + r0 + i) * Sk;
+        const RawOf<T>* g_row = g_ptr + (h * rows + i) * Sk;
+        if (threshold > 0) {
+          softmax_backward_row<T, true>(g_row, probs_base + base, Sk, base, seed, threshold, buf);
+        } else {
+          softmax_backward_row<T, false>(g_row, probs_base + base, Sk, base, seed, threshold, buf);
         }
       }
-      at::Tensor dq = grad_q.narrow(0, a0, g).narrow(1, r0, rows);
-      at::Tensor ds = probs.narrow(0, a0, g).narrow(1, r0, rows);
-      if (dq.is_contiguous()) {
-        at::bmm_out(dq, ds, k.narrow(0, a0, g));
-      } else {
-        dq.copy_(at::bmm(ds, k.narrow(0, a0, g)));
-      }
+    }
+    at::Tensor dq = grad_q.narrow(0, a0, g).narrow(1, r0, rows);
+    at::Tensor ds = probs.narrow(0, a0, g).narrow(1, r0, rows);
+    if (dq.is_contiguous()) {
+      at::bmm_out(dq, ds, k.narrow(0, a0, g));
+    } else {
+      dq.copy_(at::bmm(ds, k.narrow(0, a0, g)));
     }
   });
   at::bmm_out(grad_k, probs.transpose(1, 2), q);  // probs now holds dS
