@@ -117,6 +117,22 @@ def assert_lossless_growth(record):
     assert record["to"]["hidden_size"] == 256 and record["to"]["num_hidden_layers"] == 4
 
 
+def resume_run(recipe, run_dir):
+    """Relaunch with --resume; returns the last resume record and every metrics record from it on."""
+    code, output = launch(recipe, ranks=1, args=["--resume"])
+    assert code == 0, output[-3000:]
+    everything = read_metrics(run_dir / "metrics.jsonl")
+    resume = [r for r in everything if r["kind"] == "resume"][-1]
+    return resume, everything[everything.index(resume):]
+
+
+def assert_same_losses(records, reference, steps):
+    continued = {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+    assert sorted(continued) == steps
+    for step, loss in continued.items():
+        assert loss == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
+
+
 def test_staged_run_grows_mid_run_and_resumes_across_the_boundary(tmp_path, corpus_file, cache_dir):
     recipe = write_staged(tmp_path, corpus_file, cache_dir, "staged")
     code, output = launch(recipe, ranks=1)
@@ -148,34 +164,20 @@ def test_staged_run_grows_mid_run_and_resumes_across_the_boundary(tmp_path, corp
     for tag in ("step_0000004_stage1", "step_0000006", "step_0000008"):
         shutil.rmtree(by_tag[tag].path)
     shutil.rmtree(run / "export")
-    code, output = launch(recipe, ranks=1, args=["--resume"])
-    assert code == 0, output[-3000:]
-    everything = read_metrics(run / "metrics.jsonl")
-    resume = [r for r in everything if r["kind"] == "resume"][-1]
+    resume, after = resume_run(recipe, run)
     assert (resume["step"], resume["stage"], resume["tag"]) == (4, 0, "step_0000004")
-    after = everything[everything.index(resume):]
     regrown = [r for r in after if r["kind"] == "growth"]
     assert len(regrown) == 1 and regrown[0]["loss_after"] == pytest.approx(growth["loss_after"], rel=1e-6)
-    continued = {r["step"]: r["loss"] for r in after if r["kind"] == "train"}
-    assert sorted(continued) == [5, 6, 7, 8]
-    for step, loss in continued.items():
-        assert loss == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
+    assert_same_losses(after, reference, steps=[5, 6, 7, 8])
 
     # resume from the checkpoint after the growth: the grown model is built directly, no second growth
     for info in complete_checkpoints(run / "checkpoints"):
         if info.step > 4:
             shutil.rmtree(info.path)
-    code, output = launch(recipe, ranks=1, args=["--resume"])
-    assert code == 0, output[-3000:]
-    everything = read_metrics(run / "metrics.jsonl")
-    resume = [r for r in everything if r["kind"] == "resume"][-1]
+    resume, after = resume_run(recipe, run)
     assert (resume["step"], resume["stage"], resume["tag"]) == (4, 1, "step_0000004_stage1")
-    after = everything[everything.index(resume):]
     assert not [r for r in after if r["kind"] == "growth"]
-    continued = {r["step"]: r["loss"] for r in after if r["kind"] == "train"}
-    assert sorted(continued) == [5, 6, 7, 8]
-    for step, loss in continued.items():
-        assert loss == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
+    assert_same_losses(after, reference, steps=[5, 6, 7, 8])
 
 
 def test_zero1_growth_carries_the_partitioned_adam_state(tmp_path, corpus_file, cache_dir):
