@@ -892,16 +892,12 @@ def expand(
     """
     if symmetry not in SYMMETRIES:
         raise ValueError(f"symmetry={symmetry!r} is not one of {list(SYMMETRIES)}")
-    if alpha not in ALPHA_POLICIES:
-        raise ValueError(f"alpha={alpha!r} is not one of {list(ALPHA_POLICIES)}")
     if not noise_std > 0:
         raise ValueError(f"noise_std must be positive, got {noise_std!r}")
-    sizes = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, head_size=head_size,
-                 intermediate_size=intermediate_size, expansion_size=expansion_size, key_size=key_size)
-    if all(value is None for value in sizes.values()):
-        raise ValueError(f"nothing to grow: pass at least one of {', '.join(_ARGUMENTS)}")
     config = model.config
-    big_config = _target_config(config, sizes, alpha)
+    big_config = grown_config(config, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                              head_size=head_size, intermediate_size=intermediate_size,
+                              expansion_size=expansion_size, key_size=key_size, alpha=alpha)
     generator = torch.Generator().manual_seed(seed)
     recipe = _Recipe(model, big_config, where, symmetry, generator)
     rules = recipe.rules()
