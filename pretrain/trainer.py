@@ -297,6 +297,10 @@ class Trainer:
             recipe.data.seq_len, masked_fraction=recipe.data.masking.rate if recipe.training.masked_positions_only else None
         )
 
+    def _stage_field(self) -> dict:
+        """{"stage": current growth stage} for metrics records of a staged run, {} otherwise."""
+        return {"stage": self.stage} if self.stages else {}
+
     def _check_stage_at_resume(self) -> None:
         if not self.stages:
             return
@@ -328,7 +332,7 @@ class Trainer:
         last_eval = None
         if self.step == 0:
             last_eval = self.evaluate()
-            self.log.write("eval", 0, **last_eval, train_flops=0.0, **({"stage": self.stage} if self.stages else {}))
+            self.log.write("eval", 0, **last_eval, train_flops=0.0, **self._stage_field())
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
         while True:
             while self.stage + 1 < len(self.stages) and self.step == self.stages[self.stage + 1].start:
@@ -365,15 +369,14 @@ class Trainer:
                     peak_memory_mb=_all_mean([peak_memory_mb()])[0],
                     train_flops=self.train_flops,
                 )
-                if self.stages:
-                    record["stage"] = self.stage
+                record.update(self._stage_field())
                 self.log.write("train", self.step, **record)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{record['mfu']:.1%}")
                 window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
             if self.step % training.eval_every == 0 or self.step == total:
                 last_eval = self.evaluate()
                 self.log.write("eval", self.step, **last_eval, train_flops=self.train_flops,
-                               **({"stage": self.stage} if self.stages else {}))
+                               **self._stage_field())
                 if self.rank == 0:
                     bar.write(f"step {self.step}: held-out masked accuracy {last_eval['mlm_accuracy']:.2%}, "
                               f"loss {last_eval['mlm_loss']:.3f}")
@@ -448,7 +451,7 @@ class Trainer:
         path = ckpt.save(self.engine, self.checkpoint_dir, self.step, client_state, self.recipe.training.keep_checkpoints,
                          meta, tag=tag)
         self._last_saved = (self.step, self.stage)
-        self.log.write("checkpoint", self.step, path=str(path), **({"stage": self.stage} if self.stages else {}))
+        self.log.write("checkpoint", self.step, path=str(path), **self._stage_field())
         return path
 
     # -- growth
@@ -495,17 +498,18 @@ class Trainer:
             write_optimizer_state(self.engine, mapped)
         self._update_flops_per_token()
         after = self.evaluate()
+        big_params = sum(p.numel() for p in big.parameters())
         self.log.write(
             "growth", self.step, stage=stage.index, name=stage.name, loss_before=before["mlm_loss"],
             loss_after=after["mlm_loss"], accuracy_before=before["mlm_accuracy"], accuracy_after=after["mlm_accuracy"],
-            parameters_before=small_params, parameters_after=sum(p.numel() for p in big.parameters()),
+            parameters_before=small_params, parameters_after=big_params,
             probe_max_abs_change=plan.probe_max_abs_change, optimizer_state=carried,
             lr_rewarm=stage.lr_rewarm, flops_per_token=self.flops_per_token, train_flops=self.train_flops,
             growth_seconds=time.perf_counter() - started, to=plan.summary()["to"],
         )
         if self.rank == 0:
             tqdm.write(f"step {self.step}: grew into stage {stage.index} ({stage.name!r}): "
-                       f"{small_params:,} → {sum(p.numel() for p in big.parameters()):,} parameters; held-out loss "
+                       f"{small_params:,} → {big_params:,} parameters; held-out loss "
                        f"{before['mlm_loss']:.4f} → {after['mlm_loss']:.4f}")
         self.save_checkpoint(grown=True)
 
