@@ -32,7 +32,6 @@ and optimizer offload are refused when the recipe is loaded.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,14 +72,6 @@ def _error(src: str, message: str):
     return RecipeError(f"{src}: {message}")
 
 
-def _only(raw: dict, allowed, prefix: str, src: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; allowed: {', '.join(allowed)}"
-            raise _error(src, f"unknown key '{prefix}{key}'{hint}")
-
-
 def _int(value: Any, key: str, src: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise _error(src, f"key '{key}' must be an int ≥ {minimum}, got {value!r}")
@@ -91,6 +82,8 @@ def parse_stages(raw: list, recipe) -> list[Stage]:
     """Validate the recipe's `stages:` list (errors name the key, e.g. stages[1].grow.hidden_size) and
     return the stages with their start steps; [] when the recipe has none."""
     from zoo.growth import PLACEMENTS, STATE_MODES, SYMMETRIES, ALPHA_POLICIES
+
+    from .recipe import _only_keys
 
     src = recipe.source
     if not raw:
@@ -104,7 +97,7 @@ def parse_stages(raw: list, recipe) -> list[Stage]:
         if not isinstance(entry, dict):
             raise _error(src, f"key '{key}' must be a mapping with steps (and grow for every stage after the first), "
                               f"got {entry!r}")
-        _only(entry, STAGE_KEYS, key + ".", src)
+        _only_keys(entry, set(STAGE_KEYS), key + ".", src)
         name = entry.get("name", f"stage{i}")
         if not isinstance(name, str) or not name:
             raise _error(src, f"key '{key}.name' must be a non-empty string, got {name!r}")
@@ -129,7 +122,7 @@ def parse_stages(raw: list, recipe) -> list[Stage]:
         if not isinstance(grow, dict) or not grow:
             raise _error(src, f"missing key '{key}.grow': every stage after the first grows the model, e.g. "
                               "grow: {hidden_size: 256, num_layers: 4}")
-        _only(grow, SIZE_KEYS + OPTION_KEYS, key + ".grow.", src)
+        _only_keys(grow, set(SIZE_KEYS + OPTION_KEYS), key + ".grow.", src)
         sizes = [k for k in SIZE_KEYS if k in grow]
         if not sizes:
             raise _error(src, f"{key}.grow names no size to grow: give at least one of {', '.join(SIZE_KEYS)}")
