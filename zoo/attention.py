@@ -132,6 +132,8 @@ def attention(
         return out, (probs if need_weights else None)
 
     if resolve_backend(backend, device, q, p) == "sdpa" and not need_weights:
+        if shared_qk_applies(q, v):
+            return sdpa_shared_qk(q, k, v, dense_mask, p, scale), None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask, dropout_p=p, scale=scale)
         return out, None
 
@@ -151,6 +153,36 @@ def attention(
     if blocked_available(v) and q_len > 0 and k_len > 0:
         return BlockedSoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
     return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
+
+
+def shared_qk_applies(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """GAU's shape on CUDA: one head whose v is a whole multiple wider than q and k. (On the CPU, torch's
+    sdpa takes the wide v as it is, as fast.)"""
+    return (q.device.type == "cuda" and q.shape[1] == 1 and v.shape[-1] != q.shape[-1]
+            and v.shape[-1] % q.shape[-1] == 0)
+
+
+def sdpa_shared_qk(q, k, v, mask, dropout_p: float, scale: float) -> torch.Tensor:
+    """One attention head with q, k [B, 1, S, s] and a wide v [B, 1, S, e] (GAU: s = 128, e = 1536), as
+    e/s heads that share q and k, each with an s-wide slice of v:
+
+        softmax(q kᵀ) · [v₁ | v₂ | …] = [softmax(q kᵀ) v₁ | softmax(q kᵀ) v₂ | …]
+
+    CUDA's fused attention kernels take equal q/k/v head sizes, so the score matrix never goes
+    through memory; each head recomputes q kᵀ (s/e of the work of the value product). Without dropout it
+    is the same function; with dropout each slice draws its own mask over the same probabilities, at
+    the same rate per element.
+    """
+    batch, _, q_len, size = q.shape
+    groups = v.shape[-1] // size
+    k_len = k.shape[-2]
+    out = F.scaled_dot_product_attention(
+        q.expand(batch, groups, q_len, size),
+        k.expand(batch, groups, k_len, size),
+        v.reshape(batch, k_len, groups, size).transpose(1, 2),
+        attn_mask=mask, dropout_p=dropout_p, scale=scale,
+    )
+    return out.transpose(1, 2).reshape(batch, 1, q_len, groups * size)
 
 
 def blocked_available(x: torch.Tensor) -> bool:
@@ -185,6 +217,9 @@ class BlockedSoftmaxAttention(torch.autograd.Function):
         kernels = attention_kernels()
         batch, heads, q_len, _ = q.shape
         k_len = k.shape[-2]
+        if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3]:  # the kernel flattens [B, H] into one dim
+            raise ValueError(f"BlockedSoftmaxAttention needs q [B, H, Sq, d], k [B, H, Sk, d], v [B, H, Sk, dv]; "
+                             f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
         with torch.autocast(q.device.type, enabled=False):
             q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1).contiguous()
             k_flat = k.reshape(batch * heads, k_len, -1).contiguous()
@@ -196,7 +231,7 @@ class BlockedSoftmaxAttention(torch.autograd.Function):
                 threshold, keep_scale, seed = 0, 1.0, 0
             needs_grad = any(ctx.needs_input_grad[:3])
             probs = torch.empty(batch * heads, q_len, k_len, dtype=v.dtype) if needs_grad else None
-            group, rows = block_shape(q_len, k_len, batch * heads)
+            group, rows = block_shape(q_len, k_len, max(batch * heads, 1))  # an empty batch still needs a block
             out = kernels.attention_forward(q_scaled, k_flat, v_flat, bias, heads, probs, seed, threshold, group, rows)
             if keep_scale != 1.0:
                 out.mul_(keep_scale)
@@ -216,7 +251,11 @@ class BlockedSoftmaxAttention(torch.autograd.Function):
         batch, heads, q_len, _ = ctx.shape
         with torch.autocast(q_scaled.device.type, enabled=False):
             grad_out = grad_out.to(v.dtype).reshape(batch * heads, q_len, -1)
-            grad_out = grad_out * ctx.keep_scale if ctx.keep_scale != 1.0 else grad_out.contiguous()
+            if ctx.keep_scale != 1.0:
+                grad_out = grad_out * ctx.keep_scale
+            # The incoming gradient can have any strides (a head that reads one position, a transposed
+            # view; with batch 1 the reshape above stays such a view) and a product keeps them.
+            grad_out = grad_out.contiguous()
             grad_q, grad_k, grad_v = attention_kernels().attention_backward(
                 grad_out, q_scaled, k, v, probs, ctx.seed, ctx.threshold, *ctx.block)
             if ctx.scale != 1.0:
@@ -248,7 +287,9 @@ class SoftmaxAttention(torch.autograd.Function):
             scores = torch.matmul(q_scaled, k.transpose(-1, -2))
             if bias is not None:
                 scores.add_(bias)
-            probs = torch.softmax(scores, dim=-1)
+            # contiguous (a no-op after the matmul) because the dropout kernels index the mask by the
+            # element's row-major position, in this forward pass and again in the backward one
+            probs = torch.softmax(scores, dim=-1).contiguous()
             del scores
             ctx.seed = None
             if dropout_p > 0.0 and keep is None and fused_available(probs):
@@ -278,7 +319,8 @@ class SoftmaxAttention(torch.autograd.Function):
             grad_out = grad_out.to(v.dtype)
             if ctx.seed is not None:
                 grad_out = grad_out * ctx.keep_scale
-                grad_s = torch.matmul(grad_out, v.transpose(-1, -2))
+                # the kernel takes row-major tensors; matmul's output already is one, whatever grad_out's strides
+                grad_s = torch.matmul(grad_out, v.transpose(-1, -2)).contiguous()
                 # in place: grad_s becomes dS; returns P ⊙ M, the mask regenerated from the seed
                 dropped = dropout_kernels().softmax_dropout_backward(grad_s, probs, ctx.seed, ctx.threshold)
                 grad_v = torch.matmul(dropped.transpose(-1, -2), grad_out)

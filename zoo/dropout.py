@@ -42,17 +42,23 @@ def fused_available(x: torch.Tensor) -> bool:
 
 
 class FusedDropout(torch.autograd.Function):
-    """out = x ⊙ M / (1 − p) with the counter-based mask; the backward regenerates M from the seed."""
+    """out = x ⊙ M / (1 − p) with the counter-based mask; the backward regenerates M from the seed.
+
+    The kernel draws element i's mask from its row-major index, so x and the incoming gradient are made
+    contiguous (free when they are): any strides then see the same mask both ways. The output is
+    contiguous whatever x's layout.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float):
         kernels = dropout_kernels()
-        ctx.seed, ctx.threshold, ctx.scale = new_seed(), threshold_for(p), keep_scale(p)
+        ctx.seed, ctx.threshold, ctx.scale, ctx.dtype = new_seed(), threshold_for(p), keep_scale(p), x.dtype
         return kernels.masked_scale(x.contiguous(), ctx.seed, ctx.threshold, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad):
-        return dropout_kernels().masked_scale(grad.contiguous(), ctx.seed, ctx.threshold, ctx.scale), None
+        grad = grad.to(ctx.dtype).contiguous()
+        return dropout_kernels().masked_scale(grad, ctx.seed, ctx.threshold, ctx.scale), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -33,18 +33,23 @@ class RMSNorm(nn.Module):
 
 class FusedRMSNorm(torch.autograd.Function):
     """RMSNorm's function as one pass each way on the CPU (zoo/kernels/elementwise_cpu.cpp): fp32
-    statistics and arithmetic, one rounding to x's dtype; saves x and the per-row 1/rms."""
+    statistics and arithmetic, one rounding to x's dtype; saves x and the per-row 1/rms.
+
+    The kernel reads rows row-major, so x and the incoming gradient (a head reading one position, a
+    transposed or expanded view) are made contiguous here, which is free when they already are.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        x = x.contiguous()
         y, rstd = elementwise_kernels().rms_norm_forward(x, eps)
-        ctx.save_for_backward(x.contiguous(), rstd)
+        ctx.save_for_backward(x, rstd)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, rstd = ctx.saved_tensors
-        return elementwise_kernels().rms_norm_backward(grad.to(x.dtype), x, rstd), None
+        return elementwise_kernels().rms_norm_backward(grad.to(x.dtype).contiguous(), x, rstd), None
 
 
 class LayerNorm(nn.LayerNorm):

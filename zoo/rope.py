@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import elementwise_kernels
+from .kernels import elementwise_kernels, unit_last_stride
 
 
 def rope_inv_freq(dim: int, base: float = 10000.0, device=None) -> torch.Tensor:
@@ -64,17 +64,23 @@ def fused_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 
 class FusedRope(torch.autograd.Function):
     """`apply_rope` as one pass on the CPU (zoo/kernels/elementwise_cpu.cpp), fp32 arithmetic and one
-    rounding; the backward pass is the inverse rotation (the same kernel with −sin)."""
+    rounding; the backward pass is the inverse rotation (the same kernel with −sin).
+
+    The kernel takes any strides across rows (q and k are transposed views of a projection, an incoming
+    gradient may be expanded) but reads each row at unit stride: `unit_last_stride` copies only the
+    tensors whose last dimension is strided.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        cos, sin = unit_last_stride(cos), unit_last_stride(sin)
         ctx.save_for_backward(cos, sin)
-        return elementwise_kernels().rope(x, cos, sin, 1.0)
+        return elementwise_kernels().rope(unit_last_stride(x), cos, sin, 1.0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         cos, sin = ctx.saved_tensors
-        return elementwise_kernels().rope(grad, cos, sin, -1.0), None, None
+        return elementwise_kernels().rope(unit_last_stride(grad.to(cos.dtype)), cos, sin, -1.0), None, None
 
 
 class RotaryEmbedding(nn.Module):

@@ -9,6 +9,11 @@
 
 Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
 when it is not possible, the loader returns None and callers use their PyTorch path.
+
+The kernels read raw row-major memory, so their entry points check device, dtype, contiguity and
+shapes and raise naming the entry point and the argument ("attention_backward: grad_out must be
+contiguous, ..."); the autograd functions that call them (zoo.attention, zoo.dropout, zoo.norms,
+zoo.rope) make inputs and incoming gradients contiguous first, which costs nothing when they are.
 """
 
 from __future__ import annotations
@@ -78,6 +83,12 @@ def attention_kernels():
 def elementwise_kernels():
     """The compiled RMS norm and RoPE (rms_norm_forward/backward, rope), or None."""
     return _build("zoo_elementwise_cpu", "elementwise_cpu.cpp")
+
+
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its last dimension is read at unit stride, else a contiguous copy: the RoPE
+    kernel takes any strides across rows (q and k arrive as transposed views) but not within one."""
+    return t if t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
 def threshold_for(p: float) -> int:

@@ -197,11 +197,39 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
   at::bmm_out(grad_k, probs.transpose(1, 2), q);  // probs now holds dS
 }
 
-void check(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.dim() == 3, name, " must be [heads, length, dim]");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have the dtype of q");
+// q, k, v as the kernels read them: [A, S, d] contiguous, one dtype, the same A, q and k of one d and
+// k and v of one length.
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* fn) {
+  check_float(q, fn, "q");
+  check_like(k, fn, "k", q, "q");
+  check_like(v, fn, "v", q, "q");
+  TORCH_CHECK(q.dim() == 3, fn, ": q must be [heads, Sq, d], got sizes ", q.sizes());
+  TORCH_CHECK(k.dim() == 3, fn, ": k must be [heads, Sk, d], got sizes ", k.sizes());
+  TORCH_CHECK(v.dim() == 3, fn, ": v must be [heads, Sk, dv], got sizes ", v.sizes());
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(2) == q.size(2), fn, ": k must be [heads, Sk, d] with q's heads and d = ",
+              q.size(0), ", ", q.size(2), ", got sizes ", k.sizes());
+  TORCH_CHECK(v.size(0) == q.size(0) && v.size(1) == k.size(1), fn,
+              ": v must be [heads, Sk, dv] with q's heads and k's length = ", q.size(0), ", ", k.size(1), ", got sizes ",
+              v.sizes());
+  // the blocks are cut from rows; empty inputs have none (zoo.attention routes them to SoftmaxAttention)
+  TORCH_CHECK(q.size(1) > 0 && k.size(1) > 0, fn, ": q and k must have at least one row, got Sq = ", q.size(1),
+              ", Sk = ", k.size(1));
+  check_contiguous(q, fn, "q");
+  check_contiguous(k, fn, "k");
+  check_contiguous(v, fn, "v");
+}
+
+void check_blocks(int64_t group, int64_t block_rows, int64_t Sq, const char* fn) {
+  TORCH_CHECK(group > 0, fn, ": group must be positive, got ", group);
+  TORCH_CHECK(block_rows > 0, fn, ": block_rows must be positive, got ", block_rows);
+  TORCH_CHECK(group == 1 || block_rows >= Sq, fn, ": head groups need whole rows (block_rows >= Sq = ", Sq,
+              "), got group = ", group, ", block_rows = ", block_rows);
+}
+
+void check_probs(const at::Tensor& probs, const at::Tensor& q, const at::Tensor& k, const char* fn) {
+  check_like(probs, fn, "probs", q, "q");
+  check_sizes(probs, fn, "probs", {q.size(0), q.size(1), k.size(1)}, "[heads, Sq, Sk]");
+  check_contiguous(probs, fn, "probs");
 }
 
 }  // namespace
@@ -211,20 +239,22 @@ void check(const at::Tensor& t, const char* name, const at::Tensor& like) {
 at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const c10::optional<at::Tensor>& bias, int64_t heads, const c10::optional<at::Tensor>& probs,
                              int64_t seed, int64_t threshold, int64_t group, int64_t block_rows) {
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16, "q must be float32 or bfloat16");
-  check(q, "q", q);
-  check(k, "k", q);
-  check(v, "v", q);
-  TORCH_CHECK(block_rows > 0 && group > 0 && q.size(0) % heads == 0, "bad block_rows, group or heads");
-  TORCH_CHECK(group == 1 || block_rows >= q.size(1), "head groups need whole rows (block_rows >= Sq)");
+  constexpr const char* fn = "attention_forward";
+  check_qkv(q, k, v, fn);
   const int64_t A = q.size(0), Sq = q.size(1), Sk = k.size(1);
+  TORCH_CHECK(heads > 0 && A % heads == 0, fn, ": heads must be positive and divide q.size(0) = ", A, ", got ", heads);
+  check_blocks(group, block_rows, Sq, fn);
+  check_threshold(threshold, fn);
   block_rows = std::min(block_rows, Sq);
   c10::optional<at::Tensor> bias_full;
-  if (bias.has_value()) bias_full = bias->to(q.scalar_type()).expand({A / heads, heads, Sq, Sk});
-  if (probs.has_value()) {
-    check(*probs, "probs", q);
-    TORCH_CHECK(probs->size(0) == A && probs->size(1) == Sq && probs->size(2) == Sk, "probs must be [A, Sq, Sk]");
+  if (bias.has_value()) {
+    check_cpu(*bias, fn, "bias");
+    TORCH_CHECK(at::isFloatingType(bias->scalar_type()), fn, ": bias must be a floating-point additive mask, got ",
+                bias->scalar_type());
+    check_broadcastable(*bias, fn, "bias", {A / heads, heads, Sq, Sk}, "[batch, heads, Sq, Sk]");
+    bias_full = bias->to(q.scalar_type()).expand({A / heads, heads, Sq, Sk});  // read through ATen: any strides
   }
+  if (probs.has_value()) check_probs(*probs, q, k, fn);
   at::Tensor out = at::empty({A, Sq, v.size(2)}, q.options());
   if (q.scalar_type() == at::kBFloat16) {
     forward_impl<at::BFloat16>(q, k, v, bias_full, heads, probs, out, seed, threshold, group, block_rows);
@@ -238,12 +268,14 @@ at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at:
 std::vector<at::Tensor> attention_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                            const at::Tensor& v, at::Tensor probs, int64_t seed, int64_t threshold,
                                            int64_t group, int64_t block_rows) {
-  check(grad_out, "grad_out", q);
-  check(q, "q", q);
-  check(k, "k", q);
-  check(v, "v", q);
-  check(probs, "probs", q);
-  TORCH_CHECK(block_rows > 0 && group > 0, "bad block_rows or group");
+  constexpr const char* fn = "attention_backward";
+  check_qkv(q, k, v, fn);
+  check_like(grad_out, fn, "grad_out", q, "q");
+  check_sizes(grad_out, fn, "grad_out", {q.size(0), q.size(1), v.size(2)}, "[heads, Sq, dv]");
+  check_contiguous(grad_out, fn, "grad_out");
+  check_probs(probs, q, k, fn);
+  check_blocks(group, block_rows, q.size(1), fn);
+  check_threshold(threshold, fn);
   block_rows = std::min(block_rows, q.size(1));
   at::Tensor grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
   if (q.scalar_type() == at::kBFloat16) {

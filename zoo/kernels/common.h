@@ -41,6 +41,55 @@ inline uint16_t float_to_bf16(float f) {  // round to nearest even
   return static_cast<uint16_t>(u >> 16);
 }
 
+// Argument checks of the entry points. Each message names the entry point and the argument, so a
+// caller's mistake reads as one instead of as a failure deep inside a loop or a matmul. The kernels
+// index raw pointers row-major, so they take contiguous tensors; the Python wrappers make them so
+// (`.contiguous()` is free on a tensor that already is).
+
+inline void check_cpu(const at::Tensor& t, const char* fn, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), fn, ": ", name, " must be on the CPU, got ", t.device());
+}
+
+inline void check_float(const at::Tensor& t, const char* fn, const char* name) {
+  check_cpu(t, fn, name);
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, fn, ": ", name,
+              " must be float32 or bfloat16, got ", t.scalar_type());
+}
+
+inline void check_like(const at::Tensor& t, const char* fn, const char* name, const at::Tensor& like,
+                       const char* like_name) {
+  check_cpu(t, fn, name);
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), fn, ": ", name, " must have the dtype of ", like_name, " (",
+              like.scalar_type(), "), got ", t.scalar_type());
+}
+
+inline void check_contiguous(const at::Tensor& t, const char* fn, const char* name) {
+  TORCH_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous, got sizes ", t.sizes(), " with strides ",
+              t.strides(), " (call .contiguous() on it)");
+}
+
+inline void check_sizes(const at::Tensor& t, const char* fn, const char* name, at::IntArrayRef expected,
+                        const char* layout) {
+  TORCH_CHECK(t.sizes() == expected, fn, ": ", name, " must be ", layout, " = ", expected, ", got ", t.sizes());
+}
+
+// t must broadcast to `target` (at most as many dims, each of size 1 or the target's).
+inline void check_broadcastable(const at::Tensor& t, const char* fn, const char* name, at::IntArrayRef target,
+                                const char* layout) {
+  bool ok = t.dim() <= static_cast<int64_t>(target.size());
+  for (int64_t i = 1; ok && i <= t.dim(); ++i) {
+    const int64_t size = t.size(-i), want = target[target.size() - i];
+    ok = size == 1 || size == want;
+  }
+  TORCH_CHECK(ok, fn, ": ", name, " must broadcast to ", layout, " = ", target, ", got ", t.sizes());
+}
+
+// The lanes are 16-bit: threshold 2^16 or more would drop everything (p = 1, an infinite rescaling).
+inline void check_threshold(int64_t threshold, const char* fn) {
+  TORCH_CHECK(threshold >= 0 && threshold < 65536, fn, ": threshold must be in [0, 65536) (dropout p < 1), got ",
+              threshold);
+}
+
 template <typename T>
 struct Codec;
 

@@ -57,16 +57,14 @@ void softmax_dropout_backward_impl(torch::Tensor& grad, const torch::Tensor& pro
   });
 }
 
-void check(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name, " must be float32 or bfloat16");
-}
-
 }  // namespace
 
+// Element i is x's element i in row-major order: x must be contiguous (FusedDropout makes it so).
 torch::Tensor masked_scale(const torch::Tensor& x, int64_t seed, int64_t threshold, double scale) {
-  check(x, "x");
+  constexpr const char* fn = "masked_scale";
+  check_float(x, fn, "x");
+  check_contiguous(x, fn, "x");
+  check_threshold(threshold, fn);
   auto out = torch::empty_like(x);
   if (x.scalar_type() == at::kBFloat16) {
     masked_scale_impl<at::BFloat16>(x, out, static_cast<uint64_t>(seed), static_cast<uint32_t>(threshold), scale);
@@ -76,11 +74,19 @@ torch::Tensor masked_scale(const torch::Tensor& x, int64_t seed, int64_t thresho
   return out;
 }
 
+// grad and probs [..., Sk]: the softmax runs over the last dimension, and element i of the mask is
+// element i of probs in row-major order, as in masked_scale over the same probs.
 torch::Tensor softmax_dropout_backward(torch::Tensor grad, const torch::Tensor& probs, int64_t seed, int64_t threshold) {
-  check(grad, "grad");
-  check(probs, "probs");
-  TORCH_CHECK(grad.sizes() == probs.sizes() && grad.scalar_type() == probs.scalar_type(), "grad and probs must match");
+  constexpr const char* fn = "softmax_dropout_backward";
+  check_float(probs, fn, "probs");
+  check_like(grad, fn, "grad", probs, "probs");
+  TORCH_CHECK(probs.dim() >= 1, fn, ": probs must have a last dimension (the softmax's), got a scalar");
+  check_sizes(grad, fn, "grad", probs.sizes(), "the size of probs");
+  check_contiguous(grad, fn, "grad");
+  check_contiguous(probs, fn, "probs");
+  check_threshold(threshold, fn);
   auto dropped = torch::empty_like(probs);
+  if (probs.numel() == 0) return dropped;  // rows = numel / Sk below: no rows, or rows of no keys
   if (probs.scalar_type() == at::kBFloat16) {
     softmax_dropout_backward_impl<at::BFloat16>(grad, probs, dropped, static_cast<uint64_t>(seed), static_cast<uint32_t>(threshold));
   } else {

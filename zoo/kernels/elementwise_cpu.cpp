@@ -101,19 +101,22 @@ void rope_impl(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin
   });
 }
 
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name, " must be float32 or bfloat16");
-}
+// A last dimension read at unit stride (or of at most one element, where the stride is never used).
+bool unit_last_stride(const at::Tensor& t) { return t.size(-1) <= 1 || t.stride(-1) == 1; }
 
 }  // namespace
 
+// Rows are the last dimension of x, read row-major: x must be contiguous (FusedRMSNorm makes it so).
 // Returns (y, rstd): y like x, rstd float32 with one value per row.
-std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x_in, double eps) {
-  check_float(x_in, "x");
-  const at::Tensor x = x_in.contiguous();
+std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x, double eps) {
+  constexpr const char* fn = "rms_norm_forward";
+  check_float(x, fn, "x");
+  TORCH_CHECK(x.dim() >= 1, fn, ": x must have a last dimension (the normalised one), got a scalar");
+  check_contiguous(x, fn, "x");
   at::Tensor y = at::empty_like(x);
-  at::Tensor rstd = at::empty({x.numel() / x.size(-1)}, x.options().dtype(at::kFloat));
+  const int64_t cols = x.size(-1), rows = cols == 0 ? 0 : x.numel() / cols;
+  at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  if (rows == 0) return {y, rstd};
   if (x.scalar_type() == at::kBFloat16) {
     rms_norm_forward_impl<at::BFloat16>(x, y, rstd, eps);
   } else {
@@ -122,11 +125,22 @@ std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x_in, double eps) {
   return {y, rstd};
 }
 
-at::Tensor rms_norm_backward(const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& rstd) {
-  check_float(grad_in, "grad");
-  TORCH_CHECK(grad_in.scalar_type() == x.scalar_type() && grad_in.sizes() == x.sizes(), "grad must match x");
-  const at::Tensor grad = grad_in.contiguous();
+// grad and x contiguous and alike; rstd as rms_norm_forward returned it.
+at::Tensor rms_norm_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& rstd) {
+  constexpr const char* fn = "rms_norm_backward";
+  check_float(x, fn, "x");
+  check_like(grad, fn, "grad", x, "x");
+  TORCH_CHECK(x.dim() >= 1, fn, ": x must have a last dimension (the normalised one), got a scalar");
+  check_sizes(grad, fn, "grad", x.sizes(), "the size of x");
+  const int64_t cols = x.size(-1), rows = cols == 0 ? 0 : x.numel() / cols;
+  check_cpu(rstd, fn, "rstd");
+  TORCH_CHECK(rstd.scalar_type() == at::kFloat, fn, ": rstd must be float32, got ", rstd.scalar_type());
+  check_sizes(rstd, fn, "rstd", {rows}, "[rows of x]");
+  check_contiguous(grad, fn, "grad");
+  check_contiguous(x, fn, "x");
+  check_contiguous(rstd, fn, "rstd");
   at::Tensor dx = at::empty_like(x);
+  if (rows == 0) return dx;
   if (x.scalar_type() == at::kBFloat16) {
     rms_norm_backward_impl<at::BFloat16>(grad, x, rstd, dx);
   } else {
@@ -135,18 +149,26 @@ at::Tensor rms_norm_backward(const at::Tensor& grad_in, const at::Tensor& x, con
   return dx;
 }
 
-// x [B, H, S, d]; cos, sin broadcastable to [B, 1, S, d/2] in the dtype of x. sign = −1 rotates back.
-at::Tensor rope(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in, double sign) {
-  check_float(x_in, "x");
-  TORCH_CHECK(x_in.dim() == 4 && x_in.size(3) % 2 == 0, "x must be [B, H, S, d] with even d");
-  TORCH_CHECK(cos_in.scalar_type() == x_in.scalar_type() && sin_in.scalar_type() == x_in.scalar_type(),
-              "cos and sin must have the dtype of x");
-  const at::Tensor x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();
+// x [B, H, S, d] with any strides but a unit one in d (q and k are usually transposed views of the
+// projection's output; FusedRope copies only when d itself is strided); cos, sin broadcastable to
+// [B, 1, S, d/2] in the dtype of x, with a unit stride in the last dimension. sign = −1 rotates back.
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor& sin_in, double sign) {
+  constexpr const char* fn = "rope";
+  check_float(x, fn, "x");
+  TORCH_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, fn, ": x must be [B, H, S, d] with even d, got sizes ", x.sizes());
+  TORCH_CHECK(unit_last_stride(x), fn, ": x must have a unit stride in its last dimension, got strides ", x.strides(),
+              " (call .contiguous() on it)");
   const int64_t B = x.size(0), S = x.size(2), half = x.size(3) / 2;
+  const auto check_table = [&](const at::Tensor& t, const char* name) {
+    check_like(t, fn, name, x, "x");
+    check_broadcastable(t, fn, name, {B, 1, S, half}, "[B, 1, S, d/2]");
+    TORCH_CHECK(t.dim() >= 1 && t.size(-1) == half && unit_last_stride(t), fn, ": ", name, " must have d/2 = ", half,
+                " elements at unit stride in its last dimension, got sizes ", t.sizes(), " with strides ", t.strides());
+  };
+  check_table(cos_in, "cos");
+  check_table(sin_in, "sin");
   at::Tensor cos = cos_in.expand({B, 1, S, half}).select(1, 0);
   at::Tensor sin = sin_in.expand({B, 1, S, half}).select(1, 0);
-  if (cos.stride(2) != 1) cos = cos.contiguous();
-  if (sin.stride(2) != 1) sin = sin.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (x.scalar_type() == at::kBFloat16) {
     rope_impl<at::BFloat16>(x, cos, sin, out, static_cast<float>(sign));

@@ -26,6 +26,10 @@ EXPECTED_ZIP = sorted([
 
 
 def test_dry_run_every_task_end_to_end(fixtures, tiny_folder, tmp_path, capsys):
+    # fine-tuned with the model's default dropout, as users run it: that path once crashed in the first
+    # backward pass of a classification task (issue 16)
+    config = json.loads((tiny_folder / "config.json").read_text())
+    assert config["hidden_dropout_prob"] > 0 and config["attention_probs_dropout_prob"] > 0
     out = tmp_path / "run"
     rc = evaluate_main(["clue", "--model", str(tiny_folder), "--data-dir", str(fixtures), "--dry-run",
                         "--output", str(out), "--submission", "submit_zoo_20240601.zip", "--no-progress", "--no-bf16"])
