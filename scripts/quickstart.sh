@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: pretrain a tiny RoFormerV2 on the embedded corpus with DeepSpeed on 2 CPU ranks
 # (about 5 minutes), publish it to the local registry, then load it back by name and print its
-# predictions for masked characters.  Extra arguments are recipe overrides (key=value).
+# predictions for masked characters, and build the zoo's web site.  Extra arguments are recipe
+# overrides (key=value).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RANKS="${RANKS:-2}"
@@ -12,3 +13,6 @@ python -m zoo fill-mask quickstart-roformer-v2-tiny \
     "北[MASK]是中华人民共和国的首都。" \
     "这本书的内容很精彩，我非常[MASK]欢。" \
     "人民日报社论指出，要坚持改革开[MASK]。"
+# the registry as a web page: an index of every model, a page per version (card, metrics, figures,
+# recipe, how to load it) and a comparison page; `python -m zoo serve` serves it on 127.0.0.1
+python -m zoo site --out checkpoints/site

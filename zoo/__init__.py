@@ -16,8 +16,9 @@ from .families.gau_alpha import GAUAlphaConfig
 from .families.roformer_v2 import RoFormerV2Config
 from .growth import expand
 from .presets import create, preset_config, presets
-from .pretrained import from_pretrained, list_models, load_tokenizer, publish
+from .pretrained import from_pretrained, list_models, load_tokenizer, publish, publish_evaluation
 from .registry import IntegrityError, ModelNotFoundError, RegistryError
+from .site import build_site
 from .tokenizer import decode_text, default_tokenizer, tokenizer_from_vocab, train_tokenizer
 
 __version__ = "0.1.0"

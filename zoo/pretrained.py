@@ -11,9 +11,12 @@ A reference is resolved in this order:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
-import tempfile
+import re
+import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from . import families
+from .errors import UsageError
 from .registry import MANIFEST, IntegrityError, ModelNotFoundError, Registry, parse_ref, verify_folder
 from .tokenizer import default_tokenizer, save_vocab
 
@@ -164,7 +168,7 @@ def check_weights_match_config(folder: Path, cls, config) -> None:
     problems += [f"{key} is in the weights but not in the model config.json describes" for key in encoder_found if key not in encoder_expected]
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise ValueError(f"config/weights mismatch in {folder}: {shown}")
+        raise UsageError(f"config/weights mismatch in {folder}: {shown}")
 
 
 _LOAD_KWARGS = {"dtype", "device_map", "output_loading_info", "ignore_mismatched_sizes", "low_cpu_mem_usage", "state_dict"}
@@ -188,29 +192,51 @@ def publish(
     card: str | None = None,
     registry: str | os.PathLike | None = None,
     max_shard_size: str = "2GB",
+    figures: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike] | None = None,
+    recipe: str | os.PathLike | Mapping | None = None,
 ) -> str:
     """Publish `model` (and its tokenizer) as an immutable registry version; returns `name@version`.
 
     Writes model.safetensors (sharded above `max_shard_size`), config.json, the tokenizer
     (tokenizer.json, tokenizer_config.json, vocab.txt), a model card README.md with `metrics`, and
     the manifest. With `tokenizer=None` the default tokenizer is included when its size matches.
+
+    `figures`: PNG files published with the version (training curves, evaluation plots), a list of
+    paths (titled by file stem) or a mapping title → path; stored as `figure-<title>.png` (the title
+    lower-cased, other characters as '-'; with `-<8 hex digits of its sha1>` added when letters or
+    digits outside a-z0-9, such as Chinese, had to be dropped, so such titles never collide).
+    `recipe`: the training recipe, a YAML/JSON file or a mapping (written as recipe.yaml).
+    Both are covered by the manifest (`figures`, `recipe` keys) and verified on load like the
+    weights; a missing or non-PNG figure, or an unreadable recipe, is refused before anything is
+    written; so is an invalid or already published name@version, before the model is saved.
     """
+    from .registry import check_name, check_version
+
+    check_name(name)  # before the ref is joined: a name with '@' would split there
+    check_version(version)
+    check_new_version(f"{name}@{version}", registry)
+    figure_files = collect_figures(figures)
+    recipe_file = recipe_payload(recipe)
     store = Registry(registry)
     if tokenizer is None:
         candidate = default_tokenizer()
         tokenizer = candidate if len(candidate) == model.config.vocab_size else None
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
-        raise ValueError(
+        raise UsageError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
     store.root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".stage-", dir=store.root) as staging:
+    with store.staging(".stage-") as staging:  # locked while in use: `zoo gc` removes it only if we die
         staging = Path(staging)
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
             save_vocab(tokenizer, staging / "vocab.txt")
         (staging / "README.md").write_text(model_card(model, name, version, metrics, card), encoding="utf-8")
+        for figure in figure_files:
+            shutil.copyfile(figure["source"], staging / figure["file"])
+        if recipe_file is not None:
+            (staging / recipe_file[0]).write_bytes(recipe_file[1])
         entry = store.publish_folder(
             staging,
             name,
@@ -220,10 +246,161 @@ def publish(
                 "architecture": type(model).__name__,
                 "num_parameters": int(model.num_parameters()),
                 "metrics": dict(metrics or {}),
+                "figures": [{k: v for k, v in figure.items() if k != "source"} for figure in figure_files],
+                "recipe": recipe_file[0] if recipe_file is not None else None,
                 "zoo_version": _zoo_version(),
             },
         )
     return entry.ref
+
+
+def check_new_version(as_ref: str, registry: str | os.PathLike | None = None) -> tuple[str, str]:
+    """(name, version) of `as_ref`, a version about to be published: refused, naming it, when it has no
+    version, an invalid name or version, or is already published. Cheap: run it before long work."""
+    from .registry import RegistryError, check_name, check_version
+
+    name, version = parse_ref(str(as_ref))
+    if version is None:
+        raise UsageError(f"cannot publish as {str(as_ref)!r}: give NAME@VERSION (a new version; versions are immutable)")
+    check_name(name)
+    check_version(version)
+    store = Registry(registry)
+    if version in store.versions(name):
+        raise RegistryError(f"{name}@{version} is already published in {store.root}; versions are immutable")
+    return name, version
+
+
+def publish_evaluation(
+    ref: str | os.PathLike,
+    as_ref: str,
+    *,
+    metrics: Mapping[str, float],
+    figures: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike] | None = None,
+    registry: str | os.PathLike | None = None,
+    note: str | None = None,
+) -> str:
+    """Publish the model behind `ref` again, as the new version `as_ref` (`name@version`), with an evaluation.
+
+    The new version carries the base's weights, tokenizer, card, metrics, figures and recipe, plus
+    `metrics` and `figures` (as `publish` takes them; a new key or figure title replaces the base's),
+    and its card gains a section naming the evaluation (`note`). `ref` is anything `from_pretrained`
+    takes; a folder or Hub id without a manifest brings no metrics, figures or recipe. Returns `name@version`.
+    """
+    name, version = check_new_version(as_ref, registry)
+    resolved = resolve(ref, registry)
+    manifest_path = resolved.path / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    config = AutoConfig.from_pretrained(resolved.path)
+    built = {manifest.get("architecture"), *(getattr(config, "architectures", None) or [])}
+    task = next((t for t, cls in families.FAMILIES[families.family_of(config)]["models"].items() if cls.__name__ in built),
+                "masked-lm")  # re-saved with the class the base was saved with, so the files hold the same tensors
+    model = from_pretrained(resolved.path, task=task, dtype="auto")
+    has_tokenizer = (resolved.path / "tokenizer.json").is_file() or (resolved.path / "vocab.txt").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path) if has_tokenizer else None
+    try:
+        new_metrics = {str(k): float(v) for k, v in metrics.items()}
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"metrics must map names to numbers: {error}") from error
+    merged_figures = {f["file"]: (f["title"], resolved.path / f["file"]) for f in manifest.get("figures") or []}
+    new_figures = collect_figures(figures)
+    merged_figures.update({f["file"]: (f["title"], f["source"]) for f in new_figures})
+    recipe = resolved.path / manifest["recipe"] if manifest.get("recipe") else None
+    card = _card_text(resolved.path / "README.md")
+    section = (f"## Evaluation{': ' + note.strip() if note else ''}\n\nPublished from `{resolved.ref}` (the same weights, "
+               f"tokenizer and recipe) with {len(new_metrics)} metrics from this evaluation"
+               + (f" (figures: {', '.join(f['title'] for f in new_figures)})" if new_figures else "") + ".\n")
+    return publish(model, tokenizer, name=name, version=version, registry=registry,
+                   metrics={**(manifest.get("metrics") or {}), **new_metrics},
+                   card=(card + "\n\n" if card else "") + section,
+                   figures={title: source for title, source in merged_figures.values()} or None, recipe=recipe)
+
+
+def _card_text(readme: Path) -> str:
+    """A model card's own text: without the front matter and, for a zoo card, without the heading,
+    description and metrics table `model_card` writes (the new version writes its own)."""
+    if not readme.is_file():
+        return ""
+    body = re.sub(r"\A---\n.*?\n---\n", "", readme.read_text(encoding="utf-8"), flags=re.DOTALL).strip()
+    head, found, rest = body.partition("\n## Metrics\n")
+    if not (found and head.startswith("# ")):
+        return body
+    lines = rest.strip("\n").splitlines()
+    while lines and lines[0].startswith("|"):
+        lines.pop(0)
+    return "\n".join(lines).strip()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file; ValueError naming the file when it is not a PNG."""
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    # signature, then the IHDR chunk: length (4), type (4), width (4), height (4)
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise UsageError(f"figure {path} is not a PNG file (figures must be PNG images)")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def collect_figures(figures) -> list[dict]:
+    """Check the figures given to `publish` and name them: [{file, title, width, height, source}]."""
+    if figures is None:
+        return []
+    if isinstance(figures, (str, os.PathLike)):
+        figures = [figures]
+    items = list(figures.items()) if isinstance(figures, Mapping) else [(Path(p).stem, p) for p in figures]
+    out, taken = [], {}
+    for title, source in items:
+        source = Path(source).expanduser()
+        if not source.is_file():
+            raise FileNotFoundError(f"figure file not found: {source}")
+        width, height = png_size(source)
+        file = figure_file_name(str(title))
+        if file in taken:
+            raise UsageError(f"figures {taken[file]} and {source} would both be stored as {file}: give them distinct titles")
+        taken[file] = source
+        out.append({"file": file, "title": str(title), "width": width, "height": height, "source": source})
+    return out
+
+
+FIGURE_SLUG_MAX = 80
+
+
+def figure_file_name(title: str) -> str:
+    """`figure-<slug>.png` for a figure title; `figure-<slug>-<sha1 of the title, 8 hex>.png` when the
+    slug lost letters or digits (non-ASCII ones, such as Chinese), is empty or was cut to length."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", title.lower()).strip("-.")
+    lost = any(ch.isalnum() and not ("a" <= ch <= "z" or "0" <= ch <= "9") for ch in title.lower())
+    if lost or not slug or len(slug) > FIGURE_SLUG_MAX:
+        digest = hashlib.sha1(title.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        slug = "-".join(part for part in (slug[:FIGURE_SLUG_MAX].strip("-."), digest) if part)
+    return f"figure-{slug}.png"
+
+
+def recipe_payload(recipe) -> tuple[str, bytes] | None:
+    """The training recipe to store with a version: (file name, bytes); a file is kept as written."""
+    import yaml
+
+    if recipe is None:
+        return None
+    if isinstance(recipe, Mapping):
+        try:
+            text = yaml.safe_dump(dict(recipe), sort_keys=False, allow_unicode=True)
+        except yaml.YAMLError as error:
+            raise UsageError(f"recipe cannot be written as YAML: {error}") from error
+        return "recipe.yaml", text.encode("utf-8")
+    path = Path(recipe).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file not found: {path}")
+    data = path.read_bytes()
+    try:
+        parsed = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UsageError(f"recipe {path} is not a YAML or JSON file: {error}") from error
+    if not isinstance(parsed, dict):
+        raise UsageError(f"recipe {path} is not a mapping of sections (got {type(parsed).__name__})")
+    return ("recipe.json" if path.suffix.lower() == ".json" else "recipe.yaml"), data
 
 
 def _zoo_version() -> str:

@@ -1,5 +1,6 @@
 """Round trips (save/load, publish/from_pretrained, Auto classes) and the errors bad input gets."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -183,8 +184,12 @@ def test_duplicate_publish_is_refused_and_leaves_the_version_intact(registry):
 
 
 def test_crash_during_publish_leaves_no_version(registry, monkeypatch):
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
+    real_link = os.link
+
+    def crash(src, dst, **kwargs):  # the version's ref, the commit point (staging locks are links too)
+        if os.path.basename(os.path.dirname(dst)) == "refs":
+            raise OSError("disk full")
+        return real_link(src, dst, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(os, "link", crash)
@@ -221,3 +226,58 @@ def test_folder_with_manifest_is_verified(registry, tmp_path):
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("128", "129", 1))
     with pytest.raises(zoo.IntegrityError, match="config.json"):
         zoo.from_pretrained(copy)
+
+
+def test_a_bad_or_duplicate_version_is_refused_before_the_model_is_saved(registry, monkeypatch):
+    sweeps = []
+    sweep = Registry._collect_garbage_quietly
+    monkeypatch.setattr(Registry, "_collect_garbage_quietly", lambda self: sweeps.append(self) or sweep(self))
+    model = zoo.create("roformer-v2-mini")
+    zoo.publish(model, name="m", version="1")
+    assert len(sweeps) == 1  # once per publish, not again for the staging folder publish_folder opens inside
+
+    def save_pretrained(*args, **kwargs):
+        raise AssertionError("the model was saved before its name and version were checked")
+
+    monkeypatch.setattr(type(model), "save_pretrained", save_pretrained)
+    for name, version, message in [("m", "1", "m@1 is already published"), ("m", "main", "invalid version 'main'"),
+                                   ("m", None, "invalid version None"), ("M", "2", "invalid model name 'M'"),
+                                   ("m@x", "2", "invalid model name 'm@x'")]:
+        with pytest.raises(zoo.RegistryError, match=message):
+            zoo.publish(model, name=name, version=version)
+    assert Registry().versions("m") == ["1"]
+    assert not [p for p in registry.rglob("*") if p.name.startswith((".stage-", ".publish-"))]
+
+
+def tiny_png(path, width=4, height=3):
+    """The first bytes of a PNG (signature and IHDR): all `collect_figures` reads."""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + width.to_bytes(4, "big")
+                     + height.to_bytes(4, "big") + bytes(5))
+    return path
+
+
+def test_figure_titles_that_lose_characters_are_stored_under_a_hash_of_the_title(tmp_path):
+    from zoo.pretrained import collect_figures
+    from zoo.site.build import FIGURE_FILE
+
+    png = tiny_png(tmp_path / "a.png")
+    titles = ["训练损失", "验证准确率", "loss 曲线", "training curves", "Loss (log)", "!!!", "x" * 100]
+    files = [figure["file"] for figure in collect_figures({title: png for title in titles})]
+
+    def sha(title):
+        return hashlib.sha1(title.encode("utf-8")).hexdigest()[:8]
+
+    assert files == [f"figure-{sha('训练损失')}.png", f"figure-{sha('验证准确率')}.png", f"figure-loss-{sha('loss 曲线')}.png",
+                     "figure-training-curves.png", "figure-loss-log.png", f"figure-{sha('!!!')}.png",
+                     f"figure-{'x' * 80}-{sha('x' * 100)}.png"]
+    assert all(FIGURE_FILE.match(file) for file in files)  # the site shows them
+
+
+def test_cli_metric_that_is_not_a_number_is_a_usage_error(registry, tmp_path, capsys):
+    from zoo.__main__ import main
+
+    folder = tmp_path / "saved"
+    zoo.create("roformer-v2-mini").save_pretrained(folder)
+    assert main(["publish", str(folder), "--name", "m", "--version", "1", "--metric", "heldout/acc=abc"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "zoo publish: error: --metric heldout/acc: 'abc' is not a number"
+    assert Registry().versions("m") == []
