@@ -10,7 +10,9 @@
     stages:    [...]                      (optional: growth stages, see pretrain/stages.py)
     deepspeed: {...}                      handed to deepspeed.initialize unchanged, except that an
                                           optimizer DeepSpeed cannot run here (Lamb on CPU) is
-                                          replaced by ours with the same parameters
+                                          replaced by ours with the same parameters; every key DeepSpeed
+                                          parses itself must be one it reads (deepspeed_keys.py; the
+                                          optimizer's and scheduler's params go to their constructors)
 
 Overrides on the command line use dotted keys: `training.steps=100 deepspeed.train_batch_size=32`.
 """
@@ -25,11 +27,9 @@ from typing import Any
 
 import yaml
 
+from .errors import RecipeError
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run; the message names the file and the key."""
 
 
 # --------------------------------------------------------------------------- sections
@@ -84,7 +84,9 @@ class TrainingSection:
     keep_checkpoints: int = 3
     log_every: int = 10
     masked_positions_only: bool = True  # MLM logits only where labels are set (sparse head)
-    peak_tflops: float | None = None  # per rank; None = measure a matmul once at start
+    peak_tflops: float | None = None  # per rank; None = the GPU's datasheet peak, else a measured matmul
+    prefetch_steps: int | None = None  # steps collated ahead on a thread; None = 2 on CUDA, 0 on the CPU
+    compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile()
     output_dir: str | None = None  # default checkpoints/runs/<run_name>
     export: bool = True  # write the consolidated model folder at the end
 
@@ -116,10 +118,11 @@ class Recipe:
 SCHEDULE_TYPES = ("piecewise_linear", "warmup_linear", "warmup_cosine", "constant")
 SOURCE_TYPES = {
     "embedded": {"type"},
-    "text": {"type", "path", "documents"},
-    "jsonl": {"type", "path", "field"},
+    "text": {"type", "path", "documents", "errors"},
+    "jsonl": {"type", "path", "field", "errors"},
     "datasets": {"type", "path", "name", "split", "field"},
 }
+ERROR_MODES = ("strict", "replace", "skip")  # data.sources[i].errors: undecodable bytes fail, become U+FFFD, or drop the line
 POSITION_TYPES = ("natural", "ruoss", "equal_mean")
 LAMB_TYPES = ("lamb",)
 
@@ -297,6 +300,9 @@ def validate(recipe: Recipe) -> None:
             raise RecipeError(f"{src}: {key}.path is required for a {source['type']} source")
         if source["type"] == "text" and source.get("documents", "lines") not in ("lines", "paragraphs"):
             raise RecipeError(f"{src}: {key}.documents must be 'lines' or 'paragraphs'")
+        if source.get("errors", "strict") not in ERROR_MODES:
+            modes = ", ".join(map(repr, ERROR_MODES[:-1])) + f" or {ERROR_MODES[-1]!r}"
+            raise RecipeError(f"{src}: {key}.errors must be {modes}, got {source['errors']!r}")
     m = data.masking
     if not 0 < m.rate < 1 or not 0 <= m.mask <= 1 or not 0 <= m.random <= 1 or m.mask + m.random > 1:
         raise RecipeError(f"{src}: data.masking needs 0 < rate < 1 and mask + random ≤ 1, got {m}")
@@ -309,6 +315,11 @@ def validate(recipe: Recipe) -> None:
     for key in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
         if getattr(training, key) < 1:
             raise RecipeError(f"{src}: training.{key} must be ≥ 1, got {getattr(training, key)}")
+    if training.prefetch_steps is not None and training.prefetch_steps < 0:
+        raise RecipeError(f"{src}: training.prefetch_steps must be ≥ 0 (0 = collate each step when it is needed), "
+                          f"got {training.prefetch_steps}")
+    if training.peak_tflops is not None and training.peak_tflops <= 0:
+        raise RecipeError(f"{src}: training.peak_tflops must be > 0, got {training.peak_tflops}")
     ds = recipe.deepspeed
     if training.lr_schedule is not None and "scheduler" in ds:
         raise RecipeError(f"{src}: give the schedule either as training.lr_schedule or deepspeed.scheduler, not both")
@@ -360,6 +371,11 @@ def validate_deepspeed(ds: dict, src: str) -> None:
         _reject_removed_config_keys(ds)
     except DeepSpeedConfigError as error:
         raise RecipeError(f"{src}: deepspeed section: {error}") from error
+    from .deepspeed_keys import deepspeed_key_error  # every key, at any depth, is one DeepSpeed reads
+
+    problem = deepspeed_key_error(ds, src)
+    if problem is not None:
+        raise RecipeError(problem)
     batch_keys = [k for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps") if k in ds]
     if len(batch_keys) < 2:
         raise RecipeError(
