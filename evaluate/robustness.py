@@ -28,10 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from zoo.positions import sample_ruoss_positions, variant
-from zoo.registry import RegistryError
+from zoo.errors import ZooError
 
+from .errors import EvaluateError, UsageError
 from .extrapolation import data, report
-from .extrapolation.cli import add_common_arguments, default_out_dir, parse_lengths, resolve_train_length
+from .extrapolation.cli import (
+    add_common_arguments, check_publish, default_out_dir, parse_lengths, publish_results, resolve_train_length,
+)
 from .extrapolation.scoring import load_model, score
 
 
@@ -65,11 +68,11 @@ def probe_positions(name: str, length: int, count: int, train_length: int, seed:
     """Position ids [count, length] (float64) of probe `name` for `count` windows."""
     if name == "uniform_span":
         if train_span is None:
-            raise ValueError("probe 'uniform_span' needs --train-span (the span random positions were drawn from)")
+            raise UsageError("probe 'uniform_span' needs --train-span (the span random positions were drawn from)")
         row = np.linspace(0.0, train_span - 1, length)
         return np.tile(row, (count, 1))
     if name not in PROBES:
-        raise ValueError(f"unknown probe {name!r}; probes: {', '.join(list(PROBES) + ['uniform_span'])}")
+        raise UsageError(f"unknown probe {name!r}; probes: {', '.join(list(PROBES) + ['uniform_span'])}")
     code = list(PROBES).index(name)
     rows = [PROBES[name](length, train_length, np.random.default_rng([seed, 3, code, length, m]))
             for m in range(count if name in RANDOM_PROBES else 1)]
@@ -92,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    check_publish(args)
     loaded = load_model(args.model, args.registry, args.device)
     if loaded.config.position_embedding_type != "rope":
-        raise ValueError(f"{loaded.ref}: robustness probes move RoPE positions, but the model has "
+        raise UsageError(f"{loaded.ref}: robustness probes move RoPE positions, but the model has "
                          f"position_embedding_type={loaded.config.position_embedding_type!r}")
     train_length = resolve_train_length(args.train_length, loaded)
     lengths = parse_lengths(args.lengths, train_length)
@@ -156,6 +160,14 @@ def run(args: argparse.Namespace) -> dict:
     plot(results, out_dir / "robustness.png")
     print(markdown)
     print(f"wrote {out_dir / 'results.json'}, results.md, robustness.png")
+    metrics = {}  # natural positions' accuracy, and every other probe's change against it
+    for probe, by_length in results["results"].items():
+        key = "accuracy" if probe == "natural" else "accuracy_change"
+        metrics.update({f"robustness/{results['variant']}/{probe}/L={length}/{key}": cell[key]
+                        for length, cell in by_length.items()})
+    results["published"] = publish_results(
+        args, loaded.ref, metrics, {"robustness": out_dir / "robustness.png"},
+        f"position robustness (N = {train_length}, variant {results['variant']}, mask seed {args.seed})")
     return results
 
 
@@ -213,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, RegistryError) as error:
+    except (EvaluateError, ZooError, FileNotFoundError) as error:  # anything else keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

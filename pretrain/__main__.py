@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
 
 
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .errors import PretrainError
     from .recipe import RecipeError, load_recipe
 
     try:
@@ -29,17 +32,24 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"pretrain: {error}", file=sys.stderr)
         return 2
-    from .data import CorpusError
-    from .trainer import NonFiniteLossError, Trainer
+    from .trainer import Trainer, close_distributed
 
+    # The project's own errors (recipe, data, run state, a non-finite loss) are one line; anything
+    # else is a bug or an environment problem and keeps its traceback.
     trainer = None
     try:
         trainer = Trainer(recipe, resume=args.resume, restart=args.restart)
         result = trainer.train()
-    except (CorpusError, FileExistsError, FileNotFoundError, NonFiniteLossError, ValueError) as error:
-        print(f"pretrain: {error}", file=sys.stderr)
-        if trainer is not None:
-            trainer.close()
+    except PretrainError as error:
+        if not error.mirrored:  # a copy of rank 0's error is printed there, once
+            print(f"pretrain: {error}", file=sys.stderr)
+        close_distributed(barrier=False)  # the other ranks may be anywhere: do not wait for them
+        return 1
+    except RuntimeError as error:
+        message = lost_peer_message(error, trainer)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)  # and leave without a collective: the peer will not answer
         return 1
     if trainer.rank == 0:
         print(f"pretrain: finished {recipe.run_name} at step {result.step}; outputs in {result.output_dir}")
@@ -50,6 +60,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain: published {result.published}")
     trainer.close()
     return 0
+
+
+# What gloo and torch.distributed say when a peer rank is gone (killed: the connection drops at once)
+# or stopped answering (a hung or unreachable node: the process group's timeout, ZOO_DIST_TIMEOUT_S).
+_PEER_LOST = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "Timed out waiting", "failed to recv")
+
+
+def lost_peer_message(error: RuntimeError, trainer) -> str | None:
+    """One paragraph for a collective that failed because another rank is gone; None for other errors."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    if not (isinstance(error, dist.DistError) or any(marker in str(error) for marker in _PEER_LOST)):
+        return None
+    from .checkpoint import complete_checkpoints
+    from .trainer import DIST_TIMEOUT_S
+
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(" This is typically caused")[0].rstrip(".")
+    where = f" after step {trainer.step}" if trainer is not None else " while setting up"
+    message = (f"pretrain: rank {dist.get_rank()} of {dist.get_world_size()} lost contact with another rank{where} "
+               f"(a node or rank was killed or crashed, or did not answer within ZOO_DIST_TIMEOUT_S="
+               f"{os.environ.get('ZOO_DIST_TIMEOUT_S', DIST_TIMEOUT_S)} s), so it stops too: {cause}.")
+    if trainer is not None:
+        last = complete_checkpoints(trainer.checkpoint_dir)
+        message += (f" Last complete checkpoint: {last[-1].path} (continue with --resume, on these nodes or on "
+                    "another number of nodes/ranks)." if last else " No complete checkpoint was written yet.")
+    return message
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import RunError
+
 MARKER = "COMPLETE"
 UNIVERSAL_SUFFIX = "_universal"
 
@@ -36,6 +38,10 @@ UNIVERSAL_SUFFIX = "_universal"
 def tag_for(step: int, grown_stage: int | None = None) -> str:
     """step_0000100, or step_0000100_stage1 for the checkpoint written right after growing into stage 1."""
     return f"step_{step:07d}" + (f"_stage{grown_stage}" if grown_stage else "")
+
+
+class CheckpointNotFoundError(RunError, FileNotFoundError):
+    """--resume names a checkpoint that does not exist (or is incomplete)."""
 
 
 @dataclass(frozen=True)
@@ -74,13 +80,13 @@ def find_checkpoint(directory: Path, which: str | None) -> CheckpointInfo:
     growth step, the number names the checkpoint before the growth, which grows again on resume)."""
     checkpoints = complete_checkpoints(directory)
     if not checkpoints:
-        raise FileNotFoundError(f"no complete checkpoint under {directory}")
+        raise CheckpointNotFoundError(f"no complete checkpoint under {directory}")
     if which in (None, "latest"):
         return checkpoints[-1]
     for info in checkpoints:
         if which in (info.tag, str(info.step)):
             return info
-    raise FileNotFoundError(f"no complete checkpoint {which!r} under {directory}; have: {', '.join(c.tag for c in checkpoints)}")
+    raise CheckpointNotFoundError(f"no complete checkpoint {which!r} under {directory}; have: {', '.join(c.tag for c in checkpoints)}")
 
 
 def rng_state() -> dict:

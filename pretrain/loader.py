@@ -7,15 +7,24 @@ positions, if any) comes from a generator seeded by (seed, epoch, index in the p
 
 So the data a run sees depends only on the seed and the global batch size: resuming (on the same
 or another number of ranks) continues the exact stream, as long as the global batch is the same.
+Each micro-batch is also named by the index of its first sample in the run (`StepBatches.first_samples`),
+which does not depend on the rank count either; the trainer seeds dropout from it.
+
+`Prefetcher` collates the next steps on a background thread (pinned, ready for a non-blocking copy)
+while the accelerator computes; it takes the steps in order, so the stream is unchanged.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from .errors import RunError
 from .masking import MaskingPolicy, mask_sequence
 
 EVAL_EPOCH = 1_000_000  # generator stream of the fixed held-out masks, disjoint from training epochs
@@ -26,6 +35,12 @@ class StreamState:
     epoch: int = 0
     cursor: int = 0  # sequences of this epoch's permutation already consumed (globally)
     consumed: int = 0  # sequences consumed since the start of the run
+
+
+class StepBatches(NamedTuple):
+    batches: list[dict[str, torch.Tensor]]  # this rank's micro-batches of one optimizer step
+    first_samples: list[int]  # run index of each micro-batch's first sample (the same on any rank count)
+    state: dict  # the stream's state_dict() after this step
 
 
 class PositionSampler:
@@ -51,9 +66,9 @@ class PretrainingStream:
     def __init__(self, dataset, global_batch: int, micro_batch: int, world_size: int, rank: int, seed: int,
                  policy: MaskingPolicy, positions: PositionSampler | None = None):
         if global_batch % (micro_batch * world_size):
-            raise ValueError(f"global batch {global_batch} is not a multiple of micro batch {micro_batch} × {world_size} ranks")
+            raise RunError(f"global batch {global_batch} is not a multiple of micro batch {micro_batch} × {world_size} ranks")
         if len(dataset) < global_batch:
-            raise ValueError(f"the corpus has {len(dataset)} sequences, fewer than one global batch of {global_batch}")
+            raise RunError(f"the corpus has {len(dataset)} sequences, fewer than one global batch of {global_batch}")
         self.dataset = dataset
         self.global_batch = global_batch
         self.micro_batch = micro_batch
@@ -92,13 +107,20 @@ class PretrainingStream:
 
     def next_step(self) -> list[dict[str, torch.Tensor]]:
         """This rank's micro-batches for the next optimizer step."""
+        return self.take_step().batches
+
+    def take_step(self) -> StepBatches:
+        """This rank's micro-batches for the next optimizer step, with their first samples' run indices
+        and the stream state after the step (what a checkpoint taken after it must record)."""
+        consumed = self.state.consumed
         indices = self._global_indices()
         per_micro = self.micro_batch * self.world_size
-        batches = []
+        batches, firsts = [], []
         for micro in range(self.accumulation_steps):
             start = micro * per_micro + self.rank * self.micro_batch
             batches.append(self.collate(indices[start : start + self.micro_batch]))
-        return batches
+            firsts.append(consumed + start)
+        return StepBatches(batches, firsts, self.state_dict())
 
     def collate(self, indices: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
         rows = self.dataset[[i for _, _, i in indices]]
@@ -111,12 +133,12 @@ class PretrainingStream:
 
     def load_state_dict(self, state: dict) -> None:
         if state["global_batch"] != self.global_batch:
-            raise ValueError(
+            raise RunError(
                 f"the checkpoint was trained with a global batch of {state['global_batch']} sequences, this run uses "
                 f"{self.global_batch}: keep deepspeed.train_batch_size to continue the same data stream"
             )
         if state["seed"] != self.seed:
-            raise ValueError(f"the checkpoint's seed is {state['seed']}, the recipe's is {self.seed}")
+            raise RunError(f"the checkpoint's seed is {state['seed']}, the recipe's is {self.seed}")
         self.state = StreamState(state["epoch"], state["cursor"], state["consumed"])
 
 
@@ -144,3 +166,56 @@ def heldout_batches(dataset, max_sequences: int, batch_size: int, seed: int, pol
         rows = dataset[chunk]
         yield collate(rows["input_ids"], rows["word_starts"],
                       [np.random.default_rng([seed, EVAL_EPOCH, i]) for i in chunk], policy)
+
+
+class Prefetcher:
+    """Takes `depth` optimizer steps ahead of the trainer from a `PretrainingStream` on a background
+    thread, pinning each batch with `prepare` (Runtime.pin). depth 0 takes each step when asked.
+
+    The thread is the stream's only reader once started, in order, so the data are exactly those of
+    the synchronous stream; an exception in it is raised by the `next()` that would have received the
+    failed step.
+    """
+
+    def __init__(self, stream: PretrainingStream, depth: int, prepare=None):
+        self.stream, self.depth, self.prepare = stream, depth, prepare or (lambda batch: batch)
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._run, name="pretrain-prefetch", daemon=True)
+            self._thread.start()
+
+    def _take(self) -> StepBatches:
+        step = self.stream.take_step()
+        return step._replace(batches=[self.prepare(batch) for batch in step.batches])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._take()
+            except BaseException as error:  # handed to the consumer, which raises it
+                item = error
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def next(self) -> StepBatches:
+        if self._queue is None:
+            return self._take()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -1,38 +1,92 @@
-"""Run metrics: the JSONL log (plus TensorBoard when installed), throughput, MFU, peak memory."""
+"""Run metrics: the JSONL log (plus TensorBoard when installed) and the MFU denominator."""
 
 from __future__ import annotations
 
 import json
 import os
-import resource
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 
-def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
-    """Measured dense matmul throughput of this process (FLOP/s) for `dtype`: the MFU denominator."""
+# Dense peak (no structured sparsity) of NVIDIA's datasheets, TFLOP/s per GPU, by a pattern of
+# torch.cuda.get_device_name(). bf16/fp16 are tensor-core rates; fp32 is the CUDA-core rate, which is
+# what PyTorch's fp32 matmuls use unless TF32 is switched on. First match wins.
+DATASHEET_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    (r"\bH100 PCIe\b", {"bf16": 756.5, "fp16": 756.5, "fp32": 51.2}),
+    (r"\bH100 NVL\b", {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0}),
+    (r"\b(GH200|H200|H100|H800)\b", {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9}),  # SXM
+    (r"\b(A100|A800)\b", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
+    (r"\bL40S\b", {"bf16": 362.1, "fp16": 362.1, "fp32": 91.6}),
+    (r"\bL4\b", {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3}),
+    (r"\bA10\b", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),
+    (r"\bRTX 4090\b", {"bf16": 165.2, "fp16": 165.2, "fp32": 82.6}),
+    (r"\bV100\b", {"fp16": 125.0, "fp32": 15.7}),
+)
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def datasheet_tflops(device_name: str, dtype: torch.dtype) -> float | None:
+    """The datasheet's dense peak for this GPU and dtype, or None for a device not in the table."""
+    key = _DTYPE_NAMES.get(dtype)
+    for pattern, peaks in DATASHEET_TFLOPS:
+        if re.search(pattern, device_name):
+            return peaks.get(key)
+    return None
+
+
+@dataclass(frozen=True)
+class PeakFlops:
+    """The MFU denominator of one rank, and where it comes from.
+
+    basis: "datasheet" (a known GPU), "recipe" (training.peak_tflops) or "measured" (a dense matmul
+    timed at start: CPUs, where no datasheet figure holds, and GPUs missing from the table).
+    """
+
+    per_rank: float
+    basis: str
+    description: str
+
+
+def mfu_peak(runtime, dtype: torch.dtype, override_tflops: float | None = None) -> PeakFlops:
+    """Every rank calls this together (the measured basis times all ranks at once, after a barrier,
+    so that ranks sharing a CPU measure the share of it they will train with)."""
+    dtype_name = _DTYPE_NAMES.get(dtype, str(dtype))
+    if override_tflops:
+        return PeakFlops(override_tflops * 1e12, "recipe", f"training.peak_tflops = {override_tflops:g} TFLOP/s per rank")
+    if runtime.is_cuda:
+        name = torch.cuda.get_device_name(runtime.device)
+        tflops = datasheet_tflops(name, dtype)
+        if tflops is not None:
+            return PeakFlops(tflops * 1e12, "datasheet", f"{name} {dtype_name} dense datasheet peak, {tflops:g} TFLOP/s")
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    measured = max(measure_matmul_peak(dtype, device=runtime.device) for _ in range(3))
+    where = torch.cuda.get_device_name(runtime.device) if runtime.is_cuda else f"CPU, {torch.get_num_threads()} thread(s)"
+    return PeakFlops(measured, "measured", f"measured {dtype_name} matmul peak ({where}, all ranks at once), "
+                                           f"{measured / 1e12:.3g} TFLOP/s per rank")
+
+
+def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, device="cpu") -> float:
+    """Measured dense matmul throughput of this process (FLOP/s) for `dtype`."""
+    device = torch.device(device)
     generator = torch.Generator().manual_seed(0)  # leave the global RNG (dropout) untouched
-    if device != "cpu":
+    if device.type != "cpu":
         size, repeats = max(size, 8192), max(repeats, 20)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     a @ b
-    synchronize = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
     synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start)
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (CPU), or peak allocated CUDA memory."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class MetricsLog:
@@ -63,6 +117,31 @@ class MetricsLog:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def rewind(self, step: int, stage: int = 0) -> int:
+        """Before a resume from the checkpoint at (`step`, growth `stage`): drop the records the killed
+        run wrote after it (they are about to be written again), and a last line cut short by the kill.
+        Rewrites the file atomically; returns how many records were dropped."""
+        if not self.enabled or not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if record.get("step", 0) > step or (record.get("step") == step and record.get("stage", 0) > stage):
+                dropped += 1
+            else:
+                kept.append(line)
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        return dropped
 
     def close(self) -> None:
         if self.writer is not None:

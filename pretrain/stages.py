@@ -308,7 +308,10 @@ def write_optimizer_state(engine, state: dict[str, dict]) -> None:
     params = dict(engine.module.named_parameters())
     if not _zero_optimizer(optimizer):
         for name, values in state.items():
-            optimizer.state[params[name]] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in values.items()}
+            param = params[name]
+            # moments live with their parameter (the GPU); a scalar step count stays where it was
+            optimizer.state[param] = {k: (v.to(param.device, copy=True) if torch.is_tensor(v) and v.dim() > 0
+                                          else v.clone() if torch.is_tensor(v) else v) for k, v in values.items()}
         return
     from deepspeed.utils import safe_set_full_optimizer_state
 
@@ -337,4 +340,4 @@ def write_optimizer_state(engine, state: dict[str, dict]) -> None:
                 continue
             for key, value in values.items():
                 if torch.is_tensor(value) and value.dim() > 0:
-                    safe_set_full_optimizer_state(param, value.to(flats[index].dtype), key)
+                    safe_set_full_optimizer_state(param, value.to(flats[index].device, flats[index].dtype), key)

@@ -10,6 +10,15 @@ the `deepspeed` launcher run the same code; on CPU the backend is gloo.
 
 With growth stages (pretrain/stages.py) the loop grows the model at each stage boundary (`grow`):
 checkpoint, zoo.expand the model and map its optimizer state, re-initialise the engine, checkpoint.
+
+Devices: one `zoo.runtime.Runtime` (the rank's device and compute dtype) moves every batch and holds
+the collectives. The next steps are collated and pinned on a thread (`loader.Prefetcher`) while the
+accelerator computes; losses stay on the device and are read once per optimizer step (the non-finite
+check, before the update) and at the log interval.
+
+Dropout is seeded per micro-batch from the run index of its first sample, so the masks, like the
+data, do not depend on the number of ranks: a run resumed on another rank count follows the same
+curve up to the order in which gradients are summed.
 """
 
 from __future__ import annotations
@@ -24,30 +33,36 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
 import zoo
 from zoo.families import CONFIG_CLASSES, FAMILIES, model_class
+from zoo.runtime import Runtime, parse_device
 
 from . import checkpoint as ckpt
+from .cuda_arch import normalize_cuda_arch_list
 from .data import build_corpus, default_cache_dir
-from .loader import PositionSampler, PretrainingStream, heldout_batches
+from .errors import NonFiniteLossError, PretrainError, RunError
+from .loader import PositionSampler, Prefetcher, PretrainingStream, heldout_batches
 from .masking import MaskingPolicy
-from .metrics import MetricsLog, measure_matmul_peak, peak_memory_mb
+from .metrics import MetricsLog, mfu_peak
 from .optim import Lamb, parameter_groups, schedule_multiplier
 from .recipe import Recipe
 from .stages import Stage, lr_multiplier
 
 logger = logging.getLogger("pretrain")
 
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; the run stopped before applying that step."""
+# A collective that waits longer than this has lost a peer (a killed node, a crashed rank): the
+# process group raises instead of hanging. Override with ZOO_DIST_TIMEOUT_S.
+DIST_TIMEOUT_S = 1800
 
 
 @dataclass
@@ -68,40 +83,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); a lone `python -m pretrain` becomes a world of one."""
+def init_distributed() -> tuple[int, int, int, torch.device]:
+    """(rank, world size, local rank, device); a lone `python -m pretrain` becomes a world of one.
+    NCCL on CUDA (each rank on cuda:<local rank>), gloo on the CPU."""
     import deepspeed
 
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    elif "OMP_NUM_THREADS" not in os.environ:
+    device = parse_device("auto", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before NCCL starts, so each rank's communicator sits on its GPU
+    if not dist.is_initialized():
+        timeout = timedelta(seconds=float(os.environ.get("ZOO_DIST_TIMEOUT_S", DIST_TIMEOUT_S)))
+        # DeepSpeed builds its own groups (data parallel: the gradient all-reduce) with new_group(ranks),
+        # which takes torch's default timeout (30 min gloo, 10 min NCCL), not this one: make it the default.
+        from torch.distributed import distributed_c10d
+
+        distributed_c10d.default_pg_timeout = timeout
+        if getattr(distributed_c10d, "default_pg_nccl_timeout", None) is not None:
+            distributed_c10d.default_pg_nccl_timeout = timeout
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # ranks on one CPU share its cores; oversubscription makes every rank slower
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        # (ranks on this machine: torchrun sets LOCAL_WORLD_SIZE, DeepSpeed's launcher LOCAL_SIZE)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or world)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    return rank, world, local_rank
+    return rank, world, local_rank, device
 
 
-def _all_mean(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return tensor.tolist()
-
-
-def _all_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor.tolist()
+def dropout_seed(seed: int, first_sample: int) -> int:
+    """The torch seed of the micro-batch whose first sample is the run's `first_sample`-th."""
+    return int(np.random.SeedSequence([seed, 0x0D0F, first_sample]).generate_state(1, np.uint64)[0] >> 1)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -141,21 +156,39 @@ def model_from_config(config_dict: dict, recipe: Recipe):
     """A masked-LM model of the config stored in a checkpoint (its weights come from the checkpoint)."""
     config_class = CONFIG_CLASSES.get(config_dict.get("model_type"))
     if config_class is None:
-        raise ValueError(f"the checkpoint's model_type {config_dict.get('model_type')!r} is not a zoo family")
+        raise RunError(f"the checkpoint's model_type {config_dict.get('model_type')!r} is not a zoo family")
     config = config_class.from_dict(config_dict)
     torch.manual_seed(recipe.seed)
     return with_activation_checkpointing(model_class(config, "masked-lm")(config), recipe)
 
 
-def deepspeed_config(recipe: Recipe) -> tuple[dict, dict | None]:
+def deepspeed_config(recipe: Recipe, device: torch.device) -> tuple[dict, dict | None]:
     """The recipe's deepspeed section, and the optimizer block to run ourselves (Lamb off CUDA)."""
     config = copy.deepcopy(recipe.deepspeed)
     config.setdefault("steps_per_print", 10**9)  # our own log reports progress
     own_optimizer = None
     optimizer = config.get("optimizer")
-    if optimizer and optimizer["type"].lower() == "lamb" and not torch.cuda.is_available():
+    if optimizer and optimizer["type"].lower() == "lamb" and device.type != "cuda":
         own_optimizer = config.pop("optimizer")  # DeepSpeed's FusedLamb has no CPU kernel
     return config, own_optimizer
+
+
+def _compute_dtype(config: dict) -> torch.dtype:
+    """The dtype the run's matmuls use: bf16 or fp16 (DeepSpeed's mixed precision or torch_autocast), else fp32."""
+    autocast = config.get("torch_autocast", {})
+    if config.get("bf16", {}).get("enabled") or (autocast.get("enabled") and "bfloat16" in str(autocast.get("dtype", "bfloat16"))):
+        return torch.bfloat16
+    if config.get("fp16", {}).get("enabled") or (autocast.get("enabled") and "float16" in str(autocast.get("dtype"))):
+        return torch.float16
+    return torch.float32
+
+
+def _gradient_norm(module: torch.nn.Module) -> torch.Tensor | None:
+    """‖g‖₂ over the module's gradients (already averaged over ranks at the accumulation boundary)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
 
 
 def _weight_decay(config: dict, own_optimizer: dict | None) -> float:
@@ -169,11 +202,17 @@ def _weight_decay(config: dict, own_optimizer: dict | None) -> float:
 class Trainer:
     def __init__(self, recipe: Recipe, resume: str | None = None, restart: bool = False):
         self.recipe = recipe
-        self.rank, self.world, self.local_rank = init_distributed()
+        normalize_cuda_arch_list()  # before DeepSpeed builds an op (FusedLamb, FusedAdam) on Hopper
+        self.rank, self.world, self.local_rank, device = init_distributed()
         self.output_dir = Path(recipe.training.output_dir or (default_cache_dir().parent / "runs" / recipe.run_name))
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.resume_from = self._plan_resume(resume, restart)
         self.log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.rank == 0)
+        if self.resume_from is not None:
+            dropped = self.log.rewind(self.resume_from.step, self.resume_from.stage)
+            if dropped:
+                self.status(f"metrics.jsonl: dropped {dropped} record(s) written after {self.resume_from.tag} by the "
+                            "interrupted run; they are written again from here")
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), allow_unicode=True, sort_keys=False))
@@ -181,31 +220,55 @@ class Trainer:
         self.stages: list[Stage] = list(recipe.growth_stages)
         self.stage = self.resume_from.stage if self.resume_from is not None else 0
         if self.stage and self.stage >= len(self.stages):
-            raise ValueError(f"checkpoint {self.resume_from.path} belongs to growth stage {self.stage}, but "
-                             f"{recipe.source} lists {len(self.stages)} stages")
+            raise RunError(f"checkpoint {self.resume_from.path} belongs to growth stage {self.stage}, but "
+                           f"{recipe.source} lists {len(self.stages)} stages")
         self.tokenizer = build_tokenizer(recipe.data.tokenizer)
         if self.stage == 0:
             self.model = build_model(recipe)
         else:  # a checkpoint taken after a growth: build the grown model directly
             self.model = model_from_config(self.resume_from.meta["model_config"], recipe)
         if len(self.tokenizer) > self.model.config.vocab_size:
-            raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size is "
-                             f"{self.model.config.vocab_size} (model section of {recipe.source})")
-        torch.manual_seed(recipe.seed * 7919 + 1 + self.rank)  # dropout differs between ranks
-
-        # rank 0 tokenises and fills the cache first; the other ranks then read it
-        if self.rank == 0:
-            self.corpus = build_corpus(recipe.data, self.tokenizer)
-        self._barrier()
-        if self.rank != 0:
-            self.corpus = build_corpus(recipe.data, self.tokenizer)
+            raise RunError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size is "
+                           f"{self.model.config.vocab_size} (model section of {recipe.source})")
+        config, _ = deepspeed_config(recipe, device)
+        self.runtime = Runtime(device, _compute_dtype(config))
+        self.corpus = self._build_corpus()
         self.policy = MaskingPolicy.from_recipe(recipe.data.masking, self.tokenizer, self.model.config.vocab_size)
         self._init_engine()
 
     # -- setup
+    def status(self, message: str) -> None:
+        """A line on rank 0's console about what the run is doing (tokenising, compiling, resuming)."""
+        if self.rank == 0:
+            tqdm.write(f"pretrain: {message}")
+
     def _barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()
+
+    def _build_corpus(self):
+        """Rank 0 tokenises and fills the cache first; the other ranks then read it. A data error on
+        rank 0 is sent to every rank, so all of them stop with its message (not a peer's lost
+        connection)."""
+        corpus = error = None
+        if self.rank == 0:
+            self.status("reading, tokenising and packing the corpus (cached for later runs)")
+            try:
+                corpus = build_corpus(self.recipe.data, self.tokenizer)
+            except PretrainError as caught:
+                error = caught
+        if self.world > 1:
+            message = [f"{type(error).__name__}: {error}" if error is not None else None]
+            dist.broadcast_object_list(message, src=0)
+            if self.rank != 0 and message[0] is not None:
+                mirrored = RunError(message[0].split(": ", 1)[1])
+                mirrored.mirrored = True
+                raise mirrored
+        if error is not None:
+            raise error
+        if self.rank != 0:
+            corpus = build_corpus(self.recipe.data, self.tokenizer)
+        return corpus
 
     def _plan_resume(self, resume: str | None, restart: bool) -> ckpt.CheckpointInfo | None:
         existing = ckpt.complete_checkpoints(self.checkpoint_dir)
@@ -217,7 +280,7 @@ class Trainer:
             return None
         if resume is None:
             if existing:
-                raise FileExistsError(
+                raise RunError(
                     f"{self.output_dir} already has checkpoints ({existing[-1].tag} is the newest): pass --resume to "
                     "continue the run, or --restart to delete it and start over"
                 )
@@ -226,21 +289,26 @@ class Trainer:
 
     def _init_engine(self) -> None:
         recipe = self.recipe
-        config, own_optimizer = deepspeed_config(recipe)
+        config, own_optimizer = deepspeed_config(recipe, self.runtime.device)
         self.zero_stage = int(config.get("zero_optimization", {}).get("stage", 0))
+        global_batch = config.get("train_batch_size")
+        if global_batch and len(self.corpus.train) < global_batch:  # before DeepSpeed builds its optimizer op
+            raise RunError(f"the corpus has {len(self.corpus.train)} sequences of {recipe.data.seq_len} tokens, fewer "
+                           f"than one global batch of {global_batch} (deepspeed.train_batch_size in {recipe.source})")
         load_tag = None
         if self.resume_from is not None:
             load_tag = self.resume_from.tag
             if self.resume_from.world_size != self.world and self.zero_stage > 0:
                 if self.resume_from.zero_stage != self.zero_stage:
-                    raise ValueError(f"cannot change the ZeRO stage ({self.resume_from.zero_stage} → {self.zero_stage}) "
-                                     "and the number of ranks in one resume")
+                    raise RunError(f"cannot change the ZeRO stage ({self.resume_from.zero_stage} → {self.zero_stage}) "
+                                   "and the number of ranks in one resume")
                 load_tag = ckpt.to_universal(self.resume_from)
                 config.setdefault("checkpoint", {})["load_universal"] = True
         self._build_engine(config, own_optimizer)
         positions = PositionSampler(recipe.data.positions.type, recipe.data.seq_len, recipe.data.positions.max_position)
         self.stream = PretrainingStream(self.corpus.train, self.global_batch, self.micro_batch, self.world, self.rank,
                                         recipe.seed, self.policy, positions)
+        self.stream_state = self.stream.state_dict()  # after the last step trained (what a checkpoint records)
         self.step = 0
         self.train_flops = 0.0
         self._last_saved = None  # (step, stage) of the newest checkpoint this run wrote or resumed from
@@ -251,15 +319,36 @@ class Trainer:
                               self.resume_from.path if same_topology else None)
             self.step = int(state["step"])
             self.stream.load_state_dict(state["stream"])
+            self.stream_state = self.stream.state_dict()
             self.train_flops = float(state.get("train_flops", self.step * self.global_batch * recipe.data.seq_len
                                                * self.flops_per_token))
             self._last_saved = (self.step, self.stage)
             self._check_stage_at_resume()
             self.log.write("resume", self.step, tag=self.resume_from.tag, from_world_size=self.resume_from.world_size,
                            world_size=self.world, stage=self.stage)
-        self.compute_dtype = self._compute_dtype(config)
-        peak = recipe.training.peak_tflops
-        self.peak_flops = peak * 1e12 if peak else self._measure_peak()
+            self.status(self._resume_message())
+        self.peak = mfu_peak(self.runtime, self.runtime.compute_dtype, recipe.training.peak_tflops)
+        self.total_peak_flops = float(self.runtime.sum_across_ranks([self.peak.per_rank])[0])
+        self.log.write("run", self.step, device=self.runtime.describe(), world_size=self.world,
+                       mfu_basis=self.peak.basis, peak_description=self.peak.description,
+                       peak_tflops_per_rank=self.peak.per_rank / 1e12)
+        self.status(f"{self.world} rank(s) on {self.runtime.describe()}; MFU against the {self.peak.description}")
+
+    def _resume_message(self) -> str:
+        info = self.resume_from
+        message = f"resumed from {info.tag} (step {self.step})"
+        if info.world_size == self.world:
+            return message + f" on the same {self.world} rank(s): the run continues exactly"
+        message += (f" on {self.world} rank(s); it was written by {info.world_size}. The data order is the same "
+                    f"(seed and global batch of {self.global_batch} sequences). ")
+        micro = info.meta.get("micro_batch")
+        if micro is not None and micro != self.micro_batch:
+            message += (f"Dropout masks differ: they follow each micro-batch's first sample, and micro-batches now "
+                        f"hold {self.micro_batch} sequences instead of {micro}. ")
+        else:
+            message += "Dropout masks are the same (they follow each micro-batch's first sample). "
+        return message + ("Gradients are summed over ranks in another order, so losses follow the uninterrupted run "
+                          "up to rounding (about 1e-3 relative with bf16 autocast).")
 
     def _build_engine(self, config: dict, own_optimizer: dict | None) -> None:
         """deepspeed.initialize over self.model, with the scheduler of the current growth stage."""
@@ -278,6 +367,8 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model, model_parameters=groups, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
+        if self.recipe.training.compile:
+            self.engine.compile()
         self.global_batch = self.engine.train_batch_size()
         self.micro_batch = self.engine.train_micro_batch_size_per_gpu()
 
@@ -306,103 +397,136 @@ class Trainer:
             return
         current, following = self.stages[self.stage], self.stages[self.stage + 1:]
         if self.step < current.start or (following and self.step > following[0].start):
-            raise ValueError(
+            raise RunError(
                 f"checkpoint {self.resume_from.path} holds stage {self.stage} ({current.name!r}) at step {self.step}, "
                 f"but {self.recipe.source} runs that stage over steps {current.start}–{current.end}; the stages "
                 "changed since the checkpoint was written"
             )
 
-    def _compute_dtype(self, config: dict) -> torch.dtype:
-        if config.get("bf16", {}).get("enabled") or (config.get("torch_autocast", {}).get("enabled")
-                                                     and "bfloat16" in str(config["torch_autocast"].get("dtype", "bfloat16"))):
-            return torch.bfloat16
-        if config.get("fp16", {}).get("enabled"):
-            return torch.float16
-        return torch.float32
+    @property
+    def prefetch_depth(self) -> int:
+        setting = self.recipe.training.prefetch_steps
+        if setting is not None:
+            return setting
+        # on the CPU every core already computes: a collating thread would only take cores from it
+        return 2 if self.runtime.is_cuda else 0
 
-    def _measure_peak(self) -> float:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return _all_mean([measure_matmul_peak(self.compute_dtype, device=device)])[0]
+    def _build_cpu_kernels(self) -> None:
+        """Compile the CPU kernels before the clock starts (about a minute each on a first run)."""
+        if self.runtime.is_cuda or os.environ.get("ZOO_DISABLE_KERNELS") == "1":
+            return
+        from zoo.kernels import attention_kernels, dropout_kernels, elementwise_kernels
+
+        self.status("loading the compiled CPU kernels (the first run builds them: about a minute each)")
+        for build in (dropout_kernels, attention_kernels, elementwise_kernels):
+            build()
+        self._barrier()
 
     # -- the loop
     def train(self) -> RunResult:
         recipe, training = self.recipe, self.recipe.training
         total = training.steps
-        bar = tqdm(total=total, initial=self.step, disable=self.rank != 0, desc=recipe.run_name, dynamic_ncols=True)
+        self._build_cpu_kernels()
         last_eval = None
         if self.step == 0:
             last_eval = self.evaluate()
             self.log.write("eval", 0, **last_eval, train_flops=0.0, **self._stage_field())
-        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-        while True:
-            while self.stage + 1 < len(self.stages) and self.step == self.stages[self.stage + 1].start:
-                self.grow(self.stages[self.stage + 1])
-                window_start = time.perf_counter()  # the growth's time is not training throughput
-            if self.step >= total:
-                break
-            losses = []
-            for batch in self.stream.next_step():
-                output = self.engine(**batch, masked_positions_only=training.masked_positions_only)
-                (finite,) = _all_sum([float(torch.isfinite(output.loss).item())])
-                if finite < self.world:
-                    self._stop_nonfinite(output.loss)
-                self.engine.backward(output.loss)
-                self.engine.step()
-                losses.append(output.loss.item())
-            self.step += 1
-            window_steps += 1
-            window_tokens += self.global_batch * recipe.data.seq_len
-            self.train_flops += self.global_batch * recipe.data.seq_len * self.flops_per_token
-            bar.update(1)
-            if self.step % training.log_every == 0 or self.step == total:
-                (loss,) = _all_mean([sum(losses) / len(losses)])
-                elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_tokens / elapsed
-                record = dict(
-                    loss=loss,
-                    lr=self._lr(),
-                    grad_norm=self._grad_norm(),
-                    tokens_per_s=tokens_per_s,
-                    step_time_s=elapsed / window_steps,
-                    mfu=tokens_per_s * self.flops_per_token / (self.world * self.peak_flops),
-                    consumed_sequences=self.stream.state.consumed,
-                    peak_memory_mb=_all_mean([peak_memory_mb()])[0],
-                    train_flops=self.train_flops,
-                )
-                record.update(self._stage_field())
-                self.log.write("train", self.step, **record)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{record['mfu']:.1%}")
-                window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-            if self.step % training.eval_every == 0 or self.step == total:
-                last_eval = self.evaluate()
-                self.log.write("eval", self.step, **last_eval, train_flops=self.train_flops,
-                               **self._stage_field())
-                if self.rank == 0:
-                    bar.write(f"step {self.step}: held-out masked accuracy {last_eval['mlm_accuracy']:.2%}, "
-                              f"loss {last_eval['mlm_loss']:.3f}")
-            if self.step % training.checkpoint_every == 0 or self.step == total:
-                self.save_checkpoint()
-        bar.close()
+        bar = tqdm(total=total, initial=self.step, disable=self.rank != 0, desc=recipe.run_name, dynamic_ncols=True)
+        prefetcher = Prefetcher(self.stream, self.prefetch_depth, self.runtime.pin)
+        try:
+            window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+            while True:
+                while self.stage + 1 < len(self.stages) and self.step == self.stages[self.stage + 1].start:
+                    self.grow(self.stages[self.stage + 1])
+                    window_start = time.perf_counter()  # the growth's time is not training throughput
+                if self.step >= total:
+                    break
+                logging_step = (self.step + 1) % training.log_every == 0 or self.step + 1 == total
+                loss, grad_norm = self._train_step(prefetcher.next(), logging_step)
+                self.step += 1
+                window_steps += 1
+                window_tokens += self.global_batch * recipe.data.seq_len
+                self.train_flops += self.global_batch * recipe.data.seq_len * self.flops_per_token
+                bar.update(1)
+                if logging_step:
+                    record = self._train_record(loss, grad_norm, window_tokens, window_steps,
+                                                time.perf_counter() - window_start)
+                    self.log.write("train", self.step, **record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}",
+                                    mfu=f"{record['mfu']:.1%} ({self.peak.basis})")
+                    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+                if self.step % training.eval_every == 0 or self.step == total:
+                    last_eval = self.evaluate()
+                    self.log.write("eval", self.step, **last_eval, train_flops=self.train_flops,
+                                   **self._stage_field())
+                    if self.rank == 0:
+                        bar.write(f"step {self.step}: held-out masked accuracy {last_eval['mlm_accuracy']:.2%}, "
+                                  f"loss {last_eval['mlm_loss']:.3f}")
+                if self.step % training.checkpoint_every == 0 or self.step == total:
+                    self.save_checkpoint()
+        finally:
+            prefetcher.close()
+            bar.close()
         export_dir, published = self.export(last_eval) if training.export else (None, None)
         self.log.close()
         return RunResult(self.step, self.output_dir, export_dir, published, last_eval)
+
+    def _train_step(self, step_batches, logging_step: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step over this rank's micro-batches. Returns the mean micro-batch loss and, on a
+        logging step, the gradient norm before clipping, as device tensors. The only host
+        synchronisation is the finite check before the update."""
+        training = self.recipe.training
+        count = len(step_batches.batches)
+        loss_sum, grad_norm = None, None
+        for index, (batch, first_sample) in enumerate(zip(step_batches.batches, step_batches.first_samples)):
+            batch = self.runtime.to_device(batch)
+            torch.manual_seed(dropout_seed(self.recipe.seed, first_sample))
+            output = self.engine(**batch, masked_positions_only=training.masked_positions_only)
+            loss = output.loss.detach().float()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            self.engine.backward(output.loss)
+            if index == count - 1:  # the update happens in this step() call: check before it
+                finite = self.runtime.sum_across_ranks([torch.isfinite(loss_sum).float()])
+                if float(finite[0]) < self.world:
+                    self._stop_nonfinite(loss_sum / count)
+                if logging_step and self.zero_stage == 0:
+                    grad_norm = _gradient_norm(self.engine.module)  # ZeRO 0 does not report it
+            self.engine.step()
+        self.stream_state = step_batches.state
+        if logging_step and grad_norm is None:
+            reported = self.engine.get_global_grad_norm()
+            grad_norm = None if reported is None else torch.as_tensor(reported)
+        return loss_sum / count, grad_norm
+
+    def _train_record(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, tokens: int, steps: int,
+                      elapsed: float) -> dict:
+        mean_loss = float(self.runtime.mean_across_ranks([loss])[0])
+        norm = None if grad_norm is None else float(grad_norm)
+        tokens_per_s = tokens / elapsed
+        record = dict(
+            loss=mean_loss,
+            lr=self._lr(),
+            grad_norm=norm if norm is not None and math.isfinite(norm) else None,
+            tokens_per_s=tokens_per_s,
+            step_time_s=elapsed / steps,
+            mfu=tokens_per_s * self.flops_per_token / self.total_peak_flops,
+            mfu_basis=self.peak.basis,
+            consumed_sequences=self.stream_state["consumed"],
+            peak_memory_mb=float(self.runtime.max_across_ranks([self.runtime.peak_memory_mb()])[0]),
+            train_flops=self.train_flops,
+        )
+        record.update(self._stage_field())
+        return record
 
     def _lr(self) -> float:
         if self.scheduler is not None:
             return float(self.scheduler.get_last_lr()[0])
         return float(self.engine.get_lr()[0])
 
-    def _grad_norm(self) -> float | None:
-        norm = self.engine.get_global_grad_norm()
-        if norm is None:
-            return None
-        norm = float(norm)
-        return norm if math.isfinite(norm) else None
-
     def _stop_nonfinite(self, loss: torch.Tensor) -> None:
         last = ckpt.complete_checkpoints(self.checkpoint_dir)
-        message = (f"non-finite loss ({loss.item()}) at step {self.step + 1} of {self.recipe.run_name}; the step was not "
-                   f"applied. Last good checkpoint: {last[-1].path if last else 'none'} (resume with --resume)")
+        message = (f"non-finite loss ({float(loss)}) at step {self.step + 1} of {self.recipe.run_name}; the step was "
+                   f"not applied. Last good checkpoint: {last[-1].path if last else 'none'} (resume with --resume)")
         self.log.write("error", self.step + 1, message=message)
         raise NonFiniteLossError(message)
 
@@ -412,20 +536,17 @@ class Trainer:
         module = self.engine.module
         was_training = module.training
         module.eval()
-        correct = total = loss_sum = 0.0
-        autocast = torch.autocast(device_type="cuda" if torch.cuda.is_available() else "cpu", dtype=self.compute_dtype,
-                                  enabled=self.compute_dtype != torch.float32)
-        device = next(module.parameters()).device
+        sums = torch.zeros(3, dtype=torch.float64, device=self.runtime.device)  # correct, count, loss
         for batch in heldout_batches(self.corpus.heldout, self.recipe.data.heldout.max_sequences, self.micro_batch,
                                      self.recipe.seed, self.policy, self.rank, self.world):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
+            batch = self.runtime.to_device(self.runtime.pin(batch))
+            with self.runtime.autocast():
                 out = module(**batch, masked_positions_only=True)
             targets = batch["labels"][batch["labels"] != -100]
-            correct += (out.logits.argmax(-1) == targets).sum().item()
-            total += targets.numel()
-            loss_sum += torch.nn.functional.cross_entropy(out.logits.float(), targets, reduction="sum").item()
-        correct, total, loss_sum = _all_sum([correct, total, loss_sum])
+            sums[0] += (out.logits.argmax(-1) == targets).sum()
+            sums[1] += targets.numel()
+            sums[2] += F.cross_entropy(out.logits.float(), targets, reduction="sum")
+        correct, total, loss_sum = self.runtime.sum_across_ranks(sums).tolist()
         module.train(was_training)
         return {"mlm_accuracy": correct / max(total, 1), "mlm_loss": loss_sum / max(total, 1), "masked_tokens": int(total)}
 
@@ -438,12 +559,13 @@ class Trainer:
 
         client_state = {
             "step": self.step,
-            "stream": self.stream.state_dict(),
+            "stream": self.stream_state,
             "train_flops": self.train_flops,
             # what ds_to_universal needs to convert this checkpoint for another number of ranks
             UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
         }
-        meta = {"world_size": self.world, "zero_stage": self.zero_stage, "run_name": self.recipe.run_name}
+        meta = {"world_size": self.world, "zero_stage": self.zero_stage, "run_name": self.recipe.run_name,
+                "micro_batch": self.micro_batch}
         if self.stages:
             meta.update(stage=self.stage, stage_name=self.stages[self.stage].name,
                         model_config=json.loads(self.model.config.to_json_string()))
@@ -467,8 +589,10 @@ class Trainer:
             self.save_checkpoint()  # the small model at the boundary: a resume from it grows again here
         started = time.perf_counter()
         before = self.evaluate()
-        weights = full_weights(self.engine)
-        state = read_optimizer_state(self.engine)
+        # the growth itself runs on the CPU in fp32: the weights and moments come off the device
+        weights = {name: tensor.cpu() for name, tensor in full_weights(self.engine).items()}
+        state = {name: {key: value.cpu() if torch.is_tensor(value) else value for key, value in values.items()}
+                 for name, values in read_optimizer_state(self.engine).items()}
         small_config = copy.deepcopy(self.engine.module.config)
         with torch.random.fork_rng(devices=[]):  # the growth leaves the training RNG stream alone
             small = model_class(small_config, "masked-lm")(small_config)
@@ -489,9 +613,11 @@ class Trainer:
         # a fresh engine over the grown model
         self.engine = self.optimizer = self.scheduler = None
         gc.collect()
+        if self.runtime.is_cuda:
+            torch.cuda.empty_cache()
         self.model = with_activation_checkpointing(big.train(), self.recipe)
         self.stage = stage.index
-        config, own_optimizer = deepspeed_config(self.recipe)
+        config, own_optimizer = deepspeed_config(self.recipe, self.runtime.device)
         self._build_engine(config, own_optimizer)
         check_growable(self.engine)
         if mapped:
@@ -507,10 +633,8 @@ class Trainer:
             lr_rewarm=stage.lr_rewarm, flops_per_token=self.flops_per_token, train_flops=self.train_flops,
             growth_seconds=time.perf_counter() - started, to=plan.summary()["to"],
         )
-        if self.rank == 0:
-            tqdm.write(f"step {self.step}: grew into stage {stage.index} ({stage.name!r}): "
-                       f"{small_params:,} → {big_params:,} parameters; held-out loss "
-                       f"{before['mlm_loss']:.4f} → {after['mlm_loss']:.4f}")
+        self.status(f"step {self.step}: grew into stage {stage.index} ({stage.name!r}): {small_params:,} → "
+                    f"{big_params:,} parameters; held-out loss {before['mlm_loss']:.4f} → {after['mlm_loss']:.4f}")
         self.save_checkpoint(grown=True)
 
     def export(self, final_eval: dict | None) -> tuple[Path | None, str | None]:
@@ -537,17 +661,27 @@ class Trainer:
             if self.recipe.publish is not None:
                 publish = self.recipe.publish
                 version = publish.version or f"step{self.step}-{time.strftime('%Y%m%d-%H%M%S')}"
+                from .summary import plot as plot_curves
+
                 metrics = {f"heldout/{k}": v for k, v in (final_eval or {}).items() if k != "masked_tokens"}
+                curves = plot_curves(self.output_dir, self.output_dir / "curves.png")
                 published = zoo.publish(model, self.tokenizer, name=publish.name, version=version, metrics=metrics,
-                                        registry=publish.registry, card=_card(self.recipe, self.step))
+                                        registry=publish.registry, card=_card(self.recipe, self.step),
+                                        figures={"training curves": curves}, recipe=self.recipe.to_dict())
                 self.log.write("publish", self.step, ref=published)
         self._barrier()
         return export_dir, published
 
     def close(self) -> None:
-        if dist.is_initialized():
+        close_distributed()
+
+
+def close_distributed(barrier: bool = True) -> None:
+    """Leave the process group: together after a finished run, without waiting after an error."""
+    if dist.is_initialized():
+        if barrier:
             dist.barrier()
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def _card(recipe: Recipe, step: int) -> str:

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
 
+from .errors import ConfigError
+
 CHOICES: dict[str, tuple[Any, ...]] = {
     "block_type": ("transformer", "gau"),
     "norm_type": ("rms", "layernorm"),
@@ -131,37 +133,37 @@ class EncoderConfig(PreTrainedConfig):
         for key, allowed in CHOICES.items():
             value = getattr(self, key)
             if value not in allowed:
-                raise ValueError(f"{type(self).__name__}.{key}={value!r} is not one of {list(allowed)}")
+                raise ConfigError(f"{type(self).__name__}.{key}={value!r} is not one of {list(allowed)}")
         for key in POSITIVE_INTS:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{type(self).__name__}.{key} must be a positive int, got {value!r}")
+                raise ConfigError(f"{type(self).__name__}.{key} must be a positive int, got {value!r}")
         for key in PROBABILITIES:
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{type(self).__name__}.{key} must be a probability in [0, 1), got {value!r}")
+                raise ConfigError(f"{type(self).__name__}.{key} must be a probability in [0, 1), got {value!r}")
         if self.block_type == "transformer":
             heads, head = self.num_attention_heads, self.head_size
             if not isinstance(heads, int) or heads <= 0:
-                raise ValueError(f"{type(self).__name__}.num_attention_heads must be a positive int, got {heads!r}")
+                raise ConfigError(f"{type(self).__name__}.num_attention_heads must be a positive int, got {heads!r}")
             if not isinstance(head, int) or head <= 0:
-                raise ValueError(f"{type(self).__name__}.head_size must be a positive int, got {head!r}")
+                raise ConfigError(f"{type(self).__name__}.head_size must be a positive int, got {head!r}")
             if self.position_embedding_type == "rope" and head % 2:
-                raise ValueError(f"{type(self).__name__}.head_size={head} must be even for RoPE (pairs 2i, 2i+1)")
+                raise ConfigError(f"{type(self).__name__}.head_size={head} must be even for RoPE (pairs 2i, 2i+1)")
         else:
             key = self.attention_key_size
             if not isinstance(key, int) or key <= 0 or (self.position_embedding_type == "rope" and key % 2):
-                raise ValueError(
+                raise ConfigError(
                     f"{type(self).__name__}.attention_key_size must be a positive even int, got {key!r}"
                 )
         if self.position_embedding_type == "learned" and self.max_position_embeddings <= 0:
-            raise ValueError(f"{type(self).__name__}.max_position_embeddings must be positive for learned positions")
+            raise ConfigError(f"{type(self).__name__}.max_position_embeddings must be positive for learned positions")
         if self.softmax_plus_min_len < 1:
-            raise ValueError(f"{type(self).__name__}.softmax_plus_min_len must be ≥ 1, got {self.softmax_plus_min_len}")
+            raise ConfigError(f"{type(self).__name__}.softmax_plus_min_len must be ≥ 1, got {self.softmax_plus_min_len}")
         if self.layer_norm_eps <= 0:
-            raise ValueError(f"{type(self).__name__}.layer_norm_eps must be positive, got {self.layer_norm_eps}")
+            raise ConfigError(f"{type(self).__name__}.layer_norm_eps must be positive, got {self.layer_norm_eps}")
         if self.embedding_norm_eps is not None and not self.embedding_norm_eps > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}.embedding_norm_eps must be positive or None, got {self.embedding_norm_eps}"
             )
 

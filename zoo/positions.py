@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttentionContext, AttentionMask, log_length_scale
+from .errors import PositionError
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 ROPE_SCALINGS = ("none", "pi", "ntk", "ntk_fixed", "ntk_mixed", "ntk_dynamic", "yarn")
@@ -120,7 +121,7 @@ def yarn_mscale(kappa: float) -> float:
 
 def _check_ntk_dim(dim: int) -> None:
     if dim <= 2:
-        raise ValueError(f"NTK base scaling needs a RoPE dimension above 2 (exponent d/(d−2)), got d={dim}")
+        raise PositionError(f"NTK base scaling needs a RoPE dimension above 2 (exponent d/(d−2)), got d={dim}")
 
 
 # ------------------------------------------------------------------------------ masks and row scales
@@ -362,36 +363,36 @@ class PositionVariant:
 
     def __post_init__(self):
         if not isinstance(self.train_length, int) or isinstance(self.train_length, bool) or self.train_length < 2:
-            raise ValueError(f"position variant {self.name!r}: train_length must be an int ≥ 2, got {self.train_length!r}")
+            raise PositionError(f"position variant {self.name!r}: train_length must be an int ≥ 2, got {self.train_length!r}")
         if self.rope_scaling not in ROPE_SCALINGS:
-            raise ValueError(f"position variant {self.name!r}: rope_scaling {self.rope_scaling!r} is not one of {ROPE_SCALINGS}")
+            raise PositionError(f"position variant {self.name!r}: rope_scaling {self.rope_scaling!r} is not one of {ROPE_SCALINGS}")
         if self.window is not None and self.window < 1:
-            raise ValueError(f"position variant {self.name!r}: window must be ≥ 1, got {self.window}")
+            raise PositionError(f"position variant {self.name!r}: window must be ≥ 1, got {self.window}")
         if self.rerope_window is not None and self.rerope_window < 1:
-            raise ValueError(f"position variant {self.name!r}: ReRoPE window must be ≥ 1, got {self.rerope_window}")
+            raise PositionError(f"position variant {self.name!r}: ReRoPE window must be ≥ 1, got {self.rerope_window}")
         if self.leaky_factor is not None and self.leaky_factor < 1:
-            raise ValueError(f"position variant {self.name!r}: Leaky ReRoPE k must be ≥ 1, got {self.leaky_factor}")
+            raise PositionError(f"position variant {self.name!r}: Leaky ReRoPE k must be ≥ 1, got {self.leaky_factor}")
         if self.leaky_auto and self.rerope_window is not None and self.rerope_window >= self.train_length - 1:
-            raise ValueError(f"position variant {self.name!r}: k = (L−1−w)/(N−1−w) needs w < N − 1 = {self.train_length - 1}")
+            raise PositionError(f"position variant {self.name!r}: k = (L−1−w)/(N−1−w) needs w < N − 1 = {self.train_length - 1}")
         if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"position variant {self.name!r}: chunk_size must be ≥ 1, got {self.chunk_size}")
+            raise PositionError(f"position variant {self.name!r}: chunk_size must be ≥ 1, got {self.chunk_size}")
 
     # -- compatibility with a model
     def check(self, config) -> None:
         """Raise ValueError, naming this variant, if it cannot apply to a model with `config`."""
         rope = config.position_embedding_type == "rope"
         if (self.rope_scaling != "none" or self.rerope_window is not None) and not rope:
-            raise ValueError(f"position variant {self.name!r} changes RoPE, but the model has "
+            raise PositionError(f"position variant {self.name!r} changes RoPE, but the model has "
                              f"position_embedding_type={config.position_embedding_type!r}")
         norm = config.attention_normalization
         if self.logn == "train" and norm != "softmax_plus":
-            raise ValueError(f"position variant {self.name!r}: logn_train needs a checkpoint trained with log n "
+            raise PositionError(f"position variant {self.name!r}: logn_train needs a checkpoint trained with log n "
                              f"(attention_normalization='softmax_plus'); this model uses {norm!r}")
         if self.logn == "dagger" and norm == "softmax_plus":
-            raise ValueError(f"position variant {self.name!r}: the model already scales by log n (softmax_plus); "
+            raise PositionError(f"position variant {self.name!r}: the model already scales by log n (softmax_plus); "
                              "use logn_train (or no log-n part) instead of logn_dagger")
         if self.logn == "dagger" and norm == "relu2":
-            raise ValueError(f"position variant {self.name!r}: log n† rescales softmax logits; relu² attention is "
+            raise PositionError(f"position variant {self.name!r}: log n† rescales softmax logits; relu² attention is "
                              "positively homogeneous, so a temperature cannot change it (B.2)")
         if self.rope_scaling in ("ntk", "ntk_dynamic"):
             _check_ntk_dim(rope_dim(config))
@@ -434,7 +435,7 @@ class PositionVariant:
         self.check(config)
         for width, what in ((self.window, "window"), (self.rerope_window, "ReRoPE window")):
             if width is not None and width >= seq_len:
-                raise ValueError(
+                raise PositionError(
                     f"position variant {self.name!r}: {what} {width} is larger than the sequence: a {seq_len}-token "
                     f"input has relative distances up to {seq_len - 1}, so the {what} would change nothing"
                 )
@@ -484,7 +485,7 @@ def _positions(position_ids: torch.Tensor | None, seq_len: int, device) -> torch
     if position_ids.dim() == 1:
         position_ids = position_ids[None]
     if position_ids.shape[-1] != seq_len:
-        raise ValueError(f"position_ids have length {position_ids.shape[-1]}, the input has {seq_len} tokens")
+        raise PositionError(f"position_ids have length {position_ids.shape[-1]}, the input has {seq_len} tokens")
     return position_ids.to(device=device, dtype=torch.float64)
 
 
@@ -535,13 +536,13 @@ def _part_fields(part: str, train_length: int, full_name: str) -> dict:
         if match:
             return build(match, train_length)
     if part in _TRAINING_ONLY:
-        raise ValueError(f"{part!r} in {full_name!r} is a training-time option, not an inference variant: "
+        raise PositionError(f"{part!r} in {full_name!r} is a training-time option, not an inference variant: "
                          f"{_TRAINING_ONLY[part]}; evaluate the checkpoint it produced with 'baseline'")
     candidates = list(_FIXED_PARTS) + list(_WINDOW_PARTS) + [f"rerope_w{train_length // 4}", f"rerope_w{train_length // 2}",
                                                              f"leaky_rerope_w{train_length // 4}_k16"]
     close = difflib.get_close_matches(part, candidates, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown position variant {part!r} in {full_name!r}{hint} (known: {', '.join(KNOWN_NAMES)}; "
+    raise PositionError(f"unknown position variant {part!r} in {full_name!r}{hint} (known: {', '.join(KNOWN_NAMES)}; "
                      "join parts with '+')")
 
 
@@ -553,10 +554,10 @@ def variant(name: str, train_length: int, **options) -> PositionVariant:
     if isinstance(name, PositionVariant):
         return replace(name, **options) if options else name
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a position variant name must be a non-empty string, got {name!r}")
+        raise PositionError(f"a position variant name must be a non-empty string, got {name!r}")
     parts = [p.strip() for p in name.split("+")]
     if "baseline" in parts and len(parts) > 1:
-        raise ValueError(f"position variant {name!r}: 'baseline' means no change and cannot be combined; "
+        raise PositionError(f"position variant {name!r}: 'baseline' means no change and cannot be combined; "
                          "name the other parts alone")
     fields: dict = {}
     kinds: dict[str, str] = {}
@@ -565,16 +566,16 @@ def variant(name: str, train_length: int, **options) -> PositionVariant:
         kind = ("logn" if "logn" in new else "window" if "window" in new else
                 "rerope" if "rerope_window" in new else "rope_scaling" if "rope_scaling" in new else "baseline")
         if kind in kinds:
-            raise ValueError(f"position variant {name!r} combines {kinds[kind]!r} and {part!r}: at most one {kind} part")
+            raise PositionError(f"position variant {name!r} combines {kinds[kind]!r} and {part!r}: at most one {kind} part")
         kinds[kind] = part
         fields.update(new)
     if "rerope" in kinds and ("rope_scaling" in kinds or "window" in kinds):
         other = kinds.get("rope_scaling") or kinds.get("window")
-        raise ValueError(f"position variant {name!r}: {kinds['rerope']!r} already fixes the relative positions; "
+        raise PositionError(f"position variant {name!r}: {kinds['rerope']!r} already fixes the relative positions; "
                          f"it cannot be combined with {other!r}")
     unknown = set(options) - set(PositionVariant.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"unknown position variant option(s): {', '.join(sorted(unknown))}")
+        raise PositionError(f"unknown position variant option(s): {', '.join(sorted(unknown))}")
     return PositionVariant(name=name, train_length=train_length, **{**fields, **options})
 
 
@@ -598,9 +599,9 @@ def sample_ruoss_positions(batch: int, seq_len: int, max_position: int, generato
     """Ruoss et al. randomized positions: per row, `seq_len` distinct integers drawn uniformly without
     replacement from [0, max_position), sorted ascending (B.3; DeepMind's `noise_max_length`). int64 [B, S]."""
     if seq_len < 1 or batch < 1:
-        raise ValueError(f"batch and seq_len must be ≥ 1, got batch={batch}, seq_len={seq_len}")
+        raise PositionError(f"batch and seq_len must be ≥ 1, got batch={batch}, seq_len={seq_len}")
     if max_position < seq_len:
-        raise ValueError(f"Ruoss positions: max_position={max_position} is smaller than seq_len={seq_len}; "
+        raise PositionError(f"Ruoss positions: max_position={max_position} is smaller than seq_len={seq_len}; "
                          "distinct positions need max_position ≥ seq_len (the paper uses L ≫ the test length)")
     keys = torch.rand(batch, max_position, generator=generator, device=device)
     return keys.topk(seq_len, dim=-1).indices.sort(dim=-1).values.to(torch.int64)
@@ -614,10 +615,10 @@ def sample_equal_mean_positions(batch: int, seq_len: int, generator: torch.Gener
     The positions are floats, so they suit functional encodings (RoPE) only.
     """
     if seq_len < 1 or batch < 1:
-        raise ValueError(f"batch and seq_len must be ≥ 1, got batch={batch}, seq_len={seq_len}")
+        raise PositionError(f"batch and seq_len must be ≥ 1, got batch={batch}, seq_len={seq_len}")
     mean = float(seq_len if mean_span is None else mean_span)
     if not mean > 0:
-        raise ValueError(f"equal-mean positions: mean_span must be positive, got {mean_span}")
+        raise PositionError(f"equal-mean positions: mean_span must be positive, got {mean_span}")
     spans = torch.empty(batch, dtype=torch.float64, device=device).exponential_(1.0 / mean, generator=generator)
     grid = torch.linspace(0.0, 1.0, seq_len, dtype=torch.float64, device=device)
     return grid[None, :] * spans[:, None]

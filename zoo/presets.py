@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 
+from .errors import ConfigError
 from .families import FAMILIES, TASKS, model_class
 
 # name: (family, {config fields}); vocabulary 12000 = the released char vocabularies and ours
@@ -40,13 +41,13 @@ def preset_config(preset: str, **overrides):
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, PRESETS, n=5, cutoff=0.4)
         hint = f"; did you mean: {', '.join(close)}?" if close else f"; presets: {', '.join(PRESETS)}"
-        raise ValueError(f"unknown preset {preset!r}{hint}")
+        raise ConfigError(f"unknown preset {preset!r}{hint}")
     family, fields = PRESETS[preset]
     config_class = FAMILIES[family]["config"]
     known = {f for f in config_class.__dataclass_fields__}
     unknown = sorted(set(overrides) - known - {"num_labels", "id2label", "label2id", "problem_type"})
     if unknown:
-        raise ValueError(f"unknown config field(s) for {preset}: {', '.join(unknown)}")
+        raise ConfigError(f"unknown config field(s) for {preset}: {', '.join(unknown)}")
     if "hidden_size" in overrides and "num_attention_heads" not in overrides and family != "gau-alpha":
         # keep the preset's head size when only the width changes
         head = fields["hidden_size"] // fields["num_attention_heads"]
@@ -58,6 +59,6 @@ def preset_config(preset: str, **overrides):
 def create(preset: str, task: str = "masked-lm", **overrides):
     """A freshly initialised model of `preset` for `task` (see `zoo.families.TASKS`)."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     config = preset_config(preset, **overrides)
     return model_class(config, task)(config)

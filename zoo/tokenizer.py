@@ -21,6 +21,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from .errors import TokenizerError
+
 SPECIAL_TOKENS = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 DEFAULT_VOCAB = Path(__file__).parent / "resources" / "vocab.txt"
 MODEL_MAX_LENGTH = 512
@@ -42,7 +44,7 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     vocab = tokenizer.get_vocab()
     for token in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
         if token not in vocab:
-            raise ValueError(f"vocabulary has no {token} token")
+            raise TokenizerError(f"vocabulary has no {token} token")
     cls, sep = vocab["[CLS]"], vocab["[SEP]"]
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -70,9 +72,9 @@ def read_vocab(path: str | Path) -> list[str]:
     seen: dict[str, int] = {}
     for number, token in enumerate(tokens, 1):
         if not token:
-            raise ValueError(f"{path}:{number}: empty vocabulary line")
+            raise TokenizerError(f"{path}:{number}: empty vocabulary line")
         if token in seen:
-            raise ValueError(f"{path}:{number}: token {token!r} already on line {seen[token]}")
+            raise TokenizerError(f"{path}:{number}: token {token!r} already on line {seen[token]}")
         seen[token] = number
     return tokens
 
@@ -125,7 +127,7 @@ def save_vocab(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None:
     vocab = tokenizer.get_vocab()
     tokens = sorted(vocab, key=vocab.__getitem__)
     if [vocab[t] for t in tokens] != list(range(len(tokens))):
-        raise ValueError("vocabulary ids are not contiguous from 0")
+        raise TokenizerError("vocabulary ids are not contiguous from 0")
     Path(path).write_text("\n".join(tokens) + "\n", encoding="utf-8")
 
 

@@ -20,14 +20,17 @@ from pathlib import Path
 
 import torch
 
+from zoo.errors import ZooError
+
+from ..errors import EvaluateError, UsageError
 from . import extra_tasks, report, samples
 from .finetune import Options, finetune
 from .loaders import (
-    DataFormatError, MissingDataError, TaskData, TestSet, find_task_dir, from_datasets, load_split, load_task,
+    MissingDataError, TaskData, TestSet, find_task_dir, from_datasets, load_split, load_task,
 )
 from .metrics import score_task
 from .runners import make_runner
-from .submission import SubmissionError, read_predict_file, validate, write_predict_file, write_zip
+from .submission import read_predict_file, validate, write_predict_file, write_zip
 from .tasks import CLASSIFICATION, CLUE_TASKS, MULTIPLE_CHOICE, NER, TASKS, get_task, parse_tasks, recipe_for
 
 DRY_RUN_LENGTH = {"span-mrc": 96, "multiple-choice": 96, "chid": 64, "ner": 64, "classification": 64}
@@ -64,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--child-tuning-d", type=float, default=0.0, metavar="P", help="ChildTuning-D reserve fraction (e.g. 0.3)")
     o.add_argument("--cosent", action="store_true", help="CoSENT for binary sentence-pair tasks (afqmc)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (default: bf16 autocast)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default: CUDA when present)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--save-model", action="store_true", help="save each task's best-dev model under <output>/<task>/model")
+    p.add_argument("--publish", metavar="NAME@VERSION", help="publish --model again as this new registry version with "
+                                                            "the dev scores (clue/<task>/dev) and results.png")
     return p
 
 
@@ -168,12 +174,19 @@ def gather_data(args, specs, out_dir: Path) -> dict[str, TaskData]:
 
 
 def run(args) -> dict:
+    publish_as = getattr(args, "publish", None)
+    if publish_as:  # before any work: a typo must not cost a run
+        if args.random_init:
+            raise UsageError("--publish publishes --model's weights: the scores of a --random-init run are not theirs")
+        from zoo.pretrained import check_new_version
+
+        check_new_version(publish_as)
     specs = parse_tasks(args.tasks)
     if args.tasks is None and "diagnostics" not in [s.name for s in specs]:
         specs.append(TASKS["diagnostics"])
     names = [s.name for s in specs]
     if "diagnostics" in names and not {"ocnli", "cmnli"} & set(names):
-        raise ValueError("diagnostics is predicted with the NLI model: add ocnli (or cmnli) to --tasks")
+        raise UsageError("diagnostics is predicted with the NLI model: add ocnli (or cmnli) to --tasks")
     specs = [s for s in specs if s.name != "diagnostics"] + [s for s in specs if s.name == "diagnostics"]
     out_dir = Path(args.output or Path("checkpoints") / "clue" / (_safe(args.model) + ("-random" if args.random_init else "")
                                                                    + ("-dry-run" if args.dry_run else "")))
@@ -182,7 +195,7 @@ def run(args) -> dict:
     pred_dir = out_dir / "predictions"
     results = {"model": args.model, "random_init": args.random_init, "recipe": args.recipe, "seed": args.seed,
                "dry_run": args.dry_run, "tasks": {}, "predict_files": []}
-    written, nli_model = [], None
+    written, nli_model, base_ref = [], None, args.model
     options = Options(rdrop=args.rdrop, child_tuning_d=args.child_tuning_d, bf16=args.bf16, max_steps=args.max_steps,
                       eval_every=args.eval_every, seed=args.seed, progress=args.progress)
     for spec in specs:
@@ -200,8 +213,10 @@ def run(args) -> dict:
                 overrides.update(epochs=1, batch_size=2, accumulation=1,
                                  max_length=args.max_length or DRY_RUN_LENGTH[spec.kind], stride=32)
             recipe = recipe_for(spec, args.recipe, **overrides)
-            runner = make_runner(spec, tokenizer, recipe, bf16=args.bf16, cosent=args.cosent and spec.name == "afqmc")
+            runner = make_runner(spec, tokenizer, recipe, bf16=args.bf16, cosent=args.cosent and spec.name == "afqmc",
+                                 device=args.device)
             model = load_model(args.model, spec, runner, args.random_init, args.seed)
+            base_ref = getattr(model, "zoo_ref", args.model)  # the version resolved, should a newer one appear
             print(f"[clue] {spec.name}: {len(task_data.train)} train / {len(task_data.dev)} dev examples, "
                   f"recipe {recipe}", file=sys.stderr)
             step_opts = Options(**{**options.__dict__, "max_steps": 2 if args.dry_run else options.max_steps})
@@ -238,7 +253,30 @@ def run(args) -> dict:
     print(report.markdown(results))
     print(f"[clue] wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     results["output"] = str(out_dir)
+    if publish_as:
+        results["published"] = publish_results(results, publish_as, paths.get("png"), base_ref)
     return results
+
+
+def publish_results(results: dict, publish_as: str, figure: Path | None, base_ref: str) -> str:
+    """The evaluated model as the new version `publish_as`: metrics clue/<task>/dev (and /test where the
+    test split is labelled), clue/average/<group> for complete groups, and results.png."""
+    import math
+
+    import zoo
+
+    metrics = {}
+    for name, entry in results["tasks"].items():
+        for split in ("dev", "test"):
+            score = (entry.get(split) or {}).get("score")
+            if isinstance(score, (int, float)) and math.isfinite(score):
+                metrics[f"clue/{name}/{split}"] = score
+    metrics.update({f"clue/average/{k}": v for k, v in (results.get("averages") or {}).items() if v is not None})
+    note = f"CLUE{' (dry run)' if results['dry_run'] else ''}, {results['recipe']} recipe, seed {results['seed']}"
+    ref = zoo.publish_evaluation(base_ref, publish_as, metrics=metrics, figures={"clue results": figure} if figure else None,
+                                 note=note)
+    print(f"[clue] published {ref}", file=sys.stderr)
+    return ref
 
 
 def run_clue(model: str, *, data_dir=None, datasets: dict | None = None, tasks: str | list[str] | None = None,
@@ -277,7 +315,7 @@ def compare(args) -> dict:
     for item in args.runs:
         label, sep, folder = item.partition("=")
         if not sep:
-            raise ValueError(f"expected LABEL=RUN_DIR, got {item!r}")
+            raise UsageError(f"expected LABEL=RUN_DIR, got {item!r}")
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"{label}: no results.json in {folder}")
@@ -294,7 +332,7 @@ def score(args) -> dict:
     task = get_task(args.task)
     examples = load_split(task, args.data_dir, args.split)
     if not examples or any(getattr(e, "label", None) is None for e in examples):
-        raise ValueError(f"{task.name} {args.split} has no gold labels to score against")
+        raise UsageError(f"{task.name} {args.split} has no gold labels to score against")
     content = read_predict_file(task, args.predictions)
     if isinstance(content, list) and task.drop_labels and len(content) != len(examples):
         raw = max(int(e.uid.rsplit("-", 1)[1]) for e in examples) + 1
@@ -328,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             compare(build_compare_parser().parse_args(argv[1:]))
         else:
             run(build_parser().parse_args(argv))
-    except (MissingDataError, DataFormatError, SubmissionError, ValueError, FileNotFoundError) as error:
+    except (EvaluateError, ZooError, FileNotFoundError) as error:  # anything else keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,4 +1,4 @@
-"""The fine-tuning loop: AdamW with linear warm-up/decay, optional bf16 autocast on CPU, gradient
+"""The fine-tuning loop: AdamW with linear warm-up/decay, optional bf16 autocast, gradient
 accumulation and clipping, dev evaluation after each epoch (or every `eval_every` steps) and the
 best-dev weights kept. Options beyond the published recipe, each off by default:
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from .runners import Runner
 
 
@@ -59,7 +60,7 @@ def child_tuning_masks(model, runner: Runner, items: list, reserve: float, batch
     model.train()
     fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")}
     for i in range(0, min(len(items), batches * batch_size), batch_size):
-        batch = runner.collate(items[i : i + batch_size])
+        batch = runner.batch(items[i : i + batch_size])
         model.zero_grad(set_to_none=True)
         runner.loss(runner.logits(model, batch), batch).backward()
         for n, p in model.named_parameters():
@@ -81,11 +82,12 @@ def finetune(model, runner: Runner, train, dev, options: Options | None = None, 
     """Train `model` on `train` examples; evaluate on `dev`; leave the best-dev weights in `model`."""
     options = options or Options()
     recipe = runner.recipe
+    model.to(runner.runtime.device)
     rng = random.Random(options.seed)
     torch.manual_seed(options.seed)
     items = runner.train_items(train)
     if not items:
-        raise ValueError(f"{runner.task.name}: no training examples")
+        raise UsageError(f"{runner.task.name}: no training examples")
     per_epoch = math.ceil(len(items) / (recipe.batch_size * recipe.accumulation))
     total = per_epoch * recipe.epochs
     if options.max_steps is not None:
@@ -128,14 +130,14 @@ def finetune(model, runner: Runner, train, dev, options: Options | None = None, 
             optimizer.zero_grad(set_to_none=True)
             total_loss = 0.0
             for chunk in group:
-                batch = runner.collate(chunk)
+                batch = runner.batch(chunk)
                 logits = runner.logits(model, batch)
                 loss = runner.loss(logits, batch)
                 if options.rdrop and runner.supports_rdrop:
                     logits2 = runner.logits(model, batch)
                     loss = (loss + runner.loss(logits2, batch)) / 2 + options.rdrop * runner.rdrop_kl(logits, logits2)
                 (loss / len(group)).backward()
-                total_loss += float(loss.detach()) / len(group)
+                total_loss = total_loss + loss.detach() / len(group)  # read once per step, below
             if masks is not None:
                 for n, m in masks.items():
                     if named[n].grad is not None:
@@ -145,7 +147,7 @@ def finetune(model, runner: Runner, train, dev, options: Options | None = None, 
             schedule.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{total_loss:.4f}", best=f"{best_score:.2f}" if best_score is not None else "-")
+            bar.set_postfix(loss=f"{float(total_loss):.4f}", best=f"{best_score:.2f}" if best_score is not None else "-")
             if options.eval_every and step % options.eval_every == 0:
                 evaluate()
                 model.train()

@@ -16,16 +16,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import EvaluateError, UsageError
 from .tasks import CHID, CLASSIFICATION, MULTIPLE_CHOICE, NER, SPAN_MRC, TaskSpec
 
 IDIOM_TAG = re.compile(r"#idiom\d{6}#")
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(EvaluateError, FileNotFoundError):
     """A task's data file is not where it is expected; the message says where and where to get it."""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(EvaluateError, ValueError):
     """A data file does not have the official format; the message names the file and line."""
 
 
@@ -388,7 +389,7 @@ def _read(task: TaskSpec, paths: list[Path], split: str) -> list:
 def split_files(task: TaskSpec, folder: Path, split: str) -> list[Path]:
     names = {"train": task.train_files, "dev": task.dev_files}.get(split)
     if names is None:
-        raise ValueError(f"unknown split {split!r}")
+        raise UsageError(f"unknown split {split!r}")
     if task.kind == CHID and split != "test":
         for name in names:
             answer = folder / (Path(name).stem + "_answer.json")
@@ -410,7 +411,7 @@ def load_split(task: TaskSpec, data_dir: str | Path, split: str) -> list:
         if version not in task.test_files:
             version = next(iter(task.test_files)) if version == "" else version
         if version not in task.test_files:
-            raise ValueError(f"{task.name} has no test version {version!r} (versions: {', '.join(task.versions)})")
+            raise UsageError(f"{task.name} has no test version {version!r} (versions: {', '.join(task.versions)})")
         return _read(task, [_find_file(task, folder, task.test_files[version], "test")], split)
     return _read(task, split_files(task, folder, split), split)
 
@@ -496,4 +497,4 @@ def _hf_record(task: TaskSpec, split: str, i: int, row: dict, feature):
         if row.get("answers") and row["answers"].get("candidate_id"):
             answers = {b.tag: int(c) for b, c in zip(blanks, row["answers"]["candidate_id"])}
         return ChidExample(row.get("idx", i), paragraphs, tuple(row["candidates"]), blanks, answers)
-    raise ValueError(f"{task.name}: reading from datasets is not supported for kind {task.kind}")
+    raise UsageError(f"{task.name}: reading from datasets is not supported for kind {task.kind}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from ..errors import UsageError
 from .tasks import CLASSIFICATION_10, CLASSIFICATION_11, OVERALL_11, READING
 
 # ----------------------------------------------------------------------------------------- accuracy
@@ -16,7 +17,7 @@ from .tasks import CLASSIFICATION_10, CLASSIFICATION_11, OVERALL_11, READING
 
 def accuracy(predictions: Sequence, golds: Sequence) -> float:
     if len(predictions) != len(golds):
-        raise ValueError(f"{len(predictions)} predictions for {len(golds)} gold labels")
+        raise UsageError(f"{len(predictions)} predictions for {len(golds)} gold labels")
     if not golds:
         return 0.0
     return 100.0 * sum(p == g for p, g in zip(predictions, golds)) / len(golds)
@@ -146,7 +147,7 @@ def cluener_scores(predictions: Sequence[Mapping], golds: Sequence[Mapping], typ
     lines; F1 per type; "f1" = macro average over `types` (a type with no predictions scores 0 instead
     of dividing by zero). `predictions`/`golds` are `label` dicts in line order."""
     if len(predictions) != len(golds):
-        raise ValueError(f"{len(predictions)} prediction lines for {len(golds)} gold lines")
+        raise UsageError(f"{len(predictions)} prediction lines for {len(golds)} gold lines")
     per_type = {}
     for kind in types:
         tp = fp = fn = 0

@@ -3,7 +3,6 @@ a model into submission-style predictions. The fine-tuning loop (finetune.py) on
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
 
@@ -11,15 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zoo.runtime import Runtime
+
+from ..errors import UsageError
 from . import decoding, features
 from .metrics import score_task
 from .tasks import CHID, CLASSIFICATION, MULTIPLE_CHOICE, NER, SPAN_MRC, Recipe, TaskSpec
 
 NEG = -1e12
-
-
-def autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def _batches(items: list, size: int):
@@ -28,15 +26,24 @@ def _batches(items: list, size: int):
 
 
 class Runner(ABC):
-    """One task kind's encoding, loss and decoding; subclasses give train_items, collate and predict."""
+    """One task kind's encoding, loss and decoding; subclasses give train_items, collate and predict.
+
+    `runtime` says where the model computes: `batch` puts a collated batch there, and predictions
+    come back to the host (`_forward_all`) for decoding.
+    """
 
     kind = ""
     supports_rdrop = False
 
-    def __init__(self, task: TaskSpec, tokenizer, recipe: Recipe, bf16: bool = False, progress=None):
+    def __init__(self, task: TaskSpec, tokenizer, recipe: Recipe, bf16: bool = False, runtime: Runtime | None = None):
         self.task, self.tokenizer, self.recipe, self.bf16 = task, tokenizer, recipe, bf16
+        self.runtime = runtime or Runtime.resolve("auto", torch.bfloat16 if bf16 else torch.float32)
         self.pad_id = tokenizer.pad_token_id or 0
         self.eval_batch_size = max(recipe.batch_size * 2, 8)
+
+    def batch(self, items) -> dict:
+        """`collate(items)` on the runtime's device."""
+        return self.runtime.to_device(self.runtime.pin(self.collate(items)))
 
     # --- what the loop needs
     def model_kwargs(self) -> dict:
@@ -51,7 +58,7 @@ class Runner(ABC):
         ...
 
     def logits(self, model, batch) -> torch.Tensor:
-        with autocast(self.bf16):
+        with self.runtime.autocast():
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def loss(self, logits, batch) -> torch.Tensor:
@@ -70,12 +77,13 @@ class Runner(ABC):
     def evaluate(self, model, examples) -> dict:
         return score_task(self.task, examples, self.predict(model, examples))
 
-    def _forward_all(self, model, items, collate=None):
+    def _forward_all(self, model, items):
+        """Logits of every item, in chunks, as float32 tensors on the host."""
         model.eval()
         outs = []
         with torch.no_grad():
             for chunk in _batches(items, self.eval_batch_size):
-                outs.append(self.logits(model, (collate or self.collate)(chunk)).float())
+                outs.append(self.logits(model, self.batch(chunk)).float().cpu())
         return outs
 
 
@@ -111,7 +119,7 @@ class CoSENTRunner(ClassificationRunner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.task.fields != "pair" or len(self.task.labels) != 2:
-            raise ValueError(f"CoSENT needs a binary sentence-pair task; {self.task.name} is not one")
+            raise UsageError(f"CoSENT needs a binary sentence-pair task; {self.task.name} is not one")
         self.threshold = 0.5
 
     def train_items(self, examples):
@@ -125,7 +133,7 @@ class CoSENTRunner(ClassificationRunner):
                 "labels": torch.tensor([it["label"] for it in items])}
 
     def logits(self, model, batch):
-        with autocast(self.bf16):
+        with self.runtime.autocast():
             va = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, 0]
             vb = model.encoder(input_ids=batch["input_ids_b"], attention_mask=batch["attention_mask_b"]).last_hidden_state[:, 0]
         return F.cosine_similarity(va.float(), vb.float(), dim=-1)
@@ -134,7 +142,7 @@ class CoSENTRunner(ClassificationRunner):
         y = batch["labels"].float()
         diff = self.scale * (cos[:, None] - cos[None, :])  # cos_i − cos_j
         diff = diff - (1 - (y[:, None] < y[None, :]).float()) * 1e12  # only pairs with y_i < y_j
-        return torch.logsumexp(torch.cat([torch.zeros(1), diff.flatten()]), dim=0)
+        return torch.logsumexp(torch.cat([diff.new_zeros(1), diff.flatten()]), dim=0)
 
     def predict(self, model, examples):
         cos = torch.cat(self._forward_all(model, self.train_items(examples))) if examples else torch.zeros(0)
@@ -215,7 +223,7 @@ class SpanMrcRunner(Runner):
         return batch
 
     def logits(self, model, batch):
-        with autocast(self.bf16):
+        with self.runtime.autocast():
             grid = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
         return grid.float()
 
@@ -269,7 +277,10 @@ RUNNERS = {CLASSIFICATION: ClassificationRunner, MULTIPLE_CHOICE: MultipleChoice
            SPAN_MRC: SpanMrcRunner, NER: NerRunner}
 
 
-def make_runner(task: TaskSpec, tokenizer, recipe: Recipe, bf16: bool = False, cosent: bool = False) -> Runner:
+def make_runner(task: TaskSpec, tokenizer, recipe: Recipe, bf16: bool = False, cosent: bool = False,
+                device: str | torch.device | None = "auto") -> Runner:
+    """The runner of `task`'s kind; its model computes on `device` ("auto": CUDA when present)."""
+    runtime = Runtime.resolve(device, torch.bfloat16 if bf16 else torch.float32)
     if cosent:
-        return CoSENTRunner(task, tokenizer, recipe, bf16)
-    return RUNNERS[task.kind](task, tokenizer, recipe, bf16)
+        return CoSENTRunner(task, tokenizer, recipe, bf16, runtime)
+    return RUNNERS[task.kind](task, tokenizer, recipe, bf16, runtime)

@@ -15,12 +15,13 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import EvaluateError
 from .loaders import TestSet, read_json, read_jsonl
 from .metrics import spans_to_label
 from .tasks import CHID, CLASSIFICATION, MULTIPLE_CHOICE, NER, SPAN_MRC, TaskSpec
 
 
-class SubmissionError(ValueError):
+class SubmissionError(EvaluateError, ValueError):
     """A predict file that the leaderboard would reject or mis-score; the message says why and where."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, replace
 
+from ..errors import UsageError
+
 ARCHIVE_URL = "https://storage.googleapis.com/cluebenchmark/tasks/{archive}"
 MIRROR_URL = "https://bj.bcebos.com/paddlenlp/datasets/{archive}"
 
@@ -196,7 +198,7 @@ def get_task(name: str) -> TaskSpec:
     if key not in TASKS:
         close = difflib.get_close_matches(key, TASKS, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown CLUE task {name!r}{hint} (tasks: {', '.join(TASKS)})")
+        raise UsageError(f"unknown CLUE task {name!r}{hint} (tasks: {', '.join(TASKS)})")
     return TASKS[key]
 
 
@@ -208,7 +210,7 @@ def parse_tasks(text: str | None) -> list[TaskSpec]:
         return [TASKS[n] for n in EXTRA_TASKS]
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise ValueError("--tasks is empty")
+        raise UsageError("--tasks is empty")
     specs = [get_task(n) for n in names]
     seen, out = set(), []
     for s in specs:
@@ -229,7 +231,7 @@ FAST = {  # --recipe fast: a CPU-sized budget that keeps each task's shape
 
 def recipe_for(task: TaskSpec, name: str = "published", **overrides) -> Recipe:
     if name not in ("published", "fast"):
-        raise ValueError(f"unknown recipe {name!r} (published, fast)")
+        raise UsageError(f"unknown recipe {name!r} (published, fast)")
     recipe = task.recipe
     if name == "fast" and not task.extra:
         recipe = replace(recipe, **FAST[task.kind])

@@ -21,8 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from zoo.positions import default_variants, variant
-from zoo.registry import RegistryError
+from zoo.errors import ZooError
 
+from ..errors import EvaluateError, UsageError
 from . import data, report
 from .scoring import load_model, recorded_train_length, score
 
@@ -34,10 +35,10 @@ def parse_lengths(text: str, train_length: int) -> list[int]:
         try:
             multiple = float(part)
         except ValueError:
-            raise ValueError(f"--lengths: {part!r} is not a number (lengths are multiples of the training length)") from None
+            raise UsageError(f"--lengths: {part!r} is not a number (lengths are multiples of the training length)") from None
         length = multiple * train_length
         if multiple < 1 or abs(length - round(length)) > 1e-9:
-            raise ValueError(f"--lengths: {part} × N = {length:g} must be a whole number of tokens ≥ N = {train_length}")
+            raise UsageError(f"--lengths: {part} × N = {length:g} must be a whole number of tokens ≥ N = {train_length}")
         lengths.append(int(round(length)))
     return sorted(set(lengths))
 
@@ -45,11 +46,11 @@ def parse_lengths(text: str, train_length: int) -> list[int]:
 def resolve_train_length(given: int | None, loaded) -> int:
     if given is not None:
         if given < 4:
-            raise ValueError(f"--train-length must be ≥ 4, got {given}")
+            raise UsageError(f"--train-length must be ≥ 4, got {given}")
         return given
     recorded = recorded_train_length(loaded.folder)
     if recorded is None:
-        raise ValueError(f"--train-length is needed: the model card in {loaded.folder} does not record the "
+        raise UsageError(f"--train-length is needed: the model card in {loaded.folder} does not record the "
                          "training sequence length")
     return recorded
 
@@ -68,7 +69,7 @@ def resolve_variants(text: str | None, train_length: int, config, shortest: int)
         v.check(config)
         for width in (v.window, v.rerope_window):
             if width is not None and width >= shortest:
-                raise ValueError(f"position variant {name!r}: window {width} is larger than the shortest test "
+                raise UsageError(f"position variant {name!r}: window {width} is larger than the shortest test "
                                  f"length {shortest} (relative distances go up to {shortest - 1})")
         variants.append(v)
     return variants
@@ -97,10 +98,35 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward pass")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="query rows per attention block (default: from a 64 MiB score budget)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     parser.add_argument("--registry", default=None, help="registry root (default $ZOO_REGISTRY or checkpoints/registry)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default checkpoints/runs/<command>/<model>-N<N>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--publish", metavar="NAME@VERSION", default=None,
+                        help="after the run, publish --model again as this new registry version (in --registry) "
+                             "with the results as metrics and the plots as figures")
+
+
+def check_publish(args: argparse.Namespace) -> None:
+    """Refuse a --publish target before any work: NAME@VERSION, valid, not yet published."""
+    if getattr(args, "publish", None):
+        from zoo.pretrained import check_new_version
+
+        check_new_version(args.publish, args.registry)
+
+
+def publish_results(args: argparse.Namespace, ref: str, metrics: dict, figures: dict, note: str) -> str | None:
+    """Publish the evaluated model `ref` as args.publish with the finite `metrics` and `figures`."""
+    if not getattr(args, "publish", None):
+        return None
+    import math
+
+    import zoo
+
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    published = zoo.publish_evaluation(ref, args.publish, metrics=metrics, figures=figures, registry=args.registry, note=note)
+    print(f"published {published}")
+    return published
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,16 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False  # B.6 item 8
     torch.backends.cudnn.allow_tf32 = False
+    check_publish(args)
     loaded = load_model(args.model, args.registry, args.device)
     train_length = resolve_train_length(args.train_length, loaded)
     lengths = parse_lengths(args.lengths, train_length)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     for name in sets:
         if name not in data.SETS:
-            raise ValueError(f"--sets: unknown test set {name!r}; test sets: {', '.join(data.SETS)}")
+            raise UsageError(f"--sets: unknown test set {name!r}; test sets: {', '.join(data.SETS)}")
     config = loaded.config
     if config.position_embedding_type == "learned" and max(lengths) > config.max_position_embeddings:
-        raise ValueError(f"{loaded.ref} has learned positions for {config.max_position_embeddings} tokens; it cannot "
+        raise UsageError(f"{loaded.ref} has learned positions for {config.max_position_embeddings} tokens; it cannot "
                          f"read {max(lengths)}-token windows")
     variants = resolve_variants(args.variants, train_length, config, min(lengths))
     if args.chunk_size is not None:
@@ -177,6 +204,13 @@ def run(args: argparse.Namespace) -> dict:
     plot_entropy(results, out_dir / "entropy.png")
     print(markdown)
     print(f"wrote {out_dir / 'results.json'}, results.md, accuracy.png, entropy.png")
+    metrics = {f"extrapolation/{name}/{v}/L={length}/accuracy": cell["accuracy"]
+               for name, cells in results["results"].items() for v, by_length in cells.items()
+               for length, cell in by_length.items()}
+    results["published"] = publish_results(
+        args, loaded.ref, metrics, {"extrapolation accuracy": out_dir / "accuracy.png",
+                                    "extrapolation entropy": out_dir / "entropy.png"},
+        f"length extrapolation (N = {train_length}, L = {', '.join(map(str, lengths))}, mask seed {args.seed})")
     return results
 
 
@@ -292,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, RegistryError) as error:
+    except (EvaluateError, ZooError, FileNotFoundError) as error:  # anything else keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -26,11 +26,13 @@ import numpy as np
 
 from pretrain.masking import IGNORE, MaskingPolicy, first_ordinary_id, mask_sequence
 
+from ..errors import EvaluateError, UsageError
+
 SETS = ("natural", "repeated", "fixed_target")
 _SET_CODE = {"natural": 0, "repeated": 1, "fixed_target": 2, "robustness": 3}
 
 
-class CorpusError(ValueError):
+class CorpusError(EvaluateError, ValueError):
     """A held-out corpus that cannot be used (missing, empty, too short); the message names it."""
 
 
@@ -157,11 +159,11 @@ def make_plan(stream: TokenStream, train_length: int, lengths: list[int], max_to
     budget = (total // (longest - 2)) * longest
     if max_tokens is not None:
         if max_tokens < longest:
-            raise ValueError(f"--max-tokens {max_tokens} is smaller than one {longest}-token window")
+            raise UsageError(f"--max-tokens {max_tokens} is smaller than one {longest}-token window")
         budget = min(budget, max_tokens)
     chunk = repeat_chunk or max(1, train_length // 2)
     if not 1 <= chunk < min(lengths) - 2:
-        raise ValueError(f"--repeat-chunk {chunk} must leave room for a second copy in the shortest window "
+        raise UsageError(f"--repeat-chunk {chunk} must leave room for a second copy in the shortest window "
                          f"({min(lengths)} tokens)")
     return Plan(train_length, tuple(lengths), budget, chunk, targets)
 
@@ -215,7 +217,7 @@ def fixed_target_set(stream: TokenStream, length: int, plan: Plan, policy: Maski
     """Context of length L centred on each fixed target; target masks depend on (seed, target) only."""
     target = plan.train_length - 2
     if length - 2 < target:
-        raise ValueError(f"fixed_target: length {length} is shorter than the training length {plan.train_length}")
+        raise UsageError(f"fixed_target: length {length} is shorter than the training length {plan.train_length}")
     left = (length - 2 - target) // 2
     cls, sep = stream.cls_id, stream.sep_id
     inputs, labels = [], []
@@ -238,7 +240,7 @@ BUILDERS = {"natural": natural_set, "repeated": repeated_set, "fixed_target": fi
 
 def build_test_set(name: str, stream: TokenStream, length: int, plan: Plan, policy: MaskingPolicy, seed: int) -> TestSet:
     if name not in BUILDERS:
-        raise ValueError(f"unknown test set {name!r}; test sets: {', '.join(SETS)}")
+        raise UsageError(f"unknown test set {name!r}; test sets: {', '.join(SETS)}")
     return BUILDERS[name](stream, length, plan, policy, seed)
 
 

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 import zoo
 from pretrain.masking import IGNORE
 from zoo.positions import EntropyRecorder, PositionVariant, rope_dim
+from zoo.runtime import parse_device
 
+from ..errors import UsageError
 from .data import TestSet
 
 
@@ -56,7 +58,7 @@ class LoadedModel:
         }
 
 
-def load_model(ref: str, registry: str | None = None, device: str = "cpu") -> LoadedModel:
+def load_model(ref: str, registry: str | None = None, device: str = "auto") -> LoadedModel:
     """A masked-LM model and its tokenizer from a registry name, name@version, folder or Hub id."""
     model = zoo.from_pretrained(ref, task="masked-lm", registry=registry)
     folder = Path(model.name_or_path)
@@ -67,8 +69,8 @@ def load_model(ref: str, registry: str | None = None, device: str = "cpu") -> Lo
     else:
         tokenizer = zoo.default_tokenizer()
     if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"{ref}: the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
-    model.to(device).eval()
+        raise UsageError(f"{ref}: the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
+    model.to(parse_device(device)).eval()
     return LoadedModel(model, tokenizer, getattr(model, "zoo_ref", str(ref)), folder)
 
 

@@ -7,6 +7,10 @@
 with a fixed output gradient, "infer" a forward pass without autograd. The three implementations run
 interleaved in every round (A, B, C, A, B, C, ...); cells are medians in milliseconds, and the ratios
 are the previous kernel's and sdpa's times over the blocked kernel's, in the same run.
+
+CPU only: the two kernels compared are the compiled CPU kernels of zoo/kernels, which have no CUDA
+version (on CUDA the models use sdpa; scripts/benchmarks/speed.py times them there). `--device`
+accepts cpu and auto (= cpu here) and refuses a CUDA device.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.attention import BlockedSoftmaxAttention, SoftmaxAttention
+from zoo.runtime import DeviceError, parse_device
 
 HEADS, HEAD_SIZE, TOKENS = 12, 64, 4096
 IMPLEMENTATIONS = {
@@ -56,13 +61,30 @@ def time_cell(seq_len: int, dtype: torch.dtype, mode: str, dropout: float, round
     return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
+def check_device(device: str) -> None:
+    """This benchmark runs on the CPU only: refuse any other device with one line."""
+    if device == "auto":
+        return  # the CPU kernels are what is compared, whatever else the machine has
+    try:
+        kind = parse_device(device).type
+    except DeviceError as error:
+        if not device.startswith("cuda"):
+            sys.exit(f"attention_kernels.py: {error}")
+        kind = "cuda"  # absent here; refused below for the same reason as a present one
+    if kind != "cpu":
+        sys.exit(f"attention_kernels.py: --device {device}: this benchmark compares the compiled CPU attention "
+                 "kernels (zoo/kernels) and runs on the CPU only; use --device cpu (speed.py times the models on CUDA)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="128,512,2048")
     parser.add_argument("--dtypes", default="bf16,fp32")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu (or auto, the same here); CUDA devices are refused")
     parser.add_argument("--out", type=Path, default=Path("scripts/benchmarks/results/attention_kernels"))
     args = parser.parse_args(argv)
+    check_device(args.device)
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for dtype_name in args.dtypes.split(","):

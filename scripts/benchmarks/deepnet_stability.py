@@ -2,7 +2,7 @@
 
     python scripts/benchmarks/deepnet_stability.py [--depths 12,100,200] [--deepnorm-extra 1000]
         [--steps 300] [--hidden 64] [--heads 1] [--ffn 256] [--seq-len 64] [--batch 32]
-        [--lr 1e-3] [--warmup 100] [--out scripts/benchmarks/results/deepnet_stability]
+        [--lr 1e-3] [--warmup 100] [--device auto] [--out scripts/benchmarks/results/deepnet_stability]
 
 Arms (architectures.md §3, the seeds' "increment explosion" argument):
     post-ln   x ← LN(x + f(x)), xavier_normal init with gain 1 everywhere (α = β = 1)
@@ -16,6 +16,7 @@ steps 1, 10 and 100, and the model update ‖ΔF‖ = ‖F(x; θ_t) − F(x; θ_
 final hidden states on a fixed batch for the first 20 updates. Writes results.json, a markdown table
 and four PNG figures. Each arm also exists as a `python -m pretrain` recipe
 (pretrain/recipes/deepnet-stability/), which reproduces its loss curve on DeepSpeed.
+`--device auto` (default) trains on CUDA when present, else on the CPU (bf16 autocast on either).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 import zoo
 from zoo.families import model_class
+from zoo.runtime import DeviceError, Runtime
 
 ARMS = {
     "post-ln": dict(residual="post", initializer="deepnorm_paper", deepnorm_beta=1.0),
@@ -64,17 +66,24 @@ def data_stream(args):
     return lambda: PretrainingStream(corpus.train, args.batch, args.batch, 1, 0, args.seed, policy)
 
 
+def _grad_norm(parameters) -> float:
+    """‖g‖₂ over the parameters' gradients: one float32 Σg² per tensor, read from the device at once,
+    summed in float64 on the host."""
+    squares = [p.grad.float().square().sum() for p in parameters if p.grad is not None]
+    return math.sqrt(sum(torch.stack(squares).tolist())) if squares else 0.0
+
+
 def layer_grad_norms(model) -> list[float]:
-    return [math.sqrt(sum(p.grad.float().square().sum().item() for p in layer.parameters() if p.grad is not None))
-            for layer in model.encoder.layers]
+    return [_grad_norm(layer.parameters()) for layer in model.encoder.layers]
 
 
-def run_arm(arm: str, depth: int, args, make_stream) -> dict:
-    model = build(arm, depth, args).train()
+def run_arm(arm: str, depth: int, args, make_stream, runtime: Runtime | None = None) -> dict:
+    runtime = runtime or Runtime(torch.device("cpu"), torch.bfloat16)
+    model = build(arm, depth, args).to(runtime.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup))
     stream = make_stream()
-    probe = stream.collate([(10**6, i, i) for i in range(8)])  # a fixed batch outside the training order
+    probe = runtime.to_device(stream.collate([(10**6, i, i) for i in range(8)]))  # a fixed batch outside the training order
     with torch.no_grad():
         model.eval()
         f0 = model.encoder(probe["input_ids"]).last_hidden_state.float()
@@ -84,14 +93,15 @@ def run_arm(arm: str, depth: int, args, make_stream) -> dict:
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         (batch,) = stream.next_step()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        batch = runtime.to_device(batch)
+        with runtime.autocast():
             loss = model(**batch, masked_positions_only=True).loss
         if not torch.isfinite(loss):
             record["diverged_at"] = step
             print(f"  {arm} L={depth}: non-finite loss at step {step}", flush=True)
             break
         loss.backward()
-        grad_norm = math.sqrt(sum(p.grad.float().square().sum().item() for p in model.parameters() if p.grad is not None))
+        grad_norm = _grad_norm(model.parameters())
         if step in GRAD_STEPS:
             record["layer_grad_norms"][step] = layer_grad_norms(model)
         optimizer.step()
@@ -107,6 +117,7 @@ def run_arm(arm: str, depth: int, args, make_stream) -> dict:
             record["delta_f"].append(((f - f0).norm() / f0.norm()).item())
         if step % 50 == 0:
             print(f"  {arm} L={depth} step {step}: loss {loss.item():.3f}, grad norm {grad_norm:.3g}", flush=True)
+    runtime.synchronize()
     record["seconds"] = time.perf_counter() - start
     tail = record["loss"][-20:]
     record["final_loss"] = sum(tail) / len(tail) if tail and record["diverged_at"] is None else None
@@ -225,12 +236,20 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     parser.add_argument("--out", type=Path, default=Path("scripts/benchmarks/results/deepnet_stability"))
     parser.add_argument("--replot", action="store_true", help="only rewrite the table and figures from OUT/results.json")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
+        args.out.mkdir(parents=True, exist_ok=True)
         return report(json.loads((args.out / "results.json").read_text())["records"], args.out)
+    try:
+        runtime = Runtime.resolve(args.device, torch.bfloat16)
+    except DeviceError as error:
+        sys.exit(f"deepnet_stability.py: {error}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if runtime.is_cuda:
+        print(f"device: {runtime.describe()}", flush=True)
     make_stream = data_stream(args)
     runs = [(arm, int(d)) for d in args.depths.split(",") for arm in args.arms.split(",")]
     runs += [("deepnorm", int(d)) for d in args.deepnorm_extra.split(",") if d]
@@ -238,9 +257,10 @@ def main(argv=None) -> int:
     results = args.out / "results.json"
     for arm, depth in runs:
         print(f"{arm}, {depth} layers", flush=True)
-        records.append(run_arm(arm, depth, args, make_stream))
+        records.append(run_arm(arm, depth, args, make_stream, runtime))
         tmp = results.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "records": records}))
+        tmp.write_text(json.dumps({"args": vars(args) | {"out": str(args.out), "device": str(runtime.device)},
+                                   "records": records}))
         os.replace(tmp, results)
     return report(records, args.out)
 

@@ -2,7 +2,7 @@
 
     python -m venv --system-site-packages /tmp/tsvenv
     /tmp/tsvenv/bin/pip install --no-deps torchscale==0.3.0 fairscale==0.4.0
-    /tmp/tsvenv/bin/python scripts/benchmarks/deepnet_vs_torchscale.py [--depths 6,12,100] [--hidden 64]
+    /tmp/tsvenv/bin/python scripts/benchmarks/deepnet_vs_torchscale.py [--depths 6,12,100] [--hidden 64] [--device auto]
 
 torchscale 0.3.0 imports timm only for `drop_path`, which pulls in torchvision; with drop-path off
 it is never called, so a stub module stands in for timm (architectures.md §6, DeepNet item 5).
@@ -15,6 +15,8 @@ the non-padded positions of a padded batch (torchscale zeroes padded positions a
 (softmax and FFN activation cast to float32) and once with those two casts removed.
 Also compared: the initialisation torchscale applies (default init divided by (8N)^¼ on
 v/out/fc1/fc2) against our `initializer="deepnorm_torchscale"`, by the std ratios per module type.
+The forward comparison runs on `--device` (default auto: CUDA when present, else the CPU), in fp64
+on either; the initialisation statistics need no forward pass and are taken on the CPU.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from zoo.runtime import DeviceError, Runtime  # noqa: E402
+
+CPU = Runtime(torch.device("cpu"))
 
 
 def stub_timm() -> None:
@@ -105,17 +111,20 @@ def copy_weights(ours, theirs) -> None:
         ours.embeddings.token_type_embeddings.weight.zero_()  # torchscale has no segment embedding
 
 
-def compare(depth: int, hidden: int, heads: int, ffn: int, vocab: int = 500, seed: int = 0) -> dict:
+def compare(depth: int, hidden: int, heads: int, ffn: int, vocab: int = 500, seed: int = 0,
+            runtime: Runtime = CPU) -> dict:
     torch.manual_seed(seed)
     ours, theirs = build_pair(depth, hidden, heads, ffn, vocab)
     with torch.no_grad():  # O(1) weights so every term matters
         for name, p in ours.named_parameters():
             p.normal_(0, 0.3 if p.dim() == 1 else 1 / math.sqrt(p.shape[-1])).add_(1.0 if "norm.weight" in name else 0.0)
     copy_weights(ours, theirs)
-    ids = torch.randint(1, vocab, (3, 21))
+    ours, theirs = ours.to(runtime.device), theirs.to(runtime.device)
+    ids = torch.randint(1, vocab, (3, 21))  # drawn on the CPU (the same ids on every device), then moved
     mask = torch.ones_like(ids)
     mask[1, 15:] = 0
     mask[2, 6:] = 0
+    ids, mask = runtime.to_device((ids, mask))
     with torch.no_grad():
         mine = ours(ids, attention_mask=mask, output_hidden_states=True).hidden_states
         out = theirs(ids, encoder_padding_mask=(mask == 0), return_all_hiddens=True)
@@ -147,12 +156,19 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--ffn", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     args = parser.parse_args(argv)
+    try:
+        runtime = Runtime.resolve(args.device)
+    except DeviceError as error:
+        sys.exit(f"deepnet_vs_torchscale.py: {error}")
+    if runtime.is_cuda:
+        print(f"device: {runtime.device} ({torch.cuda.get_device_name(runtime.device)}), fp64 models\n")
     torch.set_default_dtype(torch.float64)
     depths = [int(d) for d in args.depths.split(",")]
-    shipped = {d: compare(d, args.hidden, args.heads, args.ffn) for d in depths}
+    shipped = {d: compare(d, args.hidden, args.heads, args.ffn, runtime=runtime) for d in depths}
     full_precision_torchscale()
-    exact = {d: compare(d, args.hidden, args.heads, args.ffn) for d in depths}
+    exact = {d: compare(d, args.hidden, args.heads, args.ffn, runtime=runtime) for d in depths}
     print("| layers | α | hidden states compared | max relative error: torchscale as shipped | without its two fp32 casts |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for d in depths:

@@ -19,7 +19,9 @@
 Everything lands in scripts/benchmarks/results/extrapolation/ (one folder per evaluation, logs/).
 Each step is one subprocess with OMP_NUM_THREADS=1 (on a shared 2-core machine one thread per
 process is several times faster than two contended ones). Existing exports and complete result
-files are reused unless --retrain / --reevaluate.
+files are reused unless --retrain / --reevaluate. On a machine with CUDA every step runs on the GPU
+without an option here: `python -m pretrain` and `python -m evaluate extrapolation|robustness` both
+pick CUDA when it is present (their own `--device` defaults to auto).
 """
 
 from __future__ import annotations

@@ -22,6 +22,11 @@ against the cumulative training FLOPs (`train_flops` in metrics.jsonl). Reported
 compute, the compute the grown run needs to reach the scratch run's final loss (linear interpolation
 between evaluations), and the held-out loss jump at the growth step. Writes results.json,
 loss_vs_compute.png and the recipes into --out; run folders go under checkpoints/runs/.
+
+Devices: each run is a `python -m pretrain` process, which trains on CUDA when it is present (there
+the recipes' Lamb is DeepSpeed's FusedLamb) and on the CPU otherwise; `--threads` sets
+OMP_NUM_THREADS, which matters on the CPU only. The recipes' `peak_tflops: 1.0` is nominal (it only
+skips the start-up matmul measurement; the MFU it gives is not used here).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ API
     fix_bert4torch_gau_alpha(peer_model) -> peer_model
         The two fixes that make bert4torch 0.6.2's GAU-α correct (architectures.md §6, GAU-α item 2).
 
-    python scripts/benchmarks/peers.py --check     # availability, smoke/dropout tests, fp64 logits vs zoo
+    python scripts/benchmarks/peers.py --check [--device auto]   # availability, smoke/dropout tests, fp64 logits vs zoo
 
 Peers
 -----
@@ -107,6 +107,7 @@ Known numerical facts (checked by --check)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -783,10 +784,18 @@ def _check_inputs(seed: int = 0):
     return ids, mask
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    from zoo.runtime import module_device
+
+    return module_device(model)
+
+
 def compare_logits(peer_name: str, peer_model: nn.Module, zoo_model: nn.Module) -> dict:
-    """fp64, eval: max |Δlogits| over the real (unpadded) positions, and relative to max |logits|."""
-    ids, mask = _check_inputs()
-    peer_model.double().eval()
+    """fp64, eval: max |Δlogits| over the real (unpadded) positions, and relative to max |logits|.
+    Runs on the zoo model's device (the peer is moved there)."""
+    device = _device_of(zoo_model)
+    ids, mask = (t.to(device) for t in _check_inputs())
+    peer_model.to(device).double().eval()
     with torch.no_grad():
         ours = zoo_model(input_ids=ids, attention_mask=mask).logits
         theirs = peer_model(input_ids=ids, attention_mask=mask).logits
@@ -804,18 +813,19 @@ def float64_tables(peer_model: nn.Module) -> nn.Module:
     is the ε choice and rounding alone. Fixes no bug: bert4torch GAU-α's norms stay as they are."""
     model = _unwrap(peer_model)
     fmt, family = _peer_kind(model)
+    device = _device_of(model)  # every table below is computed there, where the model reads it
     if fmt == "junnyu" and family == "roformer-v2":
         table = model.roformer.encoder.embed_positions.weight  # [n, d]: sin(angles of even j) | cos(odd j)
         n, d = table.shape
-        j = torch.arange(d, dtype=torch.float64)
+        j = torch.arange(d, dtype=torch.float64, device=device)
         exponent = 2 * torch.div(j, 2, rounding_mode="floor") / d
-        angles = torch.arange(n, dtype=torch.float64)[:, None] / torch.pow(10000.0, exponent)
+        angles = torch.arange(n, dtype=torch.float64, device=device)[:, None] / torch.pow(10000.0, exponent)
         table.copy_(torch.cat([torch.sin(angles[:, 0::2]), torch.cos(angles[:, 1::2])], dim=-1).to(table.dtype))
     elif fmt == "junnyu":
         encoder = model.gau_alpha.encoder
         n, half = encoder.sin_pos.shape[1:]
-        inv_freq = torch.pow(10000.0, -2 * torch.arange(half, dtype=torch.float64) / (2 * half))
-        angles = torch.arange(n, dtype=torch.float64)[None, :, None] * inv_freq
+        inv_freq = torch.pow(10000.0, -2 * torch.arange(half, dtype=torch.float64, device=device) / (2 * half))
+        angles = torch.arange(n, dtype=torch.float64, device=device)[None, :, None] * inv_freq
         dtype = encoder.sin_pos.dtype
         encoder.sin_pos, encoder.cos_pos = angles.sin().to(dtype), angles.cos().to(dtype)
     else:
@@ -832,7 +842,7 @@ def float64_tables(peer_model: nn.Module) -> nn.Module:
                     if child.rope_rank != "adjacent" or child.scaling_factor not in (None, 1, 1.0):
                         raise ValueError("only the plain interleaved RoPE is recomputed in float64")
                     d, base = child.embedding_size, child.rope_theta
-                    child.inv_freq = torch.pow(float(base), -torch.arange(0, d, 2, dtype=torch.float64) / d)
+                    child.inv_freq = torch.pow(float(base), -torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
 
                     def compute_cos_sin(self, inv_freq_expanded, position_ids, device_type, dtype):
                         inv = inv_freq_expanded.double().expand(*position_ids.shape[:-1], -1, 1)
@@ -851,20 +861,31 @@ def float64_tables(peer_model: nn.Module) -> nn.Module:
                         if method == "squared_relu":
                             return F.relu(a) ** 2 / n
                         if method == "softmax_plus":
-                            return F.softmax(a * torch.log(n) / torch.log(torch.tensor(512.0, dtype=a.dtype)), dim=dim)
+                            return F.softmax(a * torch.log(n) / torch.log(torch.tensor(512.0, dtype=a.dtype, device=a.device)),
+                                             dim=dim)
                         return a
 
                     child.attention_normalize = types.MethodType(attention_normalize, child)
     return peer_model
 
 
-def _smoke(name: str, family: str) -> str:
-    """Train step (loss finite, gradients reach the embedding) at max_len=2048, bf16 autocast forward too."""
+def _cpu_runtime():
+    from zoo.runtime import Runtime
+
+    return Runtime(torch.device("cpu"))
+
+
+def _smoke(name: str, family: str, runtime=None) -> str:
+    """Train step (loss finite, gradients reach the embedding) at max_len=2048, bf16 autocast forward too,
+    on the runtime's device (default: the CPU)."""
+    runtime = runtime or _cpu_runtime()
+    bf16 = dataclasses.replace(runtime, compute_dtype=torch.bfloat16)
     torch.manual_seed(0)
-    model = build_peer(name, family, **CHECK_SHAPES)
-    ids = torch.randint(1, CHECK_SHAPES["vocab_size"], (2, 64))
+    model = build_peer(name, family, **CHECK_SHAPES).to(runtime.device)
+    ids = torch.randint(1, CHECK_SHAPES["vocab_size"], (2, 64))  # drawn on the CPU: the same ids on every device
     labels = torch.full_like(ids, -100)
     labels[:, ::7] = ids[:, ::7]
+    ids, labels = runtime.to_device((ids, labels))
     out = model(input_ids=ids, labels=labels)
     loss = out.loss if hasattr(out, "loss") else out[0]
     if not torch.isfinite(loss):
@@ -873,11 +894,11 @@ def _smoke(name: str, family: str) -> str:
     embedding = _unwrap(model).get_input_embeddings().weight
     if embedding.grad is None or not torch.isfinite(embedding.grad).all():
         raise RuntimeError(f"{name}: no finite gradient on the token embedding")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with bf16.autocast():
         model.zero_grad(set_to_none=True)
         out = model(input_ids=ids, labels=labels)
         (out.loss if hasattr(out, "loss") else out[0]).backward()
-    long_ids = torch.randint(1, CHECK_SHAPES["vocab_size"], (1, 2048))
+    long_ids = runtime.to_device(torch.randint(1, CHECK_SHAPES["vocab_size"], (1, 2048)))
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=long_ids).logits
@@ -892,14 +913,15 @@ def _smoke(name: str, family: str) -> str:
     return f"loss {loss.item():.3f}, {model_params} params, decoder {'tied' if tied else 'untied'}, S=2048 ok"
 
 
-def _dropout_is_applied(name: str, family: str) -> str:
+def _dropout_is_applied(name: str, family: str, runtime=None) -> str:
     """Train-mode forwards differ with attention dropout only (0.5), and agree with all dropout 0."""
-    ids = torch.randint(1, CHECK_SHAPES["vocab_size"], (2, 32))
+    runtime = runtime or _cpu_runtime()
+    ids = runtime.to_device(torch.randint(1, CHECK_SHAPES["vocab_size"], (2, 32)))
     results = []
     for attention_dropout in (0.0, 0.5):
         shapes = dict(CHECK_SHAPES, hidden_dropout=0.0, attention_dropout=attention_dropout)
         torch.manual_seed(0)
-        model = build_peer(name, family, **shapes)
+        model = build_peer(name, family, **shapes).to(runtime.device)
         with torch.no_grad():
             a = model(input_ids=ids).logits
             b = model(input_ids=ids).logits
@@ -911,10 +933,14 @@ def _dropout_is_applied(name: str, family: str) -> str:
     return f"no dropout: identical; attention dropout 0.5 only: max |Δ| {results[1]:.3g}"
 
 
-def run_check() -> int:
+def run_check(runtime=None) -> int:
+    """Every check on the runtime's device (default: the CPU); the fp64 comparisons too."""
     import zoo  # noqa: F401  (registers the families)
 
+    runtime = runtime or _cpu_runtime()
     failures = 0
+    if runtime.is_cuda:
+        print(f"device: {runtime.device} ({torch.cuda.get_device_name(runtime.device)})\n")
     print("== availability")
     available = available_peers()
     for name, reason in available.items():
@@ -926,8 +952,8 @@ def run_check() -> int:
             continue
         family = PEER_FAMILIES[name] or "roformer-v2"
         try:
-            print(f"  {name:24s} {_smoke(name, family)}")
-            print(f"  {'':24s} {_dropout_is_applied(name, family)}")
+            print(f"  {name:24s} {_smoke(name, family, runtime)}")
+            print(f"  {'':24s} {_dropout_is_applied(name, family, runtime)}")
         except Exception as error:  # report and go on with the other peers
             failures += 1
             print(f"  {name:24s} FAILED: {type(error).__name__}: {error}")
@@ -953,7 +979,8 @@ def run_check() -> int:
                     if fix is not None:
                         fix(peer)
                     copy_weights_from_zoo(peer, zoo_model)
-                    peer.double()
+                    zoo_model.to(runtime.device)
+                    peer.to(runtime.device).double()
                     if tables64:
                         float64_tables(peer)
                     result = compare_logits(label, peer, zoo_model)
@@ -968,7 +995,7 @@ def run_check() -> int:
     print("\n== GAU-α, a sequence with a single real token (n = 1) padded to 4; ε matched, fp64 internals")
     print("   softmax_plus scales the logits by log(n)/log 512 = 0 there: the ports multiply their finite mask")
     print("   by 0 too and so attend uniformly over the padding; bert4keras/zoo keep the padding masked")
-    ids = torch.tensor([[5, 0, 0, 0], [5, 7, 0, 0]])
+    ids = torch.tensor([[5, 0, 0, 0], [5, 7, 0, 0]], device=runtime.device)
     mask = (ids != 0).long()
     for name, fix in (("junnyu-gau-alpha", None), ("bert4torch-gau-alpha", fix_bert4torch_gau_alpha)):
         if available.get(name) is not None:
@@ -979,7 +1006,8 @@ def run_check() -> int:
             if fix is not None:
                 fix(peer)
             copy_weights_from_zoo(peer, zoo_model)
-            float64_tables(peer.double().eval())
+            zoo_model.to(runtime.device)
+            float64_tables(peer.to(runtime.device).double().eval())
             with torch.no_grad():
                 ours = zoo_model(input_ids=ids, attention_mask=mask).logits
                 theirs = peer(input_ids=ids, attention_mask=mask).logits
@@ -997,9 +1025,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="availability, smoke tests and fp64 logits vs zoo")
     parser.add_argument("--list", action="store_true", help="print the peers and whether they can be built here")
+    parser.add_argument("--device", default="auto",
+                        help="where --check runs the models: cpu, cuda, cuda:N or auto (default: CUDA when present)")
     args = parser.parse_args(argv)
     if args.check:
-        return run_check()
+        from zoo.runtime import DeviceError, Runtime
+
+        try:
+            runtime = Runtime.resolve(args.device)
+        except DeviceError as error:
+            sys.exit(f"peers.py: {error}")
+        return run_check(runtime)
     for name, reason in available_peers().items():
         print(f"{name:24s} {'ok' if reason is None else reason}")
     return 0

@@ -2,19 +2,23 @@
 
     python scripts/benchmarks/speed.py [--lengths 128,512,2048] [--dtypes fp32,bf16] [--dropouts 0.1,0]
                                        [--rounds 5] [--tokens 4096] [--peers all|none|a,b] [--out DIR]
-                                       [--memory [--memory-lengths 2048]]
+                                       [--memory [--memory-lengths 2048]] [--device auto|cpu|cuda[:N]]
     python scripts/benchmarks/speed.py --replot scripts/benchmarks/results/speed   # table and PNG again
 
 Shapes (ecosystem.md §8): 2 transformer layers (4 GAU layers for GAU-α), hidden 768, 12 heads,
 FFN 3072, GAU expansion 1536 and key 128, vocabulary 12000, about `--tokens` tokens per step
 (batch = tokens / S). A training step is forward + MLM loss (15% of positions labelled) + backward;
 inference is a forward pass in eval mode without gradients. bf16 runs every model under
-`torch.autocast` on the CPU. Each (length, dtype, dropout) cell times every model in interleaved
+`torch.autocast` on the device. Each (length, dtype, dropout) cell times every model in interleaved
 rounds (model A, B, C, A, B, C, ...) and reports the median; the matmul peak is measured in the
 same run. FLOP/s count model FLOPs (ecosystem.md §6.2), the same formula for every model: a training
 step with the MLM head on the masked tokens only, inference with the head on every position (every
 model's forward computes all logits). Peak memory is the growth of resident
-memory over one training step, measured in a fresh subprocess per model and cell.
+memory over one training step, measured in a fresh subprocess per model and cell (on a GPU: the
+growth of allocated CUDA memory over that step, its peak reset just before it).
+
+Device: `--device auto` (default) is CUDA when present, else the CPU; models, batches and the matmul
+peak are on that device, and every timed call ends with a device synchronisation.
 
 Peers: transformers' BERT (sdpa) and RoFormer (eager) always; JunnYu's roformer / gau_alpha and
 bert4torch when importable (`pip install --no-deps -r scripts/benchmarks/requirements-peers.txt`;
@@ -24,6 +28,7 @@ their transformers-5 shims live in scripts/benchmarks/peers.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -38,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import zoo  # noqa: E402
 from zoo.families import model_class  # noqa: E402
+from zoo.runtime import DeviceError, Runtime  # noqa: E402
 
 HIDDEN, HEADS, FFN, LAYERS, VOCAB = 768, 12, 3072, 2, 12000
 GAU_LAYERS, GAU_E, GAU_S = 4, 1536, 128
@@ -132,62 +138,95 @@ def batch(seq_len: int, tokens: int, seed: int = 0):
     return ids, labels
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 4096) -> float:
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+CPU = Runtime(torch.device("cpu"))
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 4096, runtime: Runtime = CPU) -> float:
+    if runtime.is_cuda:
+        size = max(size, 8192)  # a 4096³ product takes well under a millisecond on a current GPU
+    a = torch.randn(size, size).to(device=runtime.device, dtype=dtype)
+    b = torch.randn(size, size).to(device=runtime.device, dtype=dtype)
     a @ b
     times = []
     for _ in range(5):
+        runtime.synchronize()
         start = time.perf_counter()
         a @ b
+        runtime.synchronize()
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times)
 
 
-def run_cell(models: dict, seq_len: int, dtype: torch.dtype, tokens: int, rounds: int, mode: str) -> dict[str, list[float]]:
-    ids, labels = batch(seq_len, tokens)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+def place(model, runtime: Runtime):
+    """An OurModel / PeerModel with its module on the runtime's device."""
+    model.model.to(runtime.device)
+    return model
+
+
+def run_cell(models: dict, seq_len: int, dtype: torch.dtype, tokens: int, rounds: int, mode: str,
+             runtime: Runtime = CPU) -> dict[str, list[float]]:
+    """Times every model (already on `runtime.device`) in interleaved rounds; bf16 cells run under
+    autocast on that device."""
+    cell = dataclasses.replace(runtime, compute_dtype=dtype)  # fp32: no autocast
+    ids, labels = cell.to_device(batch(seq_len, tokens))
     timings = {name: [] for name in models}
 
     def once(model):
         if mode == "train":
             model.model.train()
             model.model.zero_grad(set_to_none=True)
-            with autocast:
+            with cell.autocast():
                 model.train_step(ids, labels)
         else:
             model.model.eval()
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), cell.autocast():
                 model.infer(ids)
 
     for model in models.values():  # warm-up (allocator, autocast caches)
         once(model)
     for _ in range(rounds):
         for name, model in models.items():
+            cell.synchronize()
             start = time.perf_counter()
             once(model)
+            cell.synchronize()
             timings[name].append(time.perf_counter() - start)
     return timings
 
 
-def memory_cell(name: str, seq_len: int, dtype: str, dropout: float, tokens: int, peers: str) -> float:
-    """Peak resident-memory growth (MB) over one training step, in a fresh process: the high-water mark
-    is reset just before the step, so imports and model construction do not count."""
+def memory_cell(name: str, seq_len: int, dtype: str, dropout: float, tokens: int, peers: str,
+                device: str = "cpu") -> float:
+    """Peak memory growth (MB) over one training step, in a fresh process. On the CPU: resident memory,
+    its high-water mark reset just before the step, so imports and model construction do not count.
+    On CUDA: allocated device memory (`Runtime.peak_memory_mb`), its peak reset just before the step."""
     code = f"""
 import gc, sys, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import speed
+from zoo.runtime import Runtime
+runtime = Runtime.resolve({device!r}, torch.bfloat16 if {dtype!r} == 'bf16' else torch.float32)
 family, build = speed.candidates({peers!r})[{name!r}]
-model = build({dropout}, {seq_len})
-ids, labels = speed.batch({seq_len}, {tokens})
+model = speed.place(build({dropout}, {seq_len}), runtime)
+ids, labels = runtime.to_device(speed.batch({seq_len}, {tokens}))
 gc.collect()
-def status(key):
-    line = next(l for l in open('/proc/self/status') if l.startswith(key + ':'))
-    return int(line.split()[1]) / 1024
-open('/proc/self/clear_refs', 'w').write('5')  # reset the high-water mark VmHWM to the current RSS (Linux ≥ 4.0)
-before = status('VmRSS')
-with torch.autocast('cpu', dtype=torch.bfloat16, enabled={dtype!r} == 'bf16'):
-    model.model.train(); model.train_step(ids, labels)
-print(status('VmHWM') - before)
+model.model.train()
+if runtime.is_cuda:
+    runtime.synchronize()
+    runtime.reset_peak_memory()  # the peak becomes what is allocated now: the model and the batch
+    before = runtime.peak_memory_mb()
+    with runtime.autocast():
+        model.train_step(ids, labels)
+    runtime.synchronize()
+    print(runtime.peak_memory_mb() - before)
+else:
+    def status(key):
+        line = next(l for l in open('/proc/self/status') if l.startswith(key + ':'))
+        return int(line.split()[1]) / 1024
+    open('/proc/self/clear_refs', 'w').write('5')  # reset the high-water mark VmHWM to the current RSS (Linux ≥ 4.0)
+    before = status('VmRSS')
+    with runtime.autocast():
+        model.train_step(ids, labels)
+    print(status('VmHWM') - before)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if result.returncode != 0:
@@ -206,6 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", default="all")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory growth (subprocess per cell)")
     parser.add_argument("--memory-lengths", default=None, help="measure memory only at these lengths (default: all)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     parser.add_argument("--out", type=Path, default=Path("scripts/benchmarks/results/speed"))
     parser.add_argument("--replot", type=Path, default=None, metavar="DIR",
                         help="only redraw DIR/speed.md and DIR/speed.png from DIR/speed.json")
@@ -216,9 +256,15 @@ def main(argv=None) -> int:
         plot(payload, args.replot / "speed.png")
         return 0
 
+    try:
+        runtime = Runtime.resolve(args.device)
+    except DeviceError as error:
+        sys.exit(f"speed.py: {error}")
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    if runtime.is_cuda:
+        print(f"device: {runtime.describe()}")
+    peaks = {"fp32": matmul_peak(torch.float32, runtime=runtime), "bf16": matmul_peak(torch.bfloat16, runtime=runtime)}
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     table = candidates(args.peers)
     results = []
@@ -228,8 +274,8 @@ def main(argv=None) -> int:
             for dtype_name in args.dtypes.split(","):
                 dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
                 for seq_len in [int(s) for s in args.lengths.split(",")]:
-                    models = {name: build(dropout, seq_len) for name, (_, build) in table.items()}
-                    timings = run_cell(models, seq_len, dtype, args.tokens, args.rounds, mode)
+                    models = {name: place(build(dropout, seq_len), runtime) for name, (_, build) in table.items()}
+                    timings = run_cell(models, seq_len, dtype, args.tokens, args.rounds, mode, runtime)
                     tokens = max(1, args.tokens // seq_len) * seq_len
                     for name, times in timings.items():
                         median = statistics.median(times)
@@ -245,16 +291,21 @@ def main(argv=None) -> int:
                                    peak_fraction=tokens / median * flops / peaks[dtype_name])
                         if args.memory and mode == "train" and (
                                 args.memory_lengths is None or str(seq_len) in args.memory_lengths.split(",")):
-                            row["memory_mb"] = memory_cell(name, seq_len, dtype_name, dropout, args.tokens, args.peers)
+                            row["memory_mb"] = memory_cell(name, seq_len, dtype_name, dropout, args.tokens, args.peers,
+                                                           str(runtime.device))
                         results.append(row)
                         print(f"{mode:5} S={seq_len:<5} {dtype_name} drop={dropout:<3} {name:26} "
                               f"{row['tokens_per_s']:>9,.0f} tok/s  {row['gflops']:>6.0f} GFLOP/s "
                               f"({row['peak_fraction']:.0%} of peak)" + (f"  mem {row['memory_mb']:.0f} MB" if "memory_mb" in row else ""),
                               flush=True)
                     del models
+                    if runtime.is_cuda:
+                        torch.cuda.empty_cache()  # the next cell's models start from an empty cache
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"peaks_gflops": {k: v / 1e9 for k, v in peaks.items()}, "threads": torch.get_num_threads(),
                "torch": torch.__version__, "results": results}
+    if runtime.is_cuda:  # CPU runs keep the payload the recorded results have
+        payload["device"] = runtime.describe()
     tmp = args.out / "speed.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, args.out / "speed.json")
@@ -294,7 +345,8 @@ def plot(payload: dict, path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=(len(names) + 1) // 2, fontsize=8)
-    fig.suptitle(f"Our families (solid) against the peers (hatched): {payload['threads']} thread(s), "
+    where = payload.get("device") or f"{payload['threads']} thread(s)"
+    fig.suptitle(f"Our families (solid) against the peers (hatched): {where}, "
                  f"matmul peak fp32 {payload['peaks_gflops']['fp32']:.0f} / bf16 {payload['peaks_gflops']['bf16']:.0f} GFLOP/s")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
@@ -304,8 +356,9 @@ def plot(payload: dict, path: Path) -> None:
 def render_markdown(payload: dict) -> str:
     """Tokens/s per cell with each of our models' ratio to the best peer of its family (and BERT)."""
     rows = payload["results"]
+    where = payload.get("device") or f"{payload['threads']} threads"
     lines = [f"matmul peak: fp32 {payload['peaks_gflops']['fp32']:.0f}, bf16 {payload['peaks_gflops']['bf16']:.0f} GFLOP/s; "
-             f"{payload['threads']} threads, torch {payload['torch']}", ""]
+             f"{where}, torch {payload['torch']}", ""]
     cells = sorted({(r["mode"], r["attention_dropout"], r["dtype"], r["seq_len"]) for r in rows})
     names = list(dict.fromkeys(r["model"] for r in rows))
     lines.append("| mode | attn dropout | dtype | S | " + " | ".join(names) + " | ours ÷ best peer (same family) |")

@@ -89,3 +89,52 @@ def test_heldout_masks_are_fixed(policy):
     assert all(torch.equal(x["labels"], y["labels"]) for x, y in zip(a, b))
     sharded = list(heldout_batches(data, 10, 4, 7, policy, rank=1, world_size=2))
     assert sum(len(x["labels"]) for x in sharded) == 5
+
+
+# ------------------------------------------------------------------------------ prefetching
+
+
+def test_prefetched_steps_equal_the_synchronous_stream(policy):
+    """Collation on a thread, steps ahead: the same batches, first-sample indices and states, in order."""
+    from pretrain.loader import Prefetcher
+
+    dataset = FakeDataset(40, 12)
+    plain = PretrainingStream(dataset, 8, 2, 2, 1, 7, policy)
+    expected = [plain.take_step() for _ in range(7)]
+    prefetcher = Prefetcher(PretrainingStream(dataset, 8, 2, 2, 1, 7, policy), depth=3)
+    try:
+        got = [prefetcher.next() for _ in range(7)]
+    finally:
+        prefetcher.close()
+    for a, b in zip(expected, got):
+        assert a.first_samples == b.first_samples and a.state == b.state
+        for x, y in zip(a.batches, b.batches):
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_first_samples_do_not_depend_on_the_rank_count(policy):
+    """Micro-batch j of a step starts at the same run sample on 1 rank × 2 accumulation and 2 ranks × 1."""
+    dataset = FakeDataset(40, 12)
+    one = PretrainingStream(dataset, 8, 4, 1, 0, 7, policy)
+    two = [PretrainingStream(dataset, 8, 4, 2, rank, 7, policy) for rank in range(2)]
+    for _ in range(3):
+        single = one.take_step()
+        split = [stream.take_step() for stream in two]
+        assert single.first_samples == [split[0].first_samples[0], split[1].first_samples[0]]
+        for mine, theirs in zip(single.batches, [s.batches[0] for s in split]):
+            assert torch.equal(mine["input_ids"], theirs["input_ids"]) and torch.equal(mine["labels"], theirs["labels"])
+
+
+def test_an_error_while_prefetching_reaches_the_trainer(policy):
+    from pretrain.loader import Prefetcher
+
+    class Broken(FakeDataset):
+        def __getitem__(self, idx):
+            raise OSError("disk gone")
+
+    prefetcher = Prefetcher(PretrainingStream(Broken(40, 12), 8, 2, 1, 0, 7, policy), depth=2)
+    try:
+        with pytest.raises(OSError, match="disk gone"):
+            prefetcher.next()
+    finally:
+        prefetcher.close()

@@ -61,9 +61,9 @@ def extract_zip(archive: Path, into: Path) -> Path:
 
 def open_source(src: Path, source: str, family: str | None, reader: str) -> SourceCheckpoint:
     if source not in SOURCES:
-        raise ValueError(f"unknown source format {source!r}; formats: {', '.join(SOURCES)}")
+        raise ConversionError(f"unknown source format {source!r}; formats: {', '.join(SOURCES)}")
     if family is not None and family not in ("roformer-v2", "gau-alpha"):
-        raise ValueError(f"family={family!r}: released checkpoints are 'roformer-v2' or 'gau-alpha'")
+        raise ConversionError(f"family={family!r}: released checkpoints are 'roformer-v2' or 'gau-alpha'")
     if not src.exists() and not (source == "bert4keras" and Path(f"{src}.index").is_file()):
         raise FileNotFoundError(f"no checkpoint at {src}")
     return SOURCES[source].open_checkpoint(src, family=family, reader=reader)
@@ -151,7 +151,7 @@ def convert_checkpoint(
     if publish is not None:
         name, version = parse_ref(publish)
         if not version:
-            raise ValueError(f"publish={publish!r}: give NAME@VERSION")
+            raise ConversionError(f"publish={publish!r}: give NAME@VERSION")
         check_name(name)
         check_version(version)
         if version in Registry(registry).versions(name):  # fail before the (long) conversion, not after

@@ -176,7 +176,7 @@ def junnyu_config(config) -> dict:
     """JunnYu's config.json for one of our configs; refuses settings the ports cannot express."""
     family = family_of(config)
     if family not in PREFIXES:
-        raise ValueError(f"JunnYu's ports cover RoFormerV2 and GAU-α, not {family}")
+        raise ConversionError(f"JunnYu's ports cover RoFormerV2 and GAU-α, not {family}")
     expected = {"norm_type": "rms", "residual": "post", "use_bias": False, "position_embedding_type": "rope",
                 "mlm_head": "tied", "embedding_norm": True, "rope_theta": 10000.0}
     if family == "gau-alpha":
@@ -185,10 +185,10 @@ def junnyu_config(config) -> dict:
         expected.update(attention_normalization="softmax")
     for key, value in expected.items():
         if getattr(config, key) != value:
-            raise ValueError(f"cannot export to JunnYu's layout: config.{key}={getattr(config, key)!r}, "
+            raise ConversionError(f"cannot export to JunnYu's layout: config.{key}={getattr(config, key)!r}, "
                              f"the port implements only {value!r}")
     if family == "roformer-v2" and config.head_size * config.num_attention_heads != config.hidden_size:
-        raise ValueError("cannot export to JunnYu's layout: its RoFormer derives head size = hidden / heads")
+        raise ConversionError("cannot export to JunnYu's layout: its RoFormer derives head size = hidden / heads")
     common = {
         "vocab_size": config.vocab_size, "hidden_size": config.hidden_size, "embedding_size": config.hidden_size,
         "num_hidden_layers": config.num_hidden_layers, "intermediate_size": config.intermediate_size,
@@ -219,7 +219,7 @@ def junnyu_state_dict(model) -> dict[str, torch.Tensor]:
         ours = {"encoder." + k: v for k, v in ours.items()}
     head = sorted(k for k in ours if not k.startswith(("encoder.", "lm_head.")))
     if head:
-        raise ValueError(f"{type(model).__name__} has task-head parameters ({', '.join(head[:4])}) that JunnYu's "
+        raise ConversionError(f"{type(model).__name__} has task-head parameters ({', '.join(head[:4])}) that JunnYu's "
                          "masked-LM layout cannot hold; export `model.encoder` to write the encoder alone")
     out = {}
     for rule in _layer_rules(family, prefix, config.num_hidden_layers):
@@ -239,7 +239,7 @@ def export_junnyu(model, out: str | os.PathLike, tokenizer=None, overwrite: bool
     config = junnyu_config(model.config)
     state = junnyu_state_dict(model)
     if tokenizer is not None and len(tokenizer) != model.config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}")
+        raise ConversionError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}")
     with atomic_folder(out, overwrite) as staging:
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(state, staging / "model.safetensors", metadata={"format": "pt"})

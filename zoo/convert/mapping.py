@@ -19,8 +19,10 @@ from typing import Protocol
 
 import torch
 
+from ..errors import ZooError
 
-class ConversionError(ValueError):
+
+class ConversionError(ZooError, ValueError):
     """A checkpoint that cannot be converted: wrong family, missing or extra tensors, bad shapes."""
 
 

@@ -92,12 +92,12 @@ def family_config(
     """Our family config from the source fields and the conversion options (errors name the file)."""
     if isinstance(layer_norm_eps, str):
         if layer_norm_eps not in EPS_POLICIES:
-            raise ValueError(f"layer_norm_eps={layer_norm_eps!r}: use one of {list(EPS_POLICIES)} or a number")
+            raise ConversionError(f"layer_norm_eps={layer_norm_eps!r}: use one of {list(EPS_POLICIES)} or a number")
         eps = BERT4KERAS_EPSILON if layer_norm_eps == "bert4keras" or source_eps is None else source_eps
     else:
         eps = float(layer_norm_eps)
     if not isinstance(softmax_plus_min_len, int) or softmax_plus_min_len < 1:
-        raise ValueError(f"softmax_plus_min_len must be a positive int, got {softmax_plus_min_len!r}")
+        raise ConversionError(f"softmax_plus_min_len must be a positive int, got {softmax_plus_min_len!r}")
     config_class = FAMILIES[family]["config"]
     try:
         return config_class(

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ZooError
+
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 2 × 20 bytes, then the 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # compression type byte + fixed32 masked CRC
@@ -66,7 +68,7 @@ DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6
                22: "uint32", 23: "uint64"}
 
 
-class BundleError(ValueError):
+class BundleError(ZooError, ValueError):
     """A checkpoint file is corrupt, truncated or not a tensor bundle."""
 
 
@@ -449,7 +451,7 @@ def build_table(items: list[tuple[bytes, bytes]], block_size: int = 262144, rest
     pending_handle, last_key = None, None
     for key, value in items:
         if last_key is not None and key <= last_key:
-            raise ValueError(f"table keys must be strictly increasing: {last_key!r} then {key!r}")
+            raise BundleError(f"table keys must be strictly increasing: {last_key!r} then {key!r}")
         if pending_handle is not None:
             index_block.add(_shortest_separator(last_key, key), pending_handle)
             pending_handle = None

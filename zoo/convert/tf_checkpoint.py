@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .mapping import ConversionError
 from .tensor_bundle import BundleReader, UnsupportedBundleError, index_path
 
 READERS = ("auto", "pure", "tensorflow")
@@ -111,7 +112,7 @@ def import_tensorflow():
 def open_tf_checkpoint(path: str | os.PathLike, reader: str = "auto") -> BundleTensors | TensorFlowTensors:
     """The tensors of the TensorFlow checkpoint at `path` (see `find_checkpoint_prefix`)."""
     if reader not in READERS:
-        raise ValueError(f"reader={reader!r} is not one of {list(READERS)}")
+        raise ConversionError(f"reader={reader!r} is not one of {list(READERS)}")
     prefix = find_checkpoint_prefix(path)
     if reader == "tensorflow":
         return TensorFlowTensors(prefix)

@@ -16,6 +16,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from ..errors import ConfigError
 from . import deepnet, gau_alpha, roformer_v2
 
 TASKS = {
@@ -50,7 +51,7 @@ for _family, (_module, _prefix) in _MODULES.items():
 def model_class(config, task: str):
     """The model class of `config`'s family for `task`."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     family = family_of(config)
     return FAMILIES[family]["models"][task]
 
@@ -59,4 +60,4 @@ def family_of(config) -> str:
     for family, entry in FAMILIES.items():
         if type(config) is entry["config"] or config.model_type == entry["config"].model_type:
             return family
-    raise ValueError(f"config of model_type {config.model_type!r} is not a zoo family ({', '.join(FAMILIES)})")
+    raise ConfigError(f"config of model_type {config.model_type!r} is not a zoo family ({', '.join(FAMILIES)})")

@@ -1,0 +1,38 @@
+"""CLUE fine-tuning and prediction hand the model only batches that went through the runtime's transfer
+(tests/device_tracking.py), for every kind of task: the CPU-side check of device correctness."""
+
+import json
+
+import pytest
+
+import evaluate.clue.cli as clue_cli
+from evaluate.clue.cli import main
+from tests.device_tracking import refuse_untransferred, track_transfers
+
+
+@pytest.fixture
+def strict_models(monkeypatch):
+    track_transfers(monkeypatch.setattr)
+    load = clue_cli.load_model
+    monkeypatch.setattr(clue_cli, "load_model", lambda *args, **kwargs: refuse_untransferred(load(*args, **kwargs)))
+
+
+def test_every_task_kind_moves_its_batches(fixtures, tiny_folder, tmp_path, strict_models):
+    out = tmp_path / "run"
+    # classification, sentence pairs with CoSENT, span MRC, multiple choice, ChID and NER
+    tasks = "tnews,afqmc,cmrc2018,c3,chid,cluener"
+    code = main(["--model", str(tiny_folder), "--data-dir", str(fixtures), "--dry-run", "--tasks", tasks,
+                 "--cosent", "--output", str(out), "--no-progress", "--device", "cpu"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["tasks"]) == tasks.split(",")
+    assert all(entry["steps"] >= 1 for entry in results["tasks"].values())
+
+
+def test_the_stand_in_catches_an_unmoved_batch(fixtures, tiny_folder, tmp_path, strict_models, monkeypatch):
+    from evaluate.clue.runners import Runner
+
+    monkeypatch.setattr(Runner, "batch", lambda self, items: self.collate(items))
+    with pytest.raises(RuntimeError, match="input_ids reached .* without Runtime.to_device"):
+        main(["--model", str(tiny_folder), "--data-dir", str(fixtures), "--dry-run", "--tasks", "tnews",
+              "--output", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])

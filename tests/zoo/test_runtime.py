@@ -1,0 +1,47 @@
+"""zoo.runtime: device names, batch transfer and the collectives' device, on this machine's CPU."""
+
+import pytest
+import torch
+
+from zoo.runtime import DeviceError, Runtime, parse_device
+
+
+def test_auto_is_cuda_when_present_else_cpu():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert parse_device("auto").type == expected
+    assert parse_device(None).type == expected
+    assert parse_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gives")
+def test_cuda_without_a_gpu_is_one_clear_error():
+    with pytest.raises(DeviceError, match="device 'cuda' was asked for, but this machine has no usable CUDA GPU"):
+        parse_device("cuda")
+
+
+def test_a_bad_device_name_is_named():
+    with pytest.raises(DeviceError, match="device 'gpu0' is not a device name"):
+        parse_device("gpu0")
+
+
+def test_to_device_keeps_structure_and_values():
+    runtime = Runtime.resolve("cpu")
+    batch = {"input_ids": torch.arange(6).view(2, 3), "nested": [torch.ones(2)], "name": "x"}
+    moved = runtime.to_device(runtime.pin(batch))
+    assert moved["input_ids"].tolist() == [[0, 1, 2], [3, 4, 5]] and moved["name"] == "x"
+    assert moved["nested"][0].device.type == "cpu"
+
+
+def test_autocast_follows_the_compute_dtype():
+    with Runtime.resolve("cpu", torch.bfloat16).autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with Runtime.resolve("cpu", torch.float32).autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_one_process_sums_on_the_cpu_without_a_process_group():
+    runtime = Runtime.resolve("cpu")
+    total = runtime.sum_across_ranks([torch.tensor(2.0), 3, 0.5])
+    assert total.dtype == torch.float64 and total.tolist() == [2.0, 3.0, 0.5]
+    assert runtime.mean_across_ranks(torch.tensor([4.0, 6.0])).tolist() == [4.0, 6.0]
+    assert runtime.peak_memory_mb() > 0

@@ -1,0 +1,170 @@
+"""Where a process computes: one object, built once, that the trainer, the CLUE fine-tuning and the
+evaluators share instead of asking `torch.cuda.is_available()` at every turn.
+
+    runtime = Runtime.resolve("auto", compute_dtype=torch.bfloat16)   # cuda:<LOCAL_RANK> if present, else cpu
+    model.to(runtime.device)
+    batch = runtime.to_device(batch)        # pinned host memory, non-blocking copies on CUDA
+    with runtime.autocast():                # bf16 autocast on the runtime's device type (off for fp32)
+        loss = model(**batch).loss
+    totals = runtime.sum_across_ranks([correct, count])   # a tensor on the collective's device
+
+Collectives reduce on the device their backend needs (NCCL: the GPU, gloo: the CPU), and return
+tensors: reading them (`.tolist()`) is the caller's one host synchronisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import ZooError
+
+
+class DeviceError(ZooError, ValueError):
+    """A requested device that this machine does not have."""
+
+
+def default_device(local_rank: int | None = None) -> torch.device:
+    """cuda:<local rank> when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def parse_device(device: str | torch.device | None, local_rank: int | None = None) -> torch.device:
+    """"auto"/None → `default_device`; otherwise the named device, refused clearly when it is absent."""
+    if device is None or device == "auto":
+        return default_device(local_rank)
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise DeviceError(f"device {device!r} is not a device name (use cpu, cuda, cuda:N or auto): {error}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} was asked for, but this machine has no usable CUDA GPU "
+                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+        index = parsed.index if parsed.index is not None else (local_rank or 0)
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        parsed = torch.device("cuda", index)
+    return parsed
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device a process computes on and the dtype its matmuls run in (bf16 autocast or fp32)."""
+
+    device: torch.device
+    compute_dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def resolve(cls, device: str | torch.device | None = "auto", compute_dtype: torch.dtype = torch.float32,
+                local_rank: int | None = None) -> Runtime:
+        runtime = cls(parse_device(device, local_rank), compute_dtype)
+        if runtime.is_cuda:
+            torch.cuda.set_device(runtime.device)
+        return runtime
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def describe(self) -> str:
+        where = f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.is_cuda else str(self.device)
+        precision = "fp32" if self.compute_dtype == torch.float32 else f"{_short(self.compute_dtype)} autocast"
+        return f"{where}, {precision}"
+
+    # -- compute
+    def autocast(self):
+        """Autocast to the compute dtype on this device type; a no-op context for fp32."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    def synchronize(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+
+    # -- data
+    def pin(self, batch):
+        """Page-locked copies of a batch's CPU tensors (CUDA only), so that `to_device` can copy them
+        without blocking; safe to call from a prefetching thread."""
+        if not self.is_cuda:
+            return batch
+        return _map_tensors(batch, lambda t: t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t)
+
+    def to_device(self, batch):
+        """A batch (tensor, or dict/list/tuple of them) on this device; pinned CPU tensors are copied
+        asynchronously (the caching host allocator keeps them alive until the copy is done)."""
+        device = self.device
+        return _map_tensors(batch, lambda t: t.to(device, non_blocking=t.is_pinned()) if t.device != device else t)
+
+    # -- collectives
+    @property
+    def collective_device(self) -> torch.device:
+        """Where all-reduced tensors must live: the GPU for NCCL, the CPU for gloo (or one process)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+            return self.device
+        return torch.device("cpu")
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def sum_across_ranks(self, values, op=None) -> torch.Tensor:
+        """Σ over ranks of `values` (numbers or tensors), as one float64 tensor on the collective device.
+        Nothing here waits for the device; reading the result does."""
+        device = self.collective_device
+        if isinstance(values, torch.Tensor):
+            tensor = values.detach().to(device=device, dtype=torch.float64).reshape(-1).clone()
+        else:
+            tensor = torch.stack([torch.as_tensor(v).detach().to(device=device, dtype=torch.float64).reshape(())
+                                  for v in values])
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+        return tensor
+
+    def mean_across_ranks(self, values) -> torch.Tensor:
+        return self.sum_across_ranks(values) / self.world_size
+
+    def max_across_ranks(self, values) -> torch.Tensor:
+        return self.sum_across_ranks(values, op=dist.ReduceOp.MAX)
+
+    # -- memory
+    def reset_peak_memory(self) -> None:
+        if self.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory_mb(self) -> float:
+        """Peak allocated CUDA memory of this process, or its peak resident memory on the CPU."""
+        if self.is_cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}.get(dtype, str(dtype))
+
+
+def _map_tensors(obj, fn):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):  # dicts and transformers' BatchEncoding alike become plain dicts
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (the CPU for a module without parameters)."""
+    for parameter in module.parameters():
+        return parameter.device
+    return torch.device("cpu")
