@@ -18,6 +18,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from zoo.weight_decay import weight_decay_groups
+
 
 class Lamb(Optimizer):
     def __init__(
@@ -84,18 +86,11 @@ class Lamb(Optimizer):
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weights that decay (and get LAMB's layer adaptation), and norm gains/offsets and
-    biases that do neither (bert4keras `exclude_from_weight_decay=['Norm', 'bias']`)."""
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if id(param) in seen or not param.requires_grad:
-                continue
-            seen.add(id(param))
-            is_norm = isinstance(module, nn.LayerNorm)
-            (no_decay if is_norm or name == "bias" else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "adapt": False})
+    biases that do neither (bert4keras `exclude_from_weight_decay` and `exclude_from_layer_adaptation`
+    = ['Norm', 'bias']). Which parameter goes where is zoo.weight_decay's rule, shared with fine-tuning."""
+    groups = weight_decay_groups(model, weight_decay)
+    for group in groups[1:]:
+        group["adapt"] = False
     return groups
 
 

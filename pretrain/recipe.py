@@ -28,6 +28,8 @@ from typing import Any
 import yaml
 
 from .errors import RecipeError
+from .stages import parse_stages
+from .validation import only_keys
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -174,7 +176,7 @@ def apply_override(raw: dict, override: str, source: str = "<override>") -> None
 
 def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
     raw = copy.deepcopy(raw)
-    _only_keys(raw, {"run_name", "seed", "model", "data", "training", "deepspeed", "publish", "stages"}, "", source)
+    only_keys(raw, {"run_name", "seed", "model", "data", "training", "deepspeed", "publish", "stages"}, "", source)
     for required in ("run_name", "model", "deepspeed"):
         if required not in raw:
             raise RecipeError(f"{source}: missing required key '{required}'")
@@ -212,7 +214,7 @@ def _parse_data(raw: Any, source: str) -> DataSection:
 def _section(cls, raw: Any, where: str, source: str, nested: set = frozenset()):
     raw = _typed(raw, dict, where, source)
     allowed = {f.name for f in fields(cls)}
-    _only_keys(raw, allowed, where + ".", source)
+    only_keys(raw, allowed, where + ".", source)
     values = {}
     for f in fields(cls):
         if f.name not in raw:
@@ -254,14 +256,6 @@ def _typed(value: Any, expected: type, key: str, source: str) -> Any:
     return value
 
 
-def _only_keys(raw: dict, allowed: set, prefix: str, source: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; allowed: {', '.join(sorted(allowed))}"
-            raise RecipeError(f"{source}: unknown key '{prefix}{key}'{hint}")
-
-
 # --------------------------------------------------------------------------- semantic checks
 
 
@@ -295,7 +289,7 @@ def validate(recipe: Recipe) -> None:
         key = f"data.sources[{i}]"
         if not isinstance(source, dict) or source.get("type") not in SOURCE_TYPES:
             raise RecipeError(f"{src}: {key} needs a type, one of {list(SOURCE_TYPES)}; got {source!r}")
-        _only_keys(source, SOURCE_TYPES[source["type"]], key + ".", src)
+        only_keys(source, SOURCE_TYPES[source["type"]], key + ".", src)
         if source["type"] in ("text", "jsonl", "datasets") and not source.get("path"):
             raise RecipeError(f"{src}: {key}.path is required for a {source['type']} source")
         if source["type"] == "text" and source.get("documents", "lines") not in ("lines", "paragraphs"):
@@ -336,8 +330,6 @@ def validate(recipe: Recipe) -> None:
         except RegistryError as error:
             raise RecipeError(f"{src}: publish: {error}") from error
     if recipe.stages:
-        from .stages import parse_stages
-
         recipe.growth_stages = parse_stages(recipe.stages, recipe)
 
 
@@ -351,7 +343,7 @@ def validate_schedule(schedule: dict, key: str, src: str) -> None:
         "warmup_cosine": {"type", "warmup", "final"},
         "constant": {"type", "warmup"},
     }[kind]
-    _only_keys(schedule, allowed, key + ".", src)
+    only_keys(schedule, allowed, key + ".", src)
     if kind == "piecewise_linear":
         points = schedule.get("points")
         if not isinstance(points, dict) or not points:

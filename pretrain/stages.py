@@ -38,6 +38,9 @@ from typing import Any
 
 import torch
 
+from .errors import RecipeError
+from .validation import only_keys
+
 SIZE_KEYS = ("hidden_size", "num_layers", "num_heads", "head_size", "intermediate_size", "expansion_size", "key_size")
 OPTION_KEYS = ("where", "symmetry", "seed", "noise_std", "alpha", "max_change")
 STAGE_KEYS = ("name", "steps", "grow", "optimizer_state", "lr_rewarm")
@@ -66,9 +69,7 @@ class Stage:
         return out
 
 
-def _error(src: str, message: str):
-    from .recipe import RecipeError
-
+def _error(src: str, message: str) -> RecipeError:
     return RecipeError(f"{src}: {message}")
 
 
@@ -81,9 +82,7 @@ def _int(value: Any, key: str, src: str, minimum: int) -> int:
 def parse_stages(raw: list, recipe) -> list[Stage]:
     """Validate the recipe's `stages:` list (errors name the key, e.g. stages[1].grow.hidden_size) and
     return the stages with their start steps; [] when the recipe has none."""
-    from zoo.growth import PLACEMENTS, STATE_MODES, SYMMETRIES, ALPHA_POLICIES
-
-    from .recipe import _only_keys
+    from zoo.growth import ALPHA_POLICIES, PLACEMENTS, STATE_MODES, SYMMETRIES
 
     src = recipe.source
     if not raw:
@@ -97,7 +96,7 @@ def parse_stages(raw: list, recipe) -> list[Stage]:
         if not isinstance(entry, dict):
             raise _error(src, f"key '{key}' must be a mapping with steps (and grow for every stage after the first), "
                               f"got {entry!r}")
-        _only_keys(entry, set(STAGE_KEYS), key + ".", src)
+        only_keys(entry, set(STAGE_KEYS), key + ".", src)
         name = entry.get("name", f"stage{i}")
         if not isinstance(name, str) or not name:
             raise _error(src, f"key '{key}.name' must be a non-empty string, got {name!r}")
@@ -122,7 +121,7 @@ def parse_stages(raw: list, recipe) -> list[Stage]:
         if not isinstance(grow, dict) or not grow:
             raise _error(src, f"missing key '{key}.grow': every stage after the first grows the model, e.g. "
                               "grow: {hidden_size: 256, num_layers: 4}")
-        _only_keys(grow, set(SIZE_KEYS + OPTION_KEYS), key + ".grow.", src)
+        only_keys(grow, set(SIZE_KEYS + OPTION_KEYS), key + ".grow.", src)
         sizes = [k for k in SIZE_KEYS if k in grow]
         if not sizes:
             raise _error(src, f"{key}.grow names no size to grow: give at least one of {', '.join(SIZE_KEYS)}")

@@ -7,8 +7,10 @@
     bigger = zoo.expand(model, hidden_size=512, num_layers=8)   # same function, larger model
 """
 
-from . import families  # registers the configs and models with the transformers Auto classes
-from . import positions  # inference-time position variants (extrapolation.md B.5, B.6); random training positions (B.3)
+from . import (
+    families,  # noqa: F401  (registers the configs and models with the transformers Auto classes)
+    positions,  # inference-time position variants (extrapolation.md B.5, B.6); random training positions (B.3)
+)
 from .configuration import EncoderConfig
 from .convert import convert_checkpoint, export_junnyu
 from .families.deepnet import DeepNetConfig
@@ -16,14 +18,16 @@ from .families.gau_alpha import GAUAlphaConfig
 from .families.roformer_v2 import RoFormerV2Config
 from .growth import expand
 from .presets import create, preset_config, presets
-from .pretrained import from_pretrained, list_models, load_tokenizer, publish, publish_evaluation
+from .pretrained import from_pretrained, list_models, load_tokenizer, publish_evaluation
+from .publishing import publish
 from .registry import IntegrityError, ModelNotFoundError, RegistryError
 from .site import build_site
 from .tokenizer import decode_text, default_tokenizer, tokenizer_from_vocab, train_tokenizer
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
+    "__version__",
+    "build_site",
     "DeepNetConfig",
     "EncoderConfig",
     "GAUAlphaConfig",
@@ -44,6 +48,7 @@ __all__ = [
     "preset_config",
     "presets",
     "publish",
+    "publish_evaluation",
     "tokenizer_from_vocab",
     "train_tokenizer",
 ]

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # modules that add their own subcommands through `register_cli(subparsers)`
-COMMAND_MODULES = ("zoo.growth", "zoo.convert.cli", "zoo.site")
+COMMAND_MODULES = ("zoo.growth.cli", "zoo.convert.cli", "zoo.site")
 
 
 def main(argv: list[str] | None = None) -> int:

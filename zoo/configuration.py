@@ -169,6 +169,11 @@ class EncoderConfig(PreTrainedConfig):
 
     # -- derived quantities
     @property
+    def rope_dim(self) -> int:
+        """The width RoPE rotates: the q/k width of one head, GAU's key size s or the head size (§1.2, §2.1)."""
+        return self.attention_key_size if self.block_type == "gau" else self.head_size
+
+    @property
     def alpha(self) -> float:
         """DeepNorm residual multiplier α = (2N)^¼ for an N-layer encoder (§3.2); 1 otherwise."""
         if self.residual != "deepnorm":

@@ -7,6 +7,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .dropout import Dropout
+from .initialization import dense
 from .norms import LayerNorm
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 
@@ -23,11 +24,11 @@ class MaskedLMHead(nn.Module):
         self.transform = None
         if config.mlm_head == "transform":
             self.transform = nn.Sequential(
-                nn.Linear(config.hidden_size, config.hidden_size),
+                dense(config.hidden_size, config.hidden_size, role="head"),
                 ACT2FN[config.hidden_act],
                 LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
             )
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.mlm_head == "transform")
+        self.decoder = dense(config.hidden_size, config.vocab_size, bias=config.mlm_head == "transform", role="head")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.dropout(hidden_states)
@@ -55,7 +56,7 @@ class GlobalPointer(nn.Module):
     def __init__(self, hidden_size: int, heads: int, head_size: int = 64, use_bias: bool = True):
         super().__init__()
         self.heads, self.head_size = heads, head_size
-        self.dense = nn.Linear(hidden_size, heads * head_size * 2, bias=use_bias)
+        self.dense = dense(hidden_size, heads * head_size * 2, bias=use_bias, role="head")
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, seq, _ = hidden_states.shape
@@ -77,8 +78,8 @@ class EfficientGlobalPointer(nn.Module):
     def __init__(self, hidden_size: int, heads: int, head_size: int = 64, use_bias: bool = True):
         super().__init__()
         self.heads, self.head_size = heads, head_size
-        self.p_dense = nn.Linear(hidden_size, head_size * 2, bias=use_bias)
-        self.q_dense = nn.Linear(head_size * 2, heads * 2, bias=use_bias)
+        self.p_dense = dense(hidden_size, head_size * 2, bias=use_bias, role="head")
+        self.q_dense = dense(head_size * 2, heads * 2, bias=use_bias, role="head")
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         seq = hidden_states.shape[1]

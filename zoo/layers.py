@@ -16,6 +16,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import AttentionContext
 from .dropout import Dropout
+from .initialization import dense
 from .norms import ScaleOffset, make_norm
 
 
@@ -28,10 +29,10 @@ class MultiHeadSelfAttention(nn.Module):
         self.head_size = config.head_size
         inner = self.num_heads * self.head_size
         bias = config.use_bias
-        self.q_proj = nn.Linear(config.hidden_size, inner, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, inner, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, inner, bias=bias)
-        self.out_proj = nn.Linear(inner, config.hidden_size, bias=bias)
+        self.q_proj = dense(config.hidden_size, inner, bias=bias, role="qk")
+        self.k_proj = dense(config.hidden_size, inner, bias=bias, role="qk")
+        self.v_proj = dense(config.hidden_size, inner, bias=bias, role="value")
+        self.out_proj = dense(inner, config.hidden_size, bias=bias, role="value")
         self.normalization = config.attention_normalization
         self.dropout_p = config.attention_probs_dropout_prob
 
@@ -54,8 +55,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.fc1 = dense(config.hidden_size, config.intermediate_size, bias=config.use_bias, role="value")
+        self.fc2 = dense(config.intermediate_size, config.hidden_size, bias=config.use_bias, role="value")
         self.act = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext | None = None, need_weights: bool = False):
@@ -75,8 +76,9 @@ class GatedAttentionUnit(nn.Module):
         super().__init__()
         self.expansion_size = config.intermediate_size
         self.key_size = config.attention_key_size
-        self.i_dense = nn.Linear(config.hidden_size, 2 * self.expansion_size + self.key_size, bias=config.use_bias)
-        self.o_dense = nn.Linear(self.expansion_size, config.hidden_size, bias=config.use_bias)
+        self.i_dense = dense(config.hidden_size, 2 * self.expansion_size + self.key_size, bias=config.use_bias,
+                             role="value")
+        self.o_dense = dense(self.expansion_size, config.hidden_size, bias=config.use_bias, role="value")
         self.q_scaleoffset = ScaleOffset(self.key_size, offset=config.use_bias)
         self.k_scaleoffset = ScaleOffset(self.key_size, offset=config.use_bias)
         self.normalization = config.attention_normalization

@@ -1,12 +1,12 @@
 """The encoder core and its task heads, shared by every family.
 
-Embeddings → N × EncoderLayer → (final norm for pre-norm) → head. A family subclasses these
-classes only to bind its config class (see zoo/families/).
+Embeddings → N × EncoderLayer → (final norm for pre-norm) → head. A family's model classes are
+these classes with its config class bound (zoo/families/tasks.py makes them); initialisation is
+zoo/initialization.py's, by the role each dense layer declares where it is built.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,11 +28,10 @@ from .attention import AttentionContext, AttentionMask, log_length_scale
 from .configuration import EncoderConfig
 from .dropout import Dropout
 from .heads import EfficientGlobalPointer, GlobalPointer, MaskedLMHead, global_pointer_loss
-from .layers import EncoderLayer, FeedForward, GatedAttentionUnit, MultiHeadSelfAttention
+from .initialization import dense, init_dense, init_embedding
+from .layers import EncoderLayer
 from .norms import LayerNorm, ScaleOffset, make_norm
 from .rope import RotaryEmbedding
-
-BERT4KERAS_TRUNCATION_GAIN = 1.13684723  # 1/0.87963: std lost to truncation at ±2σ (§1.4)
 
 
 class Embeddings(nn.Module):
@@ -76,12 +75,6 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(embeddings))
 
 
-def _linear_role(linear: nn.Linear, role: str) -> nn.Linear:
-    """Tag a dense layer with its initialisation role: "qk", "value" (gets DeepNorm's β) or "head"."""
-    linear._zoo_role = role
-    return linear
-
-
 class ZooPreTrainedModel(PreTrainedModel):
     """Base of every zoo model: initialisation, gradient checkpointing, attention backend."""
 
@@ -99,50 +92,13 @@ class ZooPreTrainedModel(PreTrainedModel):
         realign_parameters(model)
         return loaded
 
-    # -- initialisation (runs inside post_init, and on missing keys at load; §1.4, §2.5, §3.2)
-    def _dense_init(self, linear: nn.Linear, role: str) -> None:
-        config = self.config
-        weight, bias = linear.weight, linear.bias
-        scheme = config.initializer
-        if scheme == "bert4keras":
-            self._bert4keras_init(weight, fan=_keras_fan(weight.shape[1], weight.shape[0]))
-            if bias is not None:
-                init.zeros_(bias)
-        elif scheme == "deepnorm_paper":
-            gain = config.beta if role == "value" else 1.0
-            init.xavier_normal_(weight, gain=gain)
-            if bias is not None:
-                init.zeros_(bias)
-        elif scheme == "deepnorm_torchscale":
-            # PyTorch's default Linear init U(±1/√fan_in) for weight and bias, times β on v/out/fc1/fc2
-            bound = (config.beta if role == "value" else 1.0) / math.sqrt(weight.shape[1])
-            init.uniform_(weight, -bound, bound)
-            if bias is not None:
-                init.uniform_(bias, -bound, bound)
-        else:
-            init.normal_(weight, mean=0.0, std=config.initializer_range)
-            if bias is not None:
-                init.zeros_(bias)
-
-    def _bert4keras_init(self, weight: torch.Tensor, fan: int) -> None:
-        config = self.config
-        std = BERT4KERAS_TRUNCATION_GAIN / math.sqrt(fan) * config.num_hidden_layers ** (-1.0 / config.initializer_order)
-        init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
-
-    def _embedding_init(self, weight: torch.Tensor) -> None:
-        if self.config.initializer == "bert4keras":
-            self._bert4keras_init(weight, fan=_keras_fan(weight.shape[0], weight.shape[1]))
-        elif self.config.initializer.startswith("deepnorm"):
-            init.normal_(weight, mean=0.0, std=weight.shape[1] ** -0.5)  # fairseq/torchscale embeddings
-        else:
-            init.normal_(weight, mean=0.0, std=self.config.initializer_range)
-
+    # -- initialisation (runs inside post_init, and on missing keys at load): zoo/initialization.py
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            self._dense_init(module, getattr(module, "_zoo_role", "head"))
+            init_dense(module, self.config)  # by the role the layer declared where it was built
         elif isinstance(module, nn.Embedding):
-            self._embedding_init(module.weight)
+            init_embedding(module.weight, self.config)
         elif isinstance(module, (LayerNorm, nn.LayerNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -180,27 +136,6 @@ def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def _keras_fan(rows: int, cols: int) -> int:
-    """bert4keras's fan: shape[0] of the Keras kernel [in, out] / embedding [V, E], unless that is
-    > 10000 or < 10, then shape[1] (so a vocabulary ≤ 10000 uses fan = V, §1.4)."""
-    return cols if rows > 10000 or rows < 10 else rows
-
-
-def _tag_roles(layer: EncoderLayer) -> None:
-    for module in layer.modules():
-        if isinstance(module, MultiHeadSelfAttention):
-            _linear_role(module.q_proj, "qk")
-            _linear_role(module.k_proj, "qk")
-            _linear_role(module.v_proj, "value")
-            _linear_role(module.out_proj, "value")
-        elif isinstance(module, FeedForward):
-            _linear_role(module.fc1, "value")
-            _linear_role(module.fc2, "value")
-        elif isinstance(module, GatedAttentionUnit):
-            _linear_role(module.i_dense, "value")
-            _linear_role(module.o_dense, "value")
-
-
 class EncoderModel(ZooPreTrainedModel):
     """The bare encoder: returns the last hidden states (no pooler, §1.1)."""
 
@@ -208,11 +143,8 @@ class EncoderModel(ZooPreTrainedModel):
         super().__init__(config)
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
-        for layer in self.layers:
-            _tag_roles(layer)
         self.final_norm = make_norm(config) if config.residual == "pre" else None
-        rope_dim = config.attention_key_size if config.block_type == "gau" else config.head_size
-        self.rotary = RotaryEmbedding(rope_dim, config.rope_theta) if config.position_embedding_type == "rope" else None
+        self.rotary = RotaryEmbedding(config.rope_dim, config.rope_theta) if config.position_embedding_type == "rope" else None
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -383,29 +315,51 @@ class EncoderForMaskedLM(_EncoderHeadModel):
         return self._finish(output, return_dict, self.config)
 
 
-class EncoderForSequenceClassification(_EncoderHeadModel):
-    """First-token classification: Dense(Dropout(h[:, 0])) (the CLUE recipe, §1.6)."""
+class _DenseHeadModel(_EncoderHeadModel):
+    """encoder → Dropout → Dense(h → `num_outputs`) on the features `_features` picks: the classification
+    heads. Subclasses say which features, which loss and which output class."""
 
-    def __init__(self, config: EncoderConfig):
+    output_class: type[ModelOutput]
+
+    def __init__(self, config: EncoderConfig, num_outputs: int):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.encoder = EncoderModel(config)
         self.dropout = Dropout(self._classifier_dropout())
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = dense(config.hidden_size, num_outputs, role="head")
         self.post_init()
+
+    def _features(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs):
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, **kwargs)
-        logits = self.classifier(self.dropout(outputs.last_hidden_state[:, 0]))
-        loss = None
-        if labels is not None:
-            loss = classification_loss(self.config, logits, labels)
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                          attentions=outputs.attentions)
+        logits = self.classifier(self.dropout(self._features(outputs.last_hidden_state)))
+        loss = self._loss(logits, labels) if labels is not None else None
+        output = self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                   attentions=outputs.attentions)
         return self._finish(output, return_dict, self.config)
+
+
+class EncoderForSequenceClassification(_DenseHeadModel):
+    """First-token classification: Dense(Dropout(h[:, 0])) (the CLUE recipe, §1.6)."""
+
+    output_class = SequenceClassifierOutput
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config, config.num_labels)
+
+    def _features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[:, 0]
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return classification_loss(self.config, logits, labels)
 
 
 def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -425,29 +379,19 @@ def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> t
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
-class EncoderForTokenClassification(_EncoderHeadModel):
+class EncoderForTokenClassification(_DenseHeadModel):
     """Per-token classification: Dense(Dropout(h)); labels −100 are ignored."""
 
-    def __init__(self, config: EncoderConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.encoder = EncoderModel(config)
-        self.dropout = Dropout(self._classifier_dropout())
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    output_class = TokenClassifierOutput
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, **kwargs):
-        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states, **kwargs)
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                       attentions=outputs.attentions)
-        return self._finish(output, return_dict, self.config)
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config, config.num_labels)
+
+    def _features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
 
 
 class EncoderForQuestionAnswering(_EncoderHeadModel):
@@ -456,7 +400,7 @@ class EncoderForQuestionAnswering(_EncoderHeadModel):
     def __init__(self, config: EncoderConfig):
         super().__init__(config)
         self.encoder = EncoderModel(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = dense(config.hidden_size, 2, role="head")
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -493,7 +437,7 @@ class EncoderForMultipleChoice(_EncoderHeadModel):
         super().__init__(config)
         self.encoder = EncoderModel(config)
         self.dropout = Dropout(self._classifier_dropout())
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = dense(config.hidden_size, 1, role="head")
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,

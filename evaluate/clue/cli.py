@@ -26,7 +26,13 @@ from ..errors import EvaluateError, UsageError
 from . import extra_tasks, report, samples
 from .finetune import Options, finetune
 from .loaders import (
-    MissingDataError, TaskData, TestSet, find_task_dir, from_datasets, load_split, load_task,
+    MissingDataError,
+    TaskData,
+    TestSet,
+    find_task_dir,
+    from_datasets,
+    load_split,
+    load_task,
 )
 from .metrics import score_task
 from .runners import make_runner
@@ -178,7 +184,7 @@ def run(args) -> dict:
     if publish_as:  # before any work: a typo must not cost a run
         if args.random_init:
             raise UsageError("--publish publishes --model's weights: the scores of a --random-init run are not theirs")
-        from zoo.pretrained import check_new_version
+        from zoo.publishing import check_new_version
 
         check_new_version(publish_as)
     specs = parse_tasks(args.tasks)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from zoo.weight_decay import weight_decay_groups
+
 from ..errors import UsageError
 from .runners import Runner
 
@@ -44,15 +46,6 @@ class Result:
     dev: dict | None
     history: list = field(default_factory=list)
     seconds: float = 0.0
-
-
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def child_tuning_masks(model, runner: Runner, items: list, reserve: float, batch_size: int, batches: int) -> dict:
@@ -92,7 +85,7 @@ def finetune(model, runner: Runner, train, dev, options: Options | None = None, 
     total = per_epoch * recipe.epochs
     if options.max_steps is not None:
         total = min(total, options.max_steps)
-    optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, recipe.weight_decay), lr=recipe.lr)
     warmup = int(total * recipe.warmup)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))

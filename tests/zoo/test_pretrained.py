@@ -257,7 +257,7 @@ def tiny_png(path, width=4, height=3):
 
 
 def test_figure_titles_that_lose_characters_are_stored_under_a_hash_of_the_title(tmp_path):
-    from zoo.pretrained import collect_figures
+    from zoo.publishing import collect_figures
     from zoo.site.build import FIGURE_FILE
 
     png = tiny_png(tmp_path / "a.png")

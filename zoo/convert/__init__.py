@@ -13,9 +13,10 @@ Formats: "bert4keras" (Zhuiyi's TensorFlow checkpoints, read without TensorFlow)
 """
 
 from .conversion import CONVERSION_RECORD, SOURCES, ConversionResult, convert_checkpoint
+from .install import downloads_dir, install_release
 from .junnyu import export_junnyu
 from .mapping import ConversionError
-from .releases import RELEASES, Release, downloads_dir, install_release
+from .releases import RELEASES, Release
 from .tensor_bundle import BundleError, BundleReader, write_bundle
 
 __all__ = [

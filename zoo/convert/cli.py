@@ -68,7 +68,7 @@ def cmd_export_junnyu(args) -> int:
 
 
 def cmd_releases(args) -> int:
-    from .releases import downloads_dir, release_status
+    from .install import downloads_dir, release_status
 
     print(f"downloads folder: {downloads_dir(args.registry)}")
     for row in release_status(args.registry):

@@ -23,11 +23,14 @@ from pathlib import Path
 import torch
 
 from ..families import model_class
+from ..publishing import publish as publish_model
 from ..registry import Registry, RegistryError, check_name, check_version, parse_ref, sha256_file
 from ..tokenizer import save_vocab, tokenizer_from_vocab
+from ..version import __version__
 from . import bert4keras, bert4torch, junnyu
 from .atomic_folder import atomic_folder, check_target
 from .mapping import ConversionError, apply_name_map
+from .releases import check_release_config
 from .sources import SourceCheckpoint, family_config
 
 SOURCES = {"bert4keras": bert4keras, "junnyu": junnyu, "bert4torch": bert4torch}
@@ -173,8 +176,6 @@ def convert_checkpoint(
                                layer_norm_eps=layer_norm_eps, softmax_plus_min_len=softmax_plus_min_len,
                                pad_token_id=tokenizer.pad_token_id)
         if name is not None:
-            from .releases import check_release_config
-
             check_release_config(name, config)
         model, report = build_model(checkpoint, config)
         record = {
@@ -185,7 +186,7 @@ def convert_checkpoint(
                         "tensor_reader": type(checkpoint.tensors).__name__},
             "config": {"layer_norm_eps": config.layer_norm_eps, "softmax_plus_min_len": config.softmax_plus_min_len},
             "tensors": report.to_json(),
-            "zoo_version": _zoo_version(),
+            "zoo_version": __version__,
         }
         result = ConversionResult(model, tokenizer, record)
         if out is not None:
@@ -197,8 +198,6 @@ def convert_checkpoint(
                                                          encoding="utf-8")
             result.out = Path(out)
         if name is not None:
-            from ..pretrained import publish as publish_model
-
             result.ref = publish_model(model, tokenizer, name=name, version=version, card=model_card_section(record),
                                        registry=registry)
     return result
@@ -217,12 +216,6 @@ def model_card_section(record: dict) -> str:
         f"Norm ε = {options['layer_norm_eps']:g}; softmax_plus minimum length = {options['softmax_plus_min_len']} "
         "(architectures.md §1.1, §2.2).\n"
     )
-
-
-def _zoo_version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 __all__ = ["CONVERSION_RECORD", "SOURCES", "ConversionError", "ConversionResult", "convert_checkpoint"]

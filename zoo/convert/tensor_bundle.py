@@ -2,23 +2,19 @@
 
 A checkpoint with prefix P is two kinds of file (tensorflow/core/util/tensor_bundle):
 
-    P.index                  an SSTable (the LevelDB table format) mapping keys to serialized protos:
+    P.index                  an SSTable (the LevelDB table format, zoo/convert/sstable.py) mapping
+                             keys to serialized protos:
                                  ""          → BundleHeaderProto {num_shards, endianness, version}
                                  tensor name → BundleEntryProto  {dtype, shape, shard_id, offset, size,
                                                                   crc32c, slices}
     P.data-<i>-of-<n>        the tensors' bytes, C order, at the entries' offsets
 
-The SSTable (tensorflow/core/lib/io/table_builder.cc, format.cc, block_builder.cc) is a sequence of
-blocks, each followed by a 5-byte trailer [compression type][masked CRC32C of contents + type]; a data
-block holds prefix-compressed entries (varint shared, varint unshared, varint value length, key delta,
-value) followed by restart offsets; an index block maps a separator key ≥ each data block's last key
-to that block's handle (varint offset, varint size); a 48-byte footer holds the metaindex and index
-handles and the magic 0xdb4775248b80fb57. TensorFlow writes bundles uncompressed.
-
-Everything checksummed is checked: every block's CRC and every tensor's CRC (masked CRC32C, as
-TensorFlow's `crc32c::Mask`). Corrupt or truncated files raise `BundleError` naming the file and what
-is wrong; valid features this reader does not implement (snappy blocks, partitioned variables, variant
-tensors) raise `UnsupportedBundleError`, so a caller can fall back to TensorFlow's own reader.
+This module is the bundle on top of the table: the protos, and the tensors decoded from the data
+shards. Everything checksummed is checked: every block's CRC (sstable.py) and every tensor's CRC
+(masked CRC32C, as TensorFlow's `crc32c::Mask`). Corrupt or truncated files raise `BundleError`
+naming the file and what is wrong; valid features this reader does not implement (snappy blocks,
+partitioned variables, variant tensors) raise `UnsupportedBundleError`, so a caller can fall back to
+TensorFlow's own reader.
 
 `write_bundle` writes the same layout (TensorFlow's BundleWriter and TableBuilder byte for byte, for
 the tensor kinds it supports), so tests can build checkpoints without TensorFlow.
@@ -31,17 +27,13 @@ import struct
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ZooError
+from .crc32c import crc32c, mask_crc, unmask_crc
+from .sstable import BundleError, UnsupportedBundleError, build_table, encode_varint, read_table, read_varint
 
-TABLE_MAGIC = 0xDB4775248B80FB57
-FOOTER_SIZE = 48  # two block handles padded to 2 × 20 bytes, then the 8-byte magic
-BLOCK_TRAILER_SIZE = 5  # compression type byte + fixed32 masked CRC
-NO_COMPRESSION, SNAPPY_COMPRESSION = 0, 1
 HEADER_KEY = b""
 BUNDLE_VERSION = 1  # kTensorBundleVersion: what this module reads and writes
 LITTLE, BIG = 0, 1  # BundleHeaderProto.Endianness
@@ -68,145 +60,23 @@ DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6
                22: "uint32", 23: "uint64"}
 
 
-class BundleError(ZooError, ValueError):
-    """A checkpoint file is corrupt, truncated or not a tensor bundle."""
-
-
-class UnsupportedBundleError(BundleError):
-    """A valid checkpoint uses a feature this reader does not implement (TensorFlow's reader may)."""
-
-
-# ------------------------------------------------------------------------------------------ CRC32C
-
-
-@lru_cache(maxsize=1)
-def _crc_table() -> np.ndarray:
-    """Byte table of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78)."""
-    table = np.zeros(256, dtype=np.uint32)
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table[byte] = crc
-    return table
-
-
-def _register_update(register: int, data: bytes) -> int:
-    """The CRC register after feeding `data` (no pre/post inversion); byte at a time."""
-    table = _crc_table().tolist()
-    for byte in data:
-        register = table[(register ^ byte) & 0xFF] ^ (register >> 8)
-    return register
-
-
-_CHUNK = 4096  # bytes per lane of the vectorised CRC
-
-
-@lru_cache(maxsize=1)
-def _zero_shift_tables() -> list[list[int]]:
-    """The linear map "feed _CHUNK zero bytes" on the CRC register, as four byte-lookup tables.
-
-    Feeding zeros is linear over GF(2), so it is fixed by the images of the 32 unit registers; the
-    tables let the vectorised CRC combine lanes with four lookups per lane.
-    """
-    table = _crc_table()
-    registers = (np.uint32(1) << np.arange(32, dtype=np.uint32)).astype(np.uint32)
-    for _ in range(_CHUNK):
-        registers = table[registers & 0xFF] ^ (registers >> np.uint32(8))
-    images = [int(r) for r in registers]
-    tables = []
-    for byte_index in range(4):
-        rows = []
-        for value in range(256):
-            image = 0
-            for bit in range(8):
-                if value >> bit & 1:
-                    image ^= images[8 * byte_index + bit]
-            rows.append(image)
-        tables.append(rows)
-    return tables
-
-
-def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
-    """CRC-32C of `data`, extending `crc` (as TensorFlow's / LevelDB's `crc32c::Extend`).
-
-    Large inputs are split into lanes of _CHUNK bytes whose registers numpy advances together;
-    the lanes are then chained with the precomputed zero-shift map (the CRC is affine in the
-    register), so gigabyte checkpoints are checked in seconds without a C extension.
-    """
-    data = memoryview(data).cast("B")
-    register = crc ^ 0xFFFFFFFF
-    lanes = len(data) // _CHUNK
-    if lanes < 16:
-        return _register_update(register, data) ^ 0xFFFFFFFF
-    table = _crc_table()
-    block = np.frombuffer(data, dtype=np.uint8, count=lanes * _CHUNK).reshape(lanes, _CHUNK).T.copy()
-    lane_registers = np.zeros(lanes, dtype=np.uint32)
-    for column in block:
-        lane_registers = table[(lane_registers ^ column) & 0xFF] ^ (lane_registers >> np.uint32(8))
-    t0, t1, t2, t3 = _zero_shift_tables()
-    for lane_register in lane_registers.tolist():
-        register = (t0[register & 0xFF] ^ t1[register >> 8 & 0xFF] ^ t2[register >> 16 & 0xFF]
-                    ^ t3[register >> 24]) ^ lane_register
-    register = _register_update(register, data[lanes * _CHUNK:])
-    return register ^ 0xFFFFFFFF
-
-
-_MASK_DELTA = 0xA282EAD8
-
-
-def mask_crc(crc: int) -> int:
-    """TensorFlow's crc32c::Mask: rotate right by 15 and add a constant (stored CRCs are masked)."""
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
-
-
-def unmask_crc(masked: int) -> int:
-    rotated = (masked - _MASK_DELTA) & 0xFFFFFFFF
-    return ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF
-
-
-# ------------------------------------------------------------------------- varints and protobuf
-
-
-def _read_varint(buf: bytes | memoryview, pos: int, limit: int, what: str) -> tuple[int, int]:
-    result, shift = 0, 0
-    while True:
-        if pos >= limit or shift > 63:
-            raise BundleError(f"bad varint in {what}")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+# ------------------------------------------------------------------------------------- protobuf
 
 
 def _proto_fields(buf: bytes, what: str) -> list[tuple[int, int, int | bytes]]:
     """(field number, wire type, value) of a serialized protobuf message (unknown fields kept)."""
     fields, pos, end = [], 0, len(buf)
     while pos < end:
-        key, pos = _read_varint(buf, pos, end, what)
+        key, pos = read_varint(buf, pos, end, what)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _read_varint(buf, pos, end, what)
+            value, pos = read_varint(buf, pos, end, what)
         elif wire == 1:
             if pos + 8 > end:
                 raise BundleError(f"truncated fixed64 in {what}")
             value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
         elif wire == 2:
-            length, pos = _read_varint(buf, pos, end, what)
+            length, pos = read_varint(buf, pos, end, what)
             if pos + length > end:
                 raise BundleError(f"truncated length-delimited field {number} in {what}")
             value, pos = bytes(buf[pos:pos + length]), pos + length
@@ -281,195 +151,28 @@ def _parse_entry(name: str, buf: bytes, what: str) -> BundleEntry:
 
 
 def _encode_field(number: int, wire: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | wire) + payload
+    return encode_varint(number << 3 | wire) + payload
 
 
 def _encode_message(number: int, body: bytes) -> bytes:
-    return _encode_field(number, 2, _varint(len(body)) + body)
+    return _encode_field(number, 2, encode_varint(len(body)) + body)
 
 
 def _encode_entry(dtype: int, shape: tuple[int, ...], offset: int, size: int, crc: int) -> bytes:
     """BundleEntryProto as protobuf serializes it: fields in number order, proto3 defaults omitted,
     the shape message always present (TensorFlow sets it even for scalars)."""
-    dims = b"".join(_encode_message(2, _encode_field(1, 0, _varint(d)) if d else b"") for d in shape)
-    out = _encode_field(1, 0, _varint(dtype)) + _encode_message(2, dims)
+    dims = b"".join(_encode_message(2, _encode_field(1, 0, encode_varint(d)) if d else b"") for d in shape)
+    out = _encode_field(1, 0, encode_varint(dtype)) + _encode_message(2, dims)
     if offset:
-        out += _encode_field(4, 0, _varint(offset))
+        out += _encode_field(4, 0, encode_varint(offset))
     if size:
-        out += _encode_field(5, 0, _varint(size))
+        out += _encode_field(5, 0, encode_varint(size))
     return out + _encode_field(6, 5, struct.pack("<I", crc))
 
 
 def _encode_header(num_shards: int) -> bytes:
-    version = _encode_field(1, 0, _varint(BUNDLE_VERSION))  # VersionDef{producer}, min_consumer 0 omitted
-    return _encode_field(1, 0, _varint(num_shards)) + _encode_message(3, version)
-
-
-# ----------------------------------------------------------------------------------- SSTable
-
-
-def _read_block(data: bytes, offset: int, size: int, label: str, what: str) -> memoryview:
-    end = offset + size
-    if end + BLOCK_TRAILER_SIZE > len(data):
-        raise BundleError(f"{label} is truncated: the {what} at bytes [{offset}, {end + BLOCK_TRAILER_SIZE}) "
-                          f"runs past the end of the file ({len(data)} bytes)")
-    contents = memoryview(data)[offset:end]
-    compression = data[end]
-    stored = int.from_bytes(data[end + 1:end + 5], "little")
-    if unmask_crc(stored) != crc32c(data[end:end + 1], crc32c(contents)):
-        raise BundleError(f"{label} is corrupt: CRC mismatch in the {what} at byte {offset}")
-    if compression == SNAPPY_COMPRESSION:
-        raise UnsupportedBundleError(f"{label} has snappy-compressed blocks (not written by TensorFlow's "
-                                     "BundleWriter); read it with TensorFlow (reader='tensorflow')")
-    if compression != NO_COMPRESSION:
-        raise BundleError(f"{label} is corrupt: unknown block compression type {compression} in the {what}")
-    return contents
-
-
-def _block_entries(block: memoryview, label: str, what: str) -> list[tuple[bytes, bytes]]:
-    """Decode one block's prefix-compressed entries (keys must come out strictly increasing)."""
-    if len(block) < 4:
-        raise BundleError(f"{label} is corrupt: {what} is {len(block)} bytes, too short for its restart count")
-    num_restarts = int.from_bytes(block[-4:], "little")
-    limit = len(block) - 4 - 4 * num_restarts
-    if num_restarts == 0 or limit < 0:
-        raise BundleError(f"{label} is corrupt: {what} has an impossible restart count {num_restarts}")
-    entries, pos, key = [], 0, b""
-    while pos < limit:
-        shared, pos = _read_varint(block, pos, limit, f"{label} {what}")
-        unshared, pos = _read_varint(block, pos, limit, f"{label} {what}")
-        value_length, pos = _read_varint(block, pos, limit, f"{label} {what}")
-        if shared > len(key) or pos + unshared + value_length > limit:
-            raise BundleError(f"{label} is corrupt: bad entry at byte {pos} of the {what}")
-        new_key = key[:shared] + bytes(block[pos:pos + unshared])
-        pos += unshared
-        if entries and new_key <= key:
-            raise BundleError(f"{label} is corrupt: keys out of order in the {what} ({key!r} then {new_key!r})")
-        key = new_key
-        entries.append((key, bytes(block[pos:pos + value_length])))
-        pos += value_length
-    return entries
-
-
-def _decode_handle(buf: bytes | memoryview, pos: int, label: str) -> tuple[int, int, int]:
-    offset, pos = _read_varint(buf, pos, len(buf), f"{label} block handle")
-    size, pos = _read_varint(buf, pos, len(buf), f"{label} block handle")
-    return offset, size, pos
-
-
-def read_table(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) of an SSTable file, in key order, with every block CRC checked."""
-    label = str(path)
-    data = Path(path).read_bytes()
-    if len(data) < FOOTER_SIZE:
-        raise BundleError(f"{label} is truncated or not a TensorFlow checkpoint index "
-                          f"({len(data)} bytes, shorter than the {FOOTER_SIZE}-byte table footer)")
-    footer = data[-FOOTER_SIZE:]
-    if int.from_bytes(footer[40:48], "little") != TABLE_MAGIC:
-        raise BundleError(f"{label} is truncated or not a TensorFlow checkpoint index (bad table magic)")
-    _, _, pos = _decode_handle(footer, 0, label)  # metaindex: holds nothing TensorFlow reads
-    index_offset, index_size, _ = _decode_handle(footer, pos, label)
-    index = _block_entries(_read_block(data, index_offset, index_size, label, "index block"), label, "index block")
-    entries: list[tuple[bytes, bytes]] = []
-    for number, (_, handle) in enumerate(index):
-        offset, size, _ = _decode_handle(handle, 0, label)
-        block = _read_block(data, offset, size, label, f"data block {number}")
-        for key, value in _block_entries(block, label, f"data block {number}"):
-            if entries and key <= entries[-1][0]:
-                raise BundleError(f"{label} is corrupt: keys out of order across data blocks")
-            entries.append((key, value))
-    return entries
-
-
-class _BlockBuilder:
-    """LevelDB's BlockBuilder: prefix-compressed entries with a restart point every `interval`."""
-
-    def __init__(self, interval: int):
-        self.interval = interval
-        self.buffer = bytearray()
-        self.restarts = [0]
-        self.counter = 0
-        self.last_key = b""
-
-    def add(self, key: bytes, value: bytes) -> None:
-        shared = 0
-        if self.counter < self.interval:
-            limit = min(len(self.last_key), len(key))
-            while shared < limit and self.last_key[shared] == key[shared]:
-                shared += 1
-        else:
-            self.restarts.append(len(self.buffer))
-            self.counter = 0
-        self.buffer += _varint(shared) + _varint(len(key) - shared) + _varint(len(value))
-        self.buffer += key[shared:] + value
-        self.last_key = key
-        self.counter += 1
-
-    def size_estimate(self) -> int:
-        return len(self.buffer) + 4 * len(self.restarts) + 4
-
-    def finish(self) -> bytes:
-        return bytes(self.buffer) + b"".join(struct.pack("<I", r) for r in self.restarts) + struct.pack("<I", len(self.restarts))
-
-    @property
-    def empty(self) -> bool:
-        return not self.buffer
-
-
-def _shortest_separator(start: bytes, limit: bytes) -> bytes:
-    """BytewiseComparator::FindShortestSeparator: a short key in [start, limit)."""
-    common = 0
-    while common < min(len(start), len(limit)) and start[common] == limit[common]:
-        common += 1
-    if common < min(len(start), len(limit)):
-        byte = start[common]
-        if byte < 0xFF and byte + 1 < limit[common]:
-            return start[:common] + bytes([byte + 1])
-    return start
-
-
-def _short_successor(key: bytes) -> bytes:
-    """BytewiseComparator::FindShortSuccessor: a short key ≥ `key`."""
-    for i, byte in enumerate(key):
-        if byte != 0xFF:
-            return key[:i] + bytes([byte + 1])
-    return key
-
-
-def build_table(items: list[tuple[bytes, bytes]], block_size: int = 262144, restart_interval: int = 16) -> bytes:
-    """An SSTable of sorted `items`, laid out as TensorFlow's TableBuilder lays it out."""
-    out = bytearray()
-
-    def write_block(contents: bytes) -> bytes:
-        offset = len(out)
-        out.extend(contents)
-        out.extend(bytes([NO_COMPRESSION]) + struct.pack("<I", mask_crc(crc32c(bytes([NO_COMPRESSION]), crc32c(contents)))))
-        return _varint(offset) + _varint(len(contents))
-
-    data_block = _BlockBuilder(restart_interval)
-    index_block = _BlockBuilder(1)
-    pending_handle, last_key = None, None
-    for key, value in items:
-        if last_key is not None and key <= last_key:
-            raise BundleError(f"table keys must be strictly increasing: {last_key!r} then {key!r}")
-        if pending_handle is not None:
-            index_block.add(_shortest_separator(last_key, key), pending_handle)
-            pending_handle = None
-        data_block.add(key, value)
-        last_key = key
-        if data_block.size_estimate() >= block_size:
-            pending_handle = write_block(data_block.finish())
-            data_block = _BlockBuilder(restart_interval)
-    if not data_block.empty:
-        pending_handle = write_block(data_block.finish())
-    metaindex_handle = write_block(_BlockBuilder(restart_interval).finish())
-    if pending_handle is not None:
-        index_block.add(_short_successor(last_key), pending_handle)
-    index_handle = write_block(index_block.finish())
-    footer = (metaindex_handle + index_handle).ljust(FOOTER_SIZE - 8, b"\0")
-    out.extend(footer + struct.pack("<II", TABLE_MAGIC & 0xFFFFFFFF, TABLE_MAGIC >> 32))
-    return bytes(out)
-
+    version = _encode_field(1, 0, encode_varint(BUNDLE_VERSION))  # VersionDef{producer}, min_consumer 0 omitted
+    return _encode_field(1, 0, encode_varint(num_shards)) + _encode_message(3, version)
 
 # ------------------------------------------------------------------------------------ bundles
 
@@ -585,7 +288,7 @@ class BundleReader:
         order = "little" if self.endianness == LITTLE else "big"
         lengths, pos, crc = [], 0, 0
         for _ in range(count):
-            length, pos = _read_varint(raw, pos, len(raw), what)
+            length, pos = read_varint(raw, pos, len(raw), what)
             lengths.append(length)
             crc = crc32c(length.to_bytes(4 if length <= 0xFFFFFFFF else 8, order), crc)
         if pos + 4 > len(raw):
@@ -639,3 +342,6 @@ def write_bundle(prefix: str | os.PathLike, tensors: Mapping[str, np.ndarray], b
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
         os.replace(temporary, target)
+
+
+__all__ = ["BundleEntry", "BundleError", "BundleReader", "UnsupportedBundleError", "data_path", "index_path", "write_bundle"]

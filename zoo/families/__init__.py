@@ -1,33 +1,18 @@
 """The three families, registered with the transformers Auto classes.
 
-`TASKS` maps a task name to the Auto class (None where transformers has none) and the class-name
-suffix; `FAMILIES` maps a family name to its config class and its model classes per task.
+`TASKS` (zoo/families/tasks.py) maps a task name to the Auto class (None where transformers has none)
+and the class-name suffix; `FAMILIES` maps a family name to its config class and its model classes
+per task. A family module is its config class; its model classes are the shared ones with that
+config bound (`family_models`).
 """
 
 from __future__ import annotations
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoConfig
 
 from ..errors import ConfigError
 from . import deepnet, gau_alpha, roformer_v2
-
-TASKS = {
-    "base": (AutoModel, "Model"),
-    "masked-lm": (AutoModelForMaskedLM, "ForMaskedLM"),
-    "sequence-classification": (AutoModelForSequenceClassification, "ForSequenceClassification"),
-    "token-classification": (AutoModelForTokenClassification, "ForTokenClassification"),
-    "question-answering": (AutoModelForQuestionAnswering, "ForQuestionAnswering"),
-    "multiple-choice": (AutoModelForMultipleChoice, "ForMultipleChoice"),
-    "global-pointer": (None, "ForGlobalPointer"),
-}
+from .tasks import TASKS
 
 _MODULES = {
     "roformer-v2": (roformer_v2, "RoFormerV2"),
@@ -39,7 +24,7 @@ FAMILIES: dict[str, dict] = {}
 CONFIG_CLASSES = {}
 for _family, (_module, _prefix) in _MODULES.items():
     _config = getattr(_module, f"{_prefix}Config")
-    _classes = {task: getattr(_module, _prefix + suffix) for task, (_, suffix) in TASKS.items()}
+    _classes = _module.MODELS
     FAMILIES[_family] = {"config": _config, "models": _classes}
     CONFIG_CLASSES[_config.model_type] = _config
     AutoConfig.register(_config.model_type, _config, exist_ok=True)

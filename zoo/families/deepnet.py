@@ -7,15 +7,7 @@ torchscale/BERT transform head. LayerNorm ε is torchscale's 1e-5; there is no f
 """
 
 from ..configuration import EncoderConfig
-from ..modeling import (
-    EncoderForGlobalPointer,
-    EncoderForMaskedLM,
-    EncoderForMultipleChoice,
-    EncoderForQuestionAnswering,
-    EncoderForSequenceClassification,
-    EncoderForTokenClassification,
-    EncoderModel,
-)
+from .tasks import family_models
 
 
 class DeepNetConfig(EncoderConfig):
@@ -37,29 +29,11 @@ class DeepNetConfig(EncoderConfig):
     layer_norm_eps: float = 1e-5
 
 
-class DeepNetModel(EncoderModel):
-    config_class = DeepNetConfig
-
-
-class DeepNetForMaskedLM(EncoderForMaskedLM):
-    config_class = DeepNetConfig
-
-
-class DeepNetForSequenceClassification(EncoderForSequenceClassification):
-    config_class = DeepNetConfig
-
-
-class DeepNetForTokenClassification(EncoderForTokenClassification):
-    config_class = DeepNetConfig
-
-
-class DeepNetForQuestionAnswering(EncoderForQuestionAnswering):
-    config_class = DeepNetConfig
-
-
-class DeepNetForMultipleChoice(EncoderForMultipleChoice):
-    config_class = DeepNetConfig
-
-
-class DeepNetForGlobalPointer(EncoderForGlobalPointer):
-    config_class = DeepNetConfig
+MODELS = family_models("DeepNet", DeepNetConfig)  # task → model class (zoo/families/tasks.py)
+DeepNetModel = MODELS["base"]
+DeepNetForMaskedLM = MODELS["masked-lm"]
+DeepNetForSequenceClassification = MODELS["sequence-classification"]
+DeepNetForTokenClassification = MODELS["token-classification"]
+DeepNetForQuestionAnswering = MODELS["question-answering"]
+DeepNetForMultipleChoice = MODELS["multiple-choice"]
+DeepNetForGlobalPointer = MODELS["global-pointer"]

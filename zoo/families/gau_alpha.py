@@ -3,15 +3,7 @@ parameter-free RMS norm, softmax_plus, RoPE after the per-dim q/k scales, no FFN
 with order 3."""
 
 from ..configuration import EncoderConfig
-from ..modeling import (
-    EncoderForGlobalPointer,
-    EncoderForMaskedLM,
-    EncoderForMultipleChoice,
-    EncoderForQuestionAnswering,
-    EncoderForSequenceClassification,
-    EncoderForTokenClassification,
-    EncoderModel,
-)
+from .tasks import family_models
 
 
 class GAUAlphaConfig(EncoderConfig):
@@ -38,29 +30,11 @@ class GAUAlphaConfig(EncoderConfig):
     layer_norm_eps: float = 1e-7
 
 
-class GAUAlphaModel(EncoderModel):
-    config_class = GAUAlphaConfig
-
-
-class GAUAlphaForMaskedLM(EncoderForMaskedLM):
-    config_class = GAUAlphaConfig
-
-
-class GAUAlphaForSequenceClassification(EncoderForSequenceClassification):
-    config_class = GAUAlphaConfig
-
-
-class GAUAlphaForTokenClassification(EncoderForTokenClassification):
-    config_class = GAUAlphaConfig
-
-
-class GAUAlphaForQuestionAnswering(EncoderForQuestionAnswering):
-    config_class = GAUAlphaConfig
-
-
-class GAUAlphaForMultipleChoice(EncoderForMultipleChoice):
-    config_class = GAUAlphaConfig
-
-
-class GAUAlphaForGlobalPointer(EncoderForGlobalPointer):
-    config_class = GAUAlphaConfig
+MODELS = family_models("GAUAlpha", GAUAlphaConfig)  # task → model class (zoo/families/tasks.py)
+GAUAlphaModel = MODELS["base"]
+GAUAlphaForMaskedLM = MODELS["masked-lm"]
+GAUAlphaForSequenceClassification = MODELS["sequence-classification"]
+GAUAlphaForTokenClassification = MODELS["token-classification"]
+GAUAlphaForQuestionAnswering = MODELS["question-answering"]
+GAUAlphaForMultipleChoice = MODELS["multiple-choice"]
+GAUAlphaForGlobalPointer = MODELS["global-pointer"]

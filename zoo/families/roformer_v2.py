@@ -2,15 +2,7 @@
 relu FFN, interleaved RoPE on Q/K, tied bias-free MLM head, bert4keras init with order 2."""
 
 from ..configuration import EncoderConfig
-from ..modeling import (
-    EncoderForGlobalPointer,
-    EncoderForMaskedLM,
-    EncoderForMultipleChoice,
-    EncoderForQuestionAnswering,
-    EncoderForSequenceClassification,
-    EncoderForTokenClassification,
-    EncoderModel,
-)
+from .tasks import family_models
 
 
 class RoFormerV2Config(EncoderConfig):
@@ -31,29 +23,11 @@ class RoFormerV2Config(EncoderConfig):
     layer_norm_eps: float = 1e-7
 
 
-class RoFormerV2Model(EncoderModel):
-    config_class = RoFormerV2Config
-
-
-class RoFormerV2ForMaskedLM(EncoderForMaskedLM):
-    config_class = RoFormerV2Config
-
-
-class RoFormerV2ForSequenceClassification(EncoderForSequenceClassification):
-    config_class = RoFormerV2Config
-
-
-class RoFormerV2ForTokenClassification(EncoderForTokenClassification):
-    config_class = RoFormerV2Config
-
-
-class RoFormerV2ForQuestionAnswering(EncoderForQuestionAnswering):
-    config_class = RoFormerV2Config
-
-
-class RoFormerV2ForMultipleChoice(EncoderForMultipleChoice):
-    config_class = RoFormerV2Config
-
-
-class RoFormerV2ForGlobalPointer(EncoderForGlobalPointer):
-    config_class = RoFormerV2Config
+MODELS = family_models("RoFormerV2", RoFormerV2Config)  # task → model class (zoo/families/tasks.py)
+RoFormerV2Model = MODELS["base"]
+RoFormerV2ForMaskedLM = MODELS["masked-lm"]
+RoFormerV2ForSequenceClassification = MODELS["sequence-classification"]
+RoFormerV2ForTokenClassification = MODELS["token-classification"]
+RoFormerV2ForQuestionAnswering = MODELS["question-answering"]
+RoFormerV2ForMultipleChoice = MODELS["multiple-choice"]
+RoFormerV2ForGlobalPointer = MODELS["global-pointer"]

@@ -25,6 +25,7 @@ from html import escape
 from pathlib import Path
 
 from ..registry import MANIFEST, Registry, RegistryError, default_root
+from ..version import __version__
 from .markdown import render_card
 
 STATIC = Path(__file__).parent / "static"
@@ -300,8 +301,6 @@ def _clean_stale_builds(out: Path) -> None:
 def write_site(dest: Path, entries: list[SiteEntry], registry_root: Path, *, headline=None, compare=None,
                title: str = "zoo") -> None:
     """Write every page of the site into the (empty) folder `dest`."""
-    from .. import __version__
-
     context = {
         "title": title,
         "root": registry_root,

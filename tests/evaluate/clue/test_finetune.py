@@ -10,6 +10,7 @@ from evaluate.clue.finetune import Options, child_tuning_masks, finetune
 from evaluate.clue.loaders import ClassificationExample, load_task
 from evaluate.clue.runners import CoSENTRunner, make_runner
 from evaluate.clue.tasks import TASKS, recipe_for
+from pretrain.optim import parameter_groups
 
 from .conftest import TINY
 
@@ -122,3 +123,31 @@ def test_sentence_pair_cosent_ranks_by_cosine(tokenizer):
     examples = [ClassificationExample("a", "花呗", "花呗", "1", 0), ClassificationExample("b", "花呗", "股票", "0", 1)]
     batch = runner.collate(runner.train_items(examples))
     assert batch["input_ids"].shape[0] == 2 and "input_ids_b" in batch
+
+
+@pytest.mark.parametrize("preset", ["roformer-v2-mini", "gau-alpha-mini", "deepnet-mini"])
+def test_fine_tuning_decays_the_parameters_pretraining_decays(preset, fixtures, tokenizer, monkeypatch):
+    """One weight-decay rule (zoo/weight_decay.py) for both paths: the groups AdamW gets here are the
+    groups pretraining gives LAMB (GAU-α's q/k scales decay in both, norms and biases in neither)."""
+    task = TASKS["afqmc"]
+    data = load_task(task, fixtures)
+    runner = make_runner(task, tokenizer, _fast(task))
+    torch.manual_seed(0)
+    model = zoo.create(preset, task=task.head, **TINY, **runner.model_kwargs())
+    seen = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            params = list(params)
+            seen.append([([id(p) for p in g["params"]], g["weight_decay"]) for g in params])
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    finetune(model, runner, data.train, data.dev, Options(max_steps=1, progress=False, bf16=False))
+    expected = [([id(p) for p in g["params"]], g["weight_decay"]) for g in parameter_groups(model, runner.recipe.weight_decay)]
+    assert seen == [expected]
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[i] for i in expected[0][0]}
+    if preset.startswith("gau-alpha"):
+        assert "encoder.layers.0.gau.q_scaleoffset.weight" in decayed
+    assert not any(n.endswith(".bias") for n in decayed)

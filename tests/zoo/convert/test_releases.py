@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 import zoo
-from zoo.convert import RELEASES, ConversionError, convert_checkpoint, releases
+from zoo.convert import RELEASES, ConversionError, convert_checkpoint, install, releases
 from zoo.registry import Registry
 
 from .source_checkpoints import DIMS, bert_config, token_batch, write_bert4keras_folder
@@ -22,7 +22,7 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("no download may be attempted here")
 
-    monkeypatch.setattr(releases.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(install.urllib.request, "urlopen", refuse)
     monkeypatch.delenv("ZOO_DOWNLOADS", raising=False)
 
 
@@ -110,7 +110,7 @@ def test_download_when_online(registry, tiny_release, monkeypatch):
         fetched.append(url)
         return io.BytesIO(archive.read_bytes())
 
-    monkeypatch.setattr(releases.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(install.urllib.request, "urlopen", fake_urlopen)
     _check(zoo.from_pretrained(NAME), variables)
     assert fetched == [f"https://open.zhuiyi.ai/releases/nlp/models/zhuiyi/{ARCHIVE}"]
     assert (registry / "downloads" / ARCHIVE).read_bytes() == archive.read_bytes()
@@ -121,9 +121,9 @@ def test_failed_download_leaves_nothing_behind(registry, tiny_release, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
 
     def unreachable(url, timeout):
-        raise releases.urllib.error.URLError("Name or service not known")
+        raise install.urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(releases.urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(install.urllib.request, "urlopen", unreachable)
     with pytest.raises(zoo.ModelNotFoundError, match=r"download failed \(https://open.zhuiyi.ai/.*Name or service not known"):
         zoo.from_pretrained(NAME)
     assert list((registry / "downloads").iterdir()) == []
@@ -137,7 +137,7 @@ def test_checksum_is_verified_when_known(registry, no_network, tiny_release, mon
     monkeypatch.setitem(releases.RELEASES, NAME, dataclasses.replace(release, sha256="0" * 64))
     with pytest.raises(zoo.IntegrityError, match=f"does not match the sha256 of {ARCHIVE}: expected 0000"):
         zoo.from_pretrained(NAME)
-    actual = releases.sha256_file(registry / "downloads" / ARCHIVE)
+    actual = install.sha256_file(registry / "downloads" / ARCHIVE)
     monkeypatch.setitem(releases.RELEASES, NAME, dataclasses.replace(release, sha256=actual))
     assert zoo.from_pretrained(NAME).zoo_ref == f"{NAME}@zhuiyi-bert4keras"
 

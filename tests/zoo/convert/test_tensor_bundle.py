@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zoo.convert import crc32c as crc
+from zoo.convert import sstable
 from zoo.convert import tensor_bundle as tb
 from zoo.convert.tf_checkpoint import find_checkpoint_prefix, open_tf_checkpoint
 
@@ -19,20 +21,20 @@ FIXTURE_FOLDERS = {"roformer-v2": FIXTURES / "roformer_v2_tf", "gau-alpha": FIXT
 
 def test_crc32c_matches_published_check_values():
     # the CRC-32C check value and the iSCSI vectors of RFC 3720 B.4
-    assert tb.crc32c(b"123456789") == 0xE3069283
-    assert tb.crc32c(b"") == 0
-    assert tb.crc32c(bytes(32)) == 0x8A9136AA
-    assert tb.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert tb.crc32c(bytes(range(32))) == 0x46DD794E
+    assert crc.crc32c(b"123456789") == 0xE3069283
+    assert crc.crc32c(b"") == 0
+    assert crc.crc32c(bytes(32)) == 0x8A9136AA
+    assert crc.crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert crc.crc32c(bytes(range(32))) == 0x46DD794E
 
 
 def test_vectorised_crc32c_equals_the_bytewise_one_and_extends():
     data = np.random.RandomState(0).randint(0, 256, size=300_001, dtype=np.uint8).tobytes()  # 73 lanes + a tail
-    bytewise = tb._register_update(0xFFFFFFFF, data) ^ 0xFFFFFFFF
-    assert tb.crc32c(data) == bytewise
+    bytewise = crc._register_update(0xFFFFFFFF, data) ^ 0xFFFFFFFF
+    assert crc.crc32c(data) == bytewise
     split = 123_457
-    assert tb.crc32c(data[split:], tb.crc32c(data[:split])) == bytewise
-    assert tb.unmask_crc(tb.mask_crc(bytewise)) == bytewise and tb.mask_crc(bytewise) != bytewise
+    assert crc.crc32c(data[split:], crc.crc32c(data[:split])) == bytewise
+    assert crc.unmask_crc(crc.mask_crc(bytewise)) == bytewise and crc.mask_crc(bytewise) != bytewise
 
 
 @pytest.mark.parametrize("family", list(FIXTURE_FOLDERS))
@@ -126,24 +128,24 @@ def test_truncated_and_corrupt_data_shard_are_named(tmp_path):
 
 def _first_data_block(table: bytes) -> tuple[int, int]:
     """(offset, size) of data block 0, read from the footer's index handle."""
-    footer = table[-tb.FOOTER_SIZE:]
-    _, _, pos = tb._decode_handle(footer, 0, "table")
-    index_offset, index_size, _ = tb._decode_handle(footer, pos, "table")
-    index = tb._block_entries(memoryview(table)[index_offset:index_offset + index_size], "table", "index")
-    offset, size, _ = tb._decode_handle(index[0][1], 0, "table")
+    footer = table[-sstable.FOOTER_SIZE:]
+    _, _, pos = sstable._decode_handle(footer, 0, "table")
+    index_offset, index_size, _ = sstable._decode_handle(footer, pos, "table")
+    index = sstable._block_entries(memoryview(table)[index_offset:index_offset + index_size], "table", "index")
+    offset, size, _ = sstable._decode_handle(index[0][1], 0, "table")
     return offset, size
 
 
 def test_snappy_blocks_are_reported_as_unsupported(tmp_path):
-    table = bytearray(tb.build_table([(b"", b"header"), (b"x", b"value")]))
+    table = bytearray(sstable.build_table([(b"", b"header"), (b"x", b"value")]))
     offset, size = _first_data_block(bytes(table))
     end = offset + size
-    table[end] = tb.SNAPPY_COMPRESSION  # a valid trailer for a snappy block: type byte + its masked CRC
-    table[end + 1:end + 5] = struct.pack("<I", tb.mask_crc(tb.crc32c(bytes(table[end:end + 1]), tb.crc32c(bytes(table[offset:end])))))
+    table[end] = sstable.SNAPPY_COMPRESSION  # a valid trailer for a snappy block: type byte + its masked CRC
+    table[end + 1:end + 5] = struct.pack("<I", crc.mask_crc(crc.crc32c(bytes(table[end:end + 1]), crc.crc32c(bytes(table[offset:end])))))
     path = tmp_path / "snappy.index"
     path.write_bytes(bytes(table))
     with pytest.raises(tb.UnsupportedBundleError, match="snappy-compressed blocks"):
-        tb.read_table(path)
+        sstable.read_table(path)
 
 
 def test_finding_the_prefix(tmp_path):
