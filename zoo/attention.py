@@ -10,12 +10,14 @@ where n_i is the number of keys row i may see (valid, inside the window). softma
 per-row rescaling of the logits (architectures.md §2.2), so it runs through the same kernels as
 softmax by scaling q.
 
-Backends: "matmul" is the explicit two-matmul kernel (bf16 matmuls, softmax with fp32
-accumulation, the fast CPU dropout): on the CPU the compiled kernel `BlockedSoftmaxAttention`,
-which works through blocks of query rows so the scores stay in cache, elsewhere (or without a
-compiler) `SoftmaxAttention`; "sdpa" is torch's scaled_dot_product_attention. On this
-CPU the matmul kernel is the faster one (BENCHMARKS.md), except fp32 inference;
-on CUDA sdpa is. "auto" picks accordingly (`resolve_backend`).
+Implementations: the softmax attention goes through the kernel registry (zoo/kernels/registry.py,
+op "softmax_attention"), which tries its entries in order. "matmul" (`attention_backend`) is the
+explicit two-matmul kernel (bf16 matmuls, softmax with fp32 accumulation, the fast CPU dropout): on
+the CPU the compiled kernel `blocked_softmax_attention`, which works through blocks of query rows so
+the scores stay in cache, elsewhere (or without a compiler) `SoftmaxAttention`; "sdpa" is torch's
+scaled_dot_product_attention (GAU's wide head as heads sharing q/k on CUDA). On this CPU the matmul
+kernel is the faster one (BENCHMARKS.md), except fp32 inference; on CUDA sdpa is. "auto" picks
+accordingly.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from .dropout import dropout as fast_dropout
-from .dropout import fused_available, keep_mask
-from .kernels import attention_kernels, dropout_kernels, new_seed, threshold_for
+from .dropout import keep_mask
+from .kernels import dropout_kernels, new_seed, ops, threshold_for
 from .kernels import keep_scale as kernel_keep_scale
+from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register, select
 from .rope import apply_rope
 
 
@@ -79,18 +82,6 @@ def log_length_scale(visible: torch.Tensor, base: int, min_len: int) -> torch.Te
     return torch.log(visible.clamp_min(min_len)) / math.log(base)
 
 
-def resolve_backend(backend: str, device: torch.device, q: torch.Tensor | None = None, dropout_p: float = 0.0) -> str:
-    """"auto": sdpa on CUDA; on the CPU our matmul kernel, except for fp32 inference (no gradient, no
-    dropout), where torch's fused sdpa kernel is as fast or faster (BENCHMARKS.md, fp32 section)."""
-    if backend != "auto":
-        return backend
-    if device.type == "cuda":
-        return "sdpa"
-    if q is not None and dropout_p == 0.0 and q.dtype == torch.float32 and not (torch.is_grad_enabled() and q.requires_grad):
-        return "sdpa"
-    return "matmul"
-
-
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -131,35 +122,83 @@ def attention(
         out = torch.matmul(fast_dropout(probs, p, training), v)
         return out, (probs if need_weights else None)
 
-    if resolve_backend(backend, device, q, p) == "sdpa" and not need_weights:
-        if shared_qk_applies(q, v):
-            return sdpa_shared_qk(q, k, v, dense_mask, p, scale), None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask, dropout_p=p, scale=scale)
-        return out, None
+    return dispatch("softmax_attention", q, k, v, dense_mask, scale, p, backend=backend, need_weights=need_weights)
 
-    if need_weights:  # the plain autograd path, which can hand out the probabilities
-        scores = torch.matmul(q, k.transpose(-1, -2))
-        if scale != 1.0:
-            scores = scores * scale
-        if dense_mask is not None:
-            scores = scores.masked_fill(~dense_mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1)
-        return torch.matmul(fast_dropout(probs, p, training), v), probs
 
+def _sdpa_wanted(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
+    return backend != "matmul" and not need_weights
+
+
+def _sdpa_requested(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
+    return backend == "sdpa" and not need_weights
+
+
+def _fp32_inference(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
+    return backend == "auto" and not need_weights and dropout_p == 0.0 and not (torch.is_grad_enabled() and q.requires_grad)
+
+
+def gau_wide_head(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
+    """One head whose v is a whole multiple wider than q and k (GAU), where sdpa is wanted."""
+    return (_sdpa_wanted(q, k, v, mask, scale, dropout_p, backend=backend, need_weights=need_weights)
+            and q.shape[1] == 1 and v.shape[-1] != q.shape[-1] and v.shape[-1] % q.shape[-1] == 0)
+
+
+# The softmax attention's implementations, in the order calls try them. "auto" means: on CUDA torch's
+# sdpa (GAU's wide head as heads sharing q/k); on the CPU our kernels, except for fp32 inference, where
+# torch's fused sdpa kernel is as fast or faster (BENCHMARKS.md, fp32 section). Each entry returns
+# (output, probabilities or None).
+
+
+@register("softmax_attention", "sdpa-shared-qk", device_types=("cuda",), accepts=gau_wide_head)
+def shared_qk_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
+    """GAU's wide head through `sdpa_shared_qk`, so CUDA's fused kernels take it (on the CPU torch's
+    sdpa takes the wide v as it is, as fast)."""
+    return sdpa_shared_qk(q, k, v, mask, dropout_p, scale), None
+
+
+@register("softmax_attention", "sdpa", device_types=("cuda",), accepts=_sdpa_wanted)
+def sdpa(q, k, v, mask, scale: float, dropout_p: float, **_):
+    """torch's scaled_dot_product_attention (its fused kernels on CUDA)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale), None
+
+
+register("softmax_attention", "sdpa-requested", accepts=_sdpa_requested)(sdpa)
+register("softmax_attention", "sdpa-fp32-inference", device_types=("cpu",), dtypes=(torch.float32,),
+         accepts=_fp32_inference)(sdpa)
+
+
+@register("softmax_attention", "with-weights", accepts=lambda *args, need_weights, **_: need_weights)
+def attention_with_weights(q, k, v, mask, scale: float, dropout_p: float, **_):
+    """The plain autograd path, which can hand out the probabilities (before dropout)."""
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if scale != 1.0:
+        scores = scores * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(fast_dropout(probs, dropout_p, dropout_p > 0.0), v), probs
+
+
+def additive_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The boolean mask as an additive one: 0 where a key is seen, the dtype's minimum where not."""
+    if mask is None:
+        return None
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+@register("softmax_attention", "blocked-cpu-kernel", device_types=("cpu",), dtypes=FLOAT_KERNEL_DTYPES,
+          needs="attention", accepts=lambda q, k, *args, **_: q.shape[-2] > 0 and k.shape[-2] > 0)
+def blocked_attention_entry(q, k, v, mask, scale: float, dropout_p: float, **_):
+    """The compiled CPU kernel (`blocked_softmax_attention`)."""
     dtype = v.dtype
-    bias = None
-    if dense_mask is not None:
-        bias = torch.zeros(dense_mask.shape, dtype=dtype, device=device).masked_fill_(~dense_mask, torch.finfo(dtype).min)
-    if blocked_available(v) and q_len > 0 and k_len > 0:
-        return BlockedSoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
-    return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, bias, scale, p, None), None
+    return blocked_softmax_attention(q.to(dtype), k.to(dtype), v, additive_bias(mask, dtype), scale, dropout_p), None
 
 
-def shared_qk_applies(q: torch.Tensor, v: torch.Tensor) -> bool:
-    """GAU's shape on CUDA: one head whose v is a whole multiple wider than q and k. (On the CPU, torch's
-    sdpa takes the wide v as it is, as fast.)"""
-    return (q.device.type == "cuda" and q.shape[1] == 1 and v.shape[-1] != q.shape[-1]
-            and v.shape[-1] % q.shape[-1] == 0)
+@register("softmax_attention", "matmul")
+def matmul_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
+    """`SoftmaxAttention` (any device; on the CPU with the fast dropout mask)."""
+    dtype = v.dtype
+    return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, additive_bias(mask, dtype), scale, dropout_p, None), None
 
 
 def sdpa_shared_qk(q, k, v, mask, dropout_p: float, scale: float) -> torch.Tensor:
@@ -185,10 +224,6 @@ def sdpa_shared_qk(q, k, v, mask, dropout_p: float, scale: float) -> torch.Tenso
     return out.transpose(1, 2).reshape(batch, 1, q_len, groups * size)
 
 
-def blocked_available(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and attention_kernels() is not None
-
-
 # Scores per block of the CPU kernel (≈ 1 MB in bf16, about the L2 cache). Measured in bf16 at
 # S = 128–2048 on one and two threads: within 4% of the best of 2^16 … 2^20.
 BLOCK_ELEMENTS = 2**19
@@ -202,66 +237,39 @@ def block_shape(q_len: int, k_len: int, heads: int) -> tuple[int, int]:
     return min(heads, BLOCK_ELEMENTS // (q_len * k_len)), q_len
 
 
-class BlockedSoftmaxAttention(torch.autograd.Function):
-    """The function of `SoftmaxAttention`, computed by the compiled CPU kernel (zoo/kernels/attention_cpu.cpp).
+def blocked_softmax_attention(
+    q, k, v, bias, scale: float, dropout_p: float, seed: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """The function of `SoftmaxAttention`, computed by the compiled CPU kernel (zoo/kernels/attention_cpu.cpp,
+    the operators zoo::blocked_attention and zoo::blocked_attention_backward).
 
     Per head and block of query rows: S_R = (s·Q_R) Kᵀ + bias_R, P_R = softmax(S_R), O_R = c·(P_R ⊙ M_R) V,
     with the scores of a block in cache and the dropout mask M of element i drawn from (seed, i) by
     the same counter-based rule as the dropout kernel (so it equals `SoftmaxAttention` with that mask).
     Training keeps P ([B·H, Sq, Sk], as SoftmaxAttention does); the backward pass overwrites it with
-    dS, so it runs once (no retain_graph). `seed` may be given (tests); otherwise it is drawn.
+    dS, so it runs once (no retain_graph). `seed` (an int, or an int64 tensor of one element) may be
+    given (tests); otherwise it is drawn from torch's generator.
     """
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, scale, dropout_p, seed):
-        kernels = attention_kernels()
-        batch, heads, q_len, _ = q.shape
-        k_len = k.shape[-2]
-        if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3]:  # the kernel flattens [B, H] into one dim
-            raise ValueError(f"BlockedSoftmaxAttention needs q [B, H, Sq, d], k [B, H, Sk, d], v [B, H, Sk, dv]; "
-                             f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-        with torch.autocast(q.device.type, enabled=False):
-            q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1).contiguous()
-            k_flat = k.reshape(batch * heads, k_len, -1).contiguous()
-            v_flat = v.reshape(batch * heads, k_len, -1).contiguous()
-            if dropout_p > 0.0:
-                threshold, keep_scale = threshold_for(dropout_p), kernel_keep_scale(dropout_p)
-                seed = new_seed() if seed is None else seed
-            else:
-                threshold, keep_scale, seed = 0, 1.0, 0
-            needs_grad = any(ctx.needs_input_grad[:3])
-            probs = torch.empty(batch * heads, q_len, k_len, dtype=v.dtype) if needs_grad else None
-            group, rows = block_shape(q_len, k_len, max(batch * heads, 1))  # an empty batch still needs a block
-            out = kernels.attention_forward(q_scaled, k_flat, v_flat, bias, heads, probs, seed, threshold, group, rows)
-            if keep_scale != 1.0:
-                out.mul_(keep_scale)
-        ctx.shape, ctx.scale, ctx.keep_scale = q.shape, scale, keep_scale
-        ctx.seed, ctx.threshold, ctx.block, ctx.spent = seed, threshold, (group, rows), False
-        if needs_grad:
-            ctx.save_for_backward(q_scaled, k_flat, v_flat, probs)
-        return out.view(batch, heads, q_len, -1)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        if ctx.spent:
-            raise RuntimeError("BlockedSoftmaxAttention's backward overwrites its saved probabilities and runs once; "
-                               "retain_graph=True with a second backward is not supported (use attention_backend='sdpa')")
-        ctx.spent = True
-        q_scaled, k, v, probs = ctx.saved_tensors
-        batch, heads, q_len, _ = ctx.shape
-        with torch.autocast(q_scaled.device.type, enabled=False):
-            grad_out = grad_out.to(v.dtype).reshape(batch * heads, q_len, -1)
-            if ctx.keep_scale != 1.0:
-                grad_out = grad_out * ctx.keep_scale
-            # The incoming gradient can have any strides (a head that reads one position, a transposed
-            # view; with batch 1 the reshape above stays such a view) and a product keeps them.
-            grad_out = grad_out.contiguous()
-            grad_q, grad_k, grad_v = attention_kernels().attention_backward(
-                grad_out, q_scaled, k, v, probs, ctx.seed, ctx.threshold, *ctx.block)
-            if ctx.scale != 1.0:
-                grad_q.mul_(ctx.scale)
-        return (grad_q.view(ctx.shape), grad_k.view(batch, heads, k.shape[1], -1),
-                grad_v.view(batch, heads, v.shape[1], -1), None, None, None, None)
+    batch, heads, q_len, _ = q.shape
+    k_len = k.shape[-2]
+    if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3]:  # the kernel flattens [B, H] into one dim
+        raise ValueError(f"blocked_softmax_attention needs q [B, H, Sq, d], k [B, H, Sk, d], v [B, H, Sk, dv]; "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    with torch.autocast(q.device.type, enabled=False):
+        q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1).contiguous()
+        k_flat = k.reshape(batch * heads, k_len, -1).contiguous()
+        v_flat = v.reshape(batch * heads, k_len, -1).contiguous()
+        if dropout_p > 0.0:
+            threshold, keep_scale = threshold_for(dropout_p), kernel_keep_scale(dropout_p)
+            seed = ops.seed_tensor() if seed is None else torch.as_tensor(seed, dtype=torch.int64).reshape(1)
+        else:
+            threshold, keep_scale, seed = 0, 1.0, torch.zeros(1, dtype=torch.int64)
+        keep_probs = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        group, rows = block_shape(q_len, k_len, max(batch * heads, 1))  # an empty batch still needs a block
+        out, _ = ops.blocked_attention(q_scaled, k_flat, v_flat, bias, heads, seed, threshold, group, rows, keep_probs)
+        if keep_scale != 1.0:
+            out.mul_(keep_scale)
+    return out.view(batch, heads, q_len, -1)
 
 
 class SoftmaxAttention(torch.autograd.Function):
@@ -292,7 +300,7 @@ class SoftmaxAttention(torch.autograd.Function):
             probs = torch.softmax(scores, dim=-1).contiguous()
             del scores
             ctx.seed = None
-            if dropout_p > 0.0 and keep is None and fused_available(probs):
+            if dropout_p > 0.0 and keep is None and select("dropout", probs, dropout_p).name == "cpu-kernel":
                 # counter-based mask: nothing mask-sized is drawn here or stored for the backward
                 kernels = dropout_kernels()
                 ctx.seed, ctx.threshold, keep_scale = new_seed(), threshold_for(dropout_p), kernel_keep_scale(dropout_p)

@@ -170,7 +170,9 @@ class EncoderModel(ZooPreTrainedModel):
                 raise ValueError(
                     f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, seq_len)}"
                 )
-            if not bool(attention_mask.all()):
+            # An all-ones mask is dropped (the kernels then skip the bias); under torch.compile that test
+            # would read a value back from the tensor and break the graph, and a kept mask is the same function.
+            if torch.compiler.is_compiling() or not bool(attention_mask.all()):
                 key_valid = attention_mask.bool()
         if position_variant is not None:
             if not hasattr(position_variant, "context"):

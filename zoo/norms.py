@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import elementwise_kernels
+from .kernels import ops
+from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register
 
 
 class RMSNorm(nn.Module):
     """Norm(x) = x / √(mean(x², last dim) + ε), no γ and no β (architectures.md §1.1).
 
     bert4keras `LayerNormalization(zero_mean=False, scale=False, offset=False)`. Statistics are
-    taken in float32 when the input is half precision.
+    taken in float32 when the input is half precision. Runs through the kernel registry ("rms_norm").
     """
 
     def __init__(self, eps: float = 1e-7):
@@ -20,36 +21,29 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and elementwise_kernels() is not None:
-            return FusedRMSNorm.apply(x, self.eps)
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x32 = x.float()
-            return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return dispatch("rms_norm", x, self.eps)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, parameter-free"
 
 
-class FusedRMSNorm(torch.autograd.Function):
-    """RMSNorm's function as one pass each way on the CPU (zoo/kernels/elementwise_cpu.cpp): fp32
-    statistics and arithmetic, one rounding to x's dtype; saves x and the per-row 1/rms.
+@register("rms_norm", "cpu-kernel", device_types=("cpu",), dtypes=FLOAT_KERNEL_DTYPES, needs="elementwise")
+def fused_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm's function as one pass each way on the CPU (zoo/kernels/elementwise_cpu.cpp, the operator
+    zoo::rms_norm): fp32 statistics and arithmetic, one rounding to x's dtype; saves x and the per-row
+    1/rms. The kernel reads rows row-major, so x is made contiguous here (and the incoming gradient in
+    the backward pass), which is free when it already is."""
+    y, _ = ops.rms_norm(x.contiguous(), eps)
+    return y
 
-    The kernel reads rows row-major, so x and the incoming gradient (a head reading one position, a
-    transposed or expanded view) are made contiguous here, which is free when they already are.
-    """
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
-        x = x.contiguous()
-        y, rstd = elementwise_kernels().rms_norm_forward(x, eps)
-        ctx.save_for_backward(x, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, rstd = ctx.saved_tensors
-        return elementwise_kernels().rms_norm_backward(grad.to(x.dtype).contiguous(), x, rstd), None
+@register("rms_norm", "reference")
+def rms_norm_reference(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The same function in PyTorch operations (any device; fp32 statistics for half inputs)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -62,14 +56,23 @@ class LayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled():
-            with torch.autocast("cpu", enabled=False):
-                return nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        if x.dtype in (torch.float16, torch.bfloat16):
-            weight = None if self.weight is None else self.weight.float()
-            bias = None if self.bias is None else self.bias.float()
-            return nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
-        return super().forward(x)
+        return dispatch("layer_norm", x, self)
+
+
+@register("layer_norm", "aten-bf16-inference", device_types=("cpu",), dtypes=(torch.bfloat16,),
+          accepts=lambda x, norm: not torch.is_grad_enabled())
+def layer_norm_bf16_inference(x: torch.Tensor, norm: LayerNorm) -> torch.Tensor:
+    with torch.autocast("cpu", enabled=False):
+        return nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+@register("layer_norm", "fp32-statistics")
+def layer_norm_fp32_statistics(x: torch.Tensor, norm: LayerNorm) -> torch.Tensor:
+    if x.dtype in (torch.float16, torch.bfloat16):
+        weight = None if norm.weight is None else norm.weight.float()
+        bias = None if norm.bias is None else norm.bias.float()
+        return nn.functional.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)
+    return nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 class ScaleOffset(nn.Module):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import elementwise_kernels, unit_last_stride
+from .kernels import ops, unit_last_stride
+from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register
 
 
 def rope_inv_freq(dim: int, base: float = 10000.0, device=None) -> torch.Tensor:
@@ -41,46 +42,43 @@ def rope_cos_sin(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the interleaved pairs of x [..., S, d] by angles given as cos/sin [..., S, d/2]."""
-    if fused_rope_applies(x, cos, sin):
-        return FusedRope.apply(x, cos, sin)
-    x_even, x_odd = x[..., 0::2], x[..., 1::2]
-    rotated = torch.stack((x_even * cos - x_odd * sin, x_odd * cos + x_even * sin), dim=-1)
-    return rotated.flatten(-2)
+    """Rotate the interleaved pairs of x [..., S, d] by angles given as cos/sin [..., S, d/2]
+    (through the kernel registry, "rope")."""
+    return dispatch("rope", x, cos, sin)
 
 
 def fused_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
-    """The compiled kernel takes x [B, H, S, d] on the CPU with tables [B or 1, 1, S, d/2] of x's dtype."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() != 4:
-        return False
-    if cos.requires_grad or sin.requires_grad:  # the kernel differentiates x only
+    """The compiled kernel takes x [B, H, S, d] with tables [B or 1, 1, S, d/2] of x's dtype that need
+    no gradient (it differentiates x only); the registry adds: on the CPU, fp32 or bf16, built."""
+    if x.dim() != 4 or cos.requires_grad or sin.requires_grad:
         return False
     table = (x.shape[0], 1, x.shape[2], x.shape[3] // 2)
     for t in (cos, sin):
         if t.dtype != x.dtype or t.dim() != 4 or t.shape[0] not in (1, table[0]) or tuple(t.shape[1:]) != table[1:]:
             return False
-    return elementwise_kernels() is not None
+    return True
 
 
-class FusedRope(torch.autograd.Function):
-    """`apply_rope` as one pass on the CPU (zoo/kernels/elementwise_cpu.cpp), fp32 arithmetic and one
-    rounding; the backward pass is the inverse rotation (the same kernel with −sin).
+@register("rope", "cpu-kernel", device_types=("cpu",), dtypes=FLOAT_KERNEL_DTYPES, needs="elementwise",
+          accepts=fused_rope_applies)
+def fused_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` as one pass on the CPU (zoo/kernels/elementwise_cpu.cpp, the operator zoo::rope),
+    fp32 arithmetic and one rounding; the backward pass is the inverse rotation (the same kernel with
+    −sin).
 
     The kernel takes any strides across rows (q and k are transposed views of a projection, an incoming
     gradient may be expanded) but reads each row at unit stride: `unit_last_stride` copies only the
     tensors whose last dimension is strided.
     """
+    return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0)
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        cos, sin = unit_last_stride(cos), unit_last_stride(sin)
-        ctx.save_for_backward(cos, sin)
-        return elementwise_kernels().rope(unit_last_stride(x), cos, sin, 1.0)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        cos, sin = ctx.saved_tensors
-        return elementwise_kernels().rope(unit_last_stride(grad.to(cos.dtype)), cos, sin, -1.0), None, None
+@register("rope", "reference")
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotation in PyTorch operations (any device, dtype and layout; differentiates the tables too)."""
+    x_even, x_odd = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack((x_even * cos - x_odd * sin, x_odd * cos + x_even * sin), dim=-1)
+    return rotated.flatten(-2)
 
 
 class RotaryEmbedding(nn.Module):

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zoo.attention import BlockedSoftmaxAttention, SoftmaxAttention
+from zoo.attention import SoftmaxAttention, blocked_softmax_attention
 from zoo.runtime import DeviceError, parse_device
 
 HEADS, HEAD_SIZE, TOKENS = 12, 64, 4096
 IMPLEMENTATIONS = {
-    "blocked": lambda q, k, v, p: BlockedSoftmaxAttention.apply(q, k, v, None, HEAD_SIZE**-0.5, p, None),
+    "blocked": lambda q, k, v, p: blocked_softmax_attention(q, k, v, None, HEAD_SIZE**-0.5, p, None),
     "previous": lambda q, k, v, p: SoftmaxAttention.apply(q, k, v, None, HEAD_SIZE**-0.5, p, None),
     "sdpa": lambda q, k, v, p: F.scaled_dot_product_attention(q, k, v, dropout_p=p),
 }

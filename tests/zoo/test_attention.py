@@ -4,15 +4,16 @@ import pytest
 import torch
 
 import zoo
-from zoo.attention import AttentionMask, BlockedSoftmaxAttention, SoftmaxAttention, attention
 import zoo.attention
 import zoo.dropout
 import zoo.norms
 import zoo.rope
+from zoo.attention import AttentionMask, SoftmaxAttention, attention, blocked_softmax_attention
 from zoo.dropout import dropout, keep_mask
-from zoo.kernels import dropout_kernels, keep_scale, new_seed, reference_keep_mask, threshold_for
 from zoo.families import model_class
+from zoo.kernels import dropout_kernels, keep_scale, new_seed, reference_keep_mask, threshold_for
 
+from .kernel_switch import kernels_off
 from .test_models import SMALL, batch, make_config, randomize
 
 
@@ -99,11 +100,11 @@ def dropout_path(request, monkeypatch):
     if request.param != "pytorch":
         assert dropout_kernels() is not None, "the CPU dropout kernel must build here (needs a C++ compiler)"
     if request.param == "blocked":
-        assert zoo.attention.attention_kernels() is not None, "the CPU attention kernel must build here"
+        assert zoo.kernels.attention_kernels() is not None, "the CPU attention kernel must build here"
     else:
-        monkeypatch.setattr(zoo.attention, "attention_kernels", lambda: None)
+        kernels_off(monkeypatch, "attention")
     if request.param == "pytorch":
-        monkeypatch.setattr(zoo.dropout, "dropout_kernels", lambda: None)
+        kernels_off(monkeypatch, "dropout")
     return request.param
 
 
@@ -203,30 +204,37 @@ def test_compiled_kernels_leave_whole_models_unchanged(family, attention_dropout
         return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     fast_logits, fast_grads = run()
-    monkeypatch.setattr(zoo.attention, "attention_kernels", lambda: None)
-    monkeypatch.setattr(zoo.norms, "elementwise_kernels", lambda: None)
-    monkeypatch.setattr(zoo.rope, "elementwise_kernels", lambda: None)
+    kernels_off(monkeypatch, "attention")
+    kernels_off(monkeypatch, "elementwise")
     if attention_dropout == 0.0:
-        monkeypatch.setattr(zoo.dropout, "dropout_kernels", lambda: None)
+        kernels_off(monkeypatch, "dropout")
     slow_logits, slow_grads = run()
     torch.testing.assert_close(fast_logits, slow_logits, rtol=1e-5, atol=1e-5)
     for name, grad in slow_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("function", [BlockedSoftmaxAttention, SoftmaxAttention])
-def test_autocast_keeps_attention_in_bf16(function, monkeypatch):
-    if function is SoftmaxAttention:
-        monkeypatch.setattr(zoo.attention, "attention_kernels", lambda: None)
-    model = zoo.create("roformer-v2-mini").train()
+@pytest.mark.parametrize("path", ["blocked", "matmul"])
+def test_autocast_keeps_attention_in_bf16(path, monkeypatch):
     seen = []
-    original = function.forward
+    if path == "blocked":
+        original = zoo.attention.blocked_softmax_attention
 
-    def spy(ctx, q, k, v, *rest):
-        seen.append((q.dtype, k.dtype, v.dtype))
-        return original(ctx, q, k, v, *rest)
+        def spy(q, k, v, *rest):
+            seen.append((q.dtype, k.dtype, v.dtype))
+            return original(q, k, v, *rest)
 
-    monkeypatch.setattr(function, "forward", staticmethod(spy))
+        monkeypatch.setattr(zoo.attention, "blocked_softmax_attention", spy)
+    else:
+        kernels_off(monkeypatch, "attention")
+        original = SoftmaxAttention.forward
+
+        def spy(ctx, q, k, v, *rest):
+            seen.append((q.dtype, k.dtype, v.dtype))
+            return original(ctx, q, k, v, *rest)
+
+        monkeypatch.setattr(SoftmaxAttention, "forward", staticmethod(spy))
+    model = zoo.create("roformer-v2-mini").train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randint(104, 12000, (2, 16)), labels=torch.randint(104, 12000, (2, 16))).loss.backward()
     assert seen and all(dtypes == (torch.bfloat16,) * 3 for dtypes in seen)
@@ -261,7 +269,7 @@ def test_blocked_kernel_equals_fp64_reference(block_elements, q_len, k_len, mask
         allowed = allowed | (torch.arange(k_len) == k_len - 1)  # no row without a visible key
     bias = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    out = BlockedSoftmaxAttention.apply(q, k, v, bias, 0.9, 0.0, None)
+    out = blocked_softmax_attention(q, k, v, bias, 0.9, 0.0, None)
     grad = torch.randn(out.shape, generator=g)
     grads = torch.autograd.grad(out, (q, k, v), grad)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
@@ -278,7 +286,7 @@ def test_blocked_kernel_dropout_uses_the_documented_mask(block_elements, monkeyp
     [B, H, Sq, Sk] score tensor, however it is cut into blocks, in the forward and the backward pass."""
     monkeypatch.setattr(zoo.attention, "BLOCK_ELEMENTS", block_elements)
     q, k, v = qkv(b=2, a=3, s=37, d=8, dtype=torch.float32, seed=3)
-    out = BlockedSoftmaxAttention.apply(q, k, v, None, 0.4, 0.2, 2**40 + 17)
+    out = blocked_softmax_attention(q, k, v, None, 0.4, 0.2, 2**40 + 17)
     grad = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), grad)
     keep = reference_keep_mask((2, 3, 37, 37), 0.2, 2**40 + 17)
@@ -296,8 +304,8 @@ def test_blocked_kernel_bf16_matches_the_unblocked_kernel():
     q, k, v = (t.detach().bfloat16().requires_grad_() for t in qkv(b=2, a=4, s=130, d=32, dtype=torch.float32, seed=5))
     grad = torch.randn(2, 4, 130, 32).bfloat16()
     results = []
-    for function in (BlockedSoftmaxAttention, SoftmaxAttention):
-        out = function.apply(q, k, v, None, 32**-0.5, 0.0, None)
+    for function in (blocked_softmax_attention, SoftmaxAttention.apply):
+        out = function(q, k, v, None, 32**-0.5, 0.0, None)
         results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
     for blocked, plain in zip(*results):
         assert blocked.dtype == torch.bfloat16
@@ -306,7 +314,7 @@ def test_blocked_kernel_bf16_matches_the_unblocked_kernel():
 
 def test_blocked_kernel_backward_runs_once():
     q, k, v = qkv(s=9, dtype=torch.float32)
-    out = BlockedSoftmaxAttention.apply(q, k, v, None, 0.5, 0.0, None)
+    out = blocked_softmax_attention(q, k, v, None, 0.5, 0.0, None)
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="runs once"):
         out.sum().backward()

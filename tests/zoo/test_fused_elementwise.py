@@ -6,8 +6,10 @@ import torch
 import zoo.norms
 import zoo.rope
 from zoo.kernels import elementwise_kernels
-from zoo.norms import FusedRMSNorm, RMSNorm
-from zoo.rope import FusedRope, apply_rope, rope_cos_sin, rope_inv_freq
+from zoo.norms import RMSNorm
+from zoo.rope import apply_rope, fused_rope, rope_cos_sin, rope_inv_freq
+
+from .kernel_switch import kernels_off
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +53,7 @@ def test_fused_rms_norm_bf16_rounds_once():
 def test_rms_norm_takes_the_reference_path_without_the_kernel(monkeypatch):
     x = torch.randn(4, 16)
     fused = RMSNorm(1e-7)(x)
-    monkeypatch.setattr(zoo.norms, "elementwise_kernels", lambda: None)
+    kernels_off(monkeypatch, "elementwise")
     torch.testing.assert_close(RMSNorm(1e-7)(x), fused, rtol=1e-6, atol=1e-6)
 
 
@@ -99,7 +101,7 @@ def test_fused_rope_is_used_only_where_it_applies():
 def test_fused_rope_bf16_matches_the_pytorch_path():
     x = torch.randn(2, 4, 32, 64, generator=torch.Generator().manual_seed(4)).bfloat16()
     cos, sin = tables(1, 32, 64, torch.bfloat16)
-    fused = FusedRope.apply(x, cos, sin)
+    fused = fused_rope(x, cos, sin)
     x_even, x_odd = x.double()[..., 0::2], x.double()[..., 1::2]
     c, s = cos.double(), sin.double()
     exact = torch.stack((x_even * c - x_odd * s, x_odd * c + x_even * s), -1).flatten(-2)

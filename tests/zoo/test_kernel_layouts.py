@@ -1,6 +1,6 @@
 """Every custom autograd function and compiled CPU kernel takes any tensor layout (issue 16).
 
-CLUE fine-tuning with dropout crashed in `BlockedSoftmaxAttention.backward`: a classification head
+CLUE fine-tuning with dropout crashed in `blocked_softmax_attention.backward`: a classification head
 reads position 0, so the gradient reaching attention is a transposed view (which, with a batch of one,
 stays a view under the kernel's reshape), and the dropout rescaling kept its strides. Here each
 function is driven with inputs and incoming gradients in the layouts models produce (transposed,
@@ -17,14 +17,22 @@ import torch
 
 import zoo.attention
 import zoo.dropout
-from zoo.attention import BlockedSoftmaxAttention, SoftmaxAttention
-from zoo.dropout import FusedDropout, keep_mask
+from zoo.attention import SoftmaxAttention, blocked_softmax_attention
+from zoo.dropout import fused_dropout, keep_mask
 from zoo.families import model_class
-from zoo.kernels import (attention_kernels, dropout_kernels, elementwise_kernels, keep_scale, new_seed,
-                         reference_keep_mask, threshold_for)
-from zoo.norms import FusedRMSNorm
-from zoo.rope import FusedRope, apply_rope, rope_cos_sin, rope_inv_freq
+from zoo.kernels import (
+    attention_kernels,
+    dropout_kernels,
+    elementwise_kernels,
+    keep_scale,
+    new_seed,
+    reference_keep_mask,
+    threshold_for,
+)
+from zoo.norms import fused_rms_norm
+from zoo.rope import apply_rope, fused_rope, rope_cos_sin, rope_inv_freq
 
+from .kernel_switch import kernels_off
 from .test_models import SMALL, batch, make_config, randomize
 
 
@@ -153,11 +161,11 @@ ATTENTION_PATHS = [("blocked", 0.0), ("blocked", 0.2), ("softmax", 0.0), ("softm
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("function,dropout_p", ATTENTION_PATHS, ids=[f"{f}-p{p}" for f, p in ATTENTION_PATHS])
 def test_attention_functions_take_any_layout(function, dropout_p, dtype, monkeypatch):
-    """BlockedSoftmaxAttention (the compiled kernel, blocks of a few rows so that shapes split into
+    """blocked_softmax_attention (the compiled kernel, blocks of a few rows so that shapes split into
     several) and SoftmaxAttention, with padding biases broadcast or expanded: the output and the three
     gradients against fp64 autograd with the mask the function must have drawn."""
     if function == "softmax-pytorch-mask":
-        monkeypatch.setattr(zoo.dropout, "dropout_kernels", lambda: None)
+        kernels_off(monkeypatch, "dropout")
     monkeypatch.setattr(zoo.attention, "BLOCK_ELEMENTS", 48)
     for case, rng, layouts, mode in sweep(seed=ATTENTION_PATHS.index((function, dropout_p))):
         b, h, q_len, k_len = rng.choice([1, 2]), rng.choice([1, 3]), rng.randint(1, 13), rng.randint(1, 13)
@@ -177,7 +185,7 @@ def test_attention_functions_take_any_layout(function, dropout_p, dtype, monkeyp
         def run(q, k, v):
             torch.manual_seed(seed)
             if function == "blocked":
-                return BlockedSoftmaxAttention.apply(q, k, v, bias, scale, p, seed)
+                return blocked_softmax_attention(q, k, v, bias, scale, p, seed)
             return SoftmaxAttention.apply(q, k, v, bias, scale, p, None)
 
         loss = incoming(mode, (b, h, q_len, dv), g, dtype)
@@ -204,7 +212,7 @@ def test_fused_rms_norm_takes_any_layout(dtype):
         g = torch.Generator().manual_seed(case)
         x = make(shape, layouts[0], g, dtype)
         loss = incoming(mode, shape, g, dtype)
-        got = gradients(lambda x: FusedRMSNorm.apply(x, 1e-6), [x], loss)
+        got = gradients(lambda x: fused_rms_norm(x, 1e-6), [x], loss)
         want = gradients(lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6), fp64([x]), loss)
         assert_matches("rms", dtype, got, want, f"case {case}: x {layouts[0]}, gradient {mode}, shape {shape}")
 
@@ -226,7 +234,7 @@ def test_fused_rope_takes_any_layout(dtype):
         elif table == "sliced":
             cos, sin = (torch.stack((t, torch.zeros_like(t)), -1).flatten(-2)[..., ::2] for t in (cos, sin))
         loss = incoming(mode, (b, h, s, d), g, dtype)
-        got = gradients(lambda x: FusedRope.apply(x, cos, sin), [x], loss)
+        got = gradients(lambda x: fused_rope(x, cos, sin), [x], loss)
         want = gradients(lambda x: apply_rope(x, cos.double(), sin.double()), fp64([x]), loss)  # fp64: no kernel
         assert_matches("rope", dtype, got, want, f"case {case}: x {layouts[0]}, tables {table}, gradient {mode}")
 
@@ -244,7 +252,7 @@ def test_fused_dropout_takes_any_layout(p, dtype):
         x = make(shape, layouts[0], g, dtype)
         loss = incoming(mode, shape, g, dtype)
         torch.manual_seed(case)
-        out, (grad,) = gradients(lambda x: FusedDropout.apply(x, p), [x], loss)
+        out, (grad,) = gradients(lambda x: fused_dropout(x, p), [x], loss)
         torch.manual_seed(case)
         keep = reference_keep_mask(shape, p, new_seed())
         what = f"case {case}: x {layouts[0]}, gradient {mode}, shape {shape}"
@@ -272,7 +280,7 @@ def test_classification_backward_with_default_dropout_batch_of_one(family, monke
         return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     blocked_logits, blocked_grads = run()
-    monkeypatch.setattr(zoo.attention, "attention_kernels", lambda: None)
+    kernels_off(monkeypatch, "attention")
     logits, grads = run()
     # the two paths sum in other orders: fp32 rounding differences of about 1e-6 on gradients of O(1)
     torch.testing.assert_close(blocked_logits, logits, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ import torch
 import zoo
 import zoo.attention as attention_module
 from zoo.attention import sdpa_shared_qk
+from zoo.kernels import registry
 
 
 def reference(q, k, v, key_valid, row_scale):
@@ -42,7 +43,7 @@ def test_shared_heads_equal_one_wide_head(padded):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_gau_model_through_the_shared_path_equals_the_matmul_backend(monkeypatch):
+def test_gau_model_through_the_shared_path_equals_the_matmul_backend():
     """The whole GAU-α model (softmax_plus, padding) with the shared-q/k sdpa route forced on the CPU."""
     torch.manual_seed(0)
     model = zoo.create("gau-alpha-mini", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).double().eval()
@@ -52,9 +53,14 @@ def test_gau_model_through_the_shared_path_equals_the_matmul_backend(monkeypatch
     model.config.attention_backend = "matmul"
     want = model(input_ids=ids, attention_mask=mask).logits
     used = []
-    monkeypatch.setattr(attention_module, "shared_qk_applies",
-                        lambda q, v: used.append(v.shape[-1] // q.shape[-1]) or v.shape[-1] != q.shape[-1])
+
+    def spy(q, k, v, *args, **kwargs):
+        used.append(v.shape[-1] // q.shape[-1])
+        return attention_module.shared_qk_attention(q, k, v, *args, **kwargs)
+
     model.config.attention_backend = "sdpa"
-    got = model(input_ids=ids, attention_mask=mask).logits
+    with registry.registered("softmax_attention", "shared-qk-on-the-cpu", spy, device_types=("cpu",),
+                             accepts=attention_module.gau_wide_head, before="sdpa-shared-qk"):
+        got = model(input_ids=ids, attention_mask=mask).logits
     assert used and set(used) == {model.config.intermediate_size // model.config.attention_key_size}
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

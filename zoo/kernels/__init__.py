@@ -10,6 +10,11 @@
 Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
 when it is not possible, the loader returns None and callers use their PyTorch path.
 
+`ops.py` wraps the kernels as PyTorch operators (torch.ops.zoo.*) that torch.compile traces through;
+`registry.py` is the table of every op's implementations (these kernels, torch's, the references)
+keyed by device type and dtype, through which zoo.norms, zoo.rope, zoo.dropout and zoo.attention
+dispatch.
+
 The kernels read raw row-major memory, so their entry points check device, dtype, contiguity and
 shapes and raise naming the entry point and the argument ("attention_backward: grad_out must be
 contiguous, ..."); the autograd functions that call them (zoo.attention, zoo.dropout, zoo.norms,
@@ -67,22 +72,47 @@ def _build(name: str, source: str):
         return None
 
 
-@functools.cache
+SOURCES = {
+    "dropout": "dropout_cpu.cpp",
+    "attention": "attention_cpu.cpp",
+    "elementwise": "elementwise_cpu.cpp",
+}
+_BUILT: dict[str, object] = {}  # name → the loaded module, or None where it could not be built
+
+
+@torch.compiler.disable
+def _load(name: str):
+    if name not in _BUILT:
+        _BUILT[name] = _build(f"zoo_{name}_cpu", SOURCES[name])
+    return _BUILT[name]
+
+
+def compiled(name: str):
+    """The compiled module `name` ("dropout", "attention", "elementwise"), built on first use, or None."""
+    return _BUILT[name] if name in _BUILT else _load(name)
+
+
+@torch.compiler.assume_constant_result
+def available(name: str) -> bool:
+    """Whether the compiled module `name` is built or can be built here. `torch.compile` calls this
+    while tracing and keeps the answer as a constant, so the kernels' choice adds nothing to the graph
+    (the first call builds them, before the traced code runs)."""
+    return compiled(name) is not None
+
+
 def dropout_kernels():
     """The compiled dropout module (masked_scale, softmax_dropout_backward), or None if it cannot be built."""
-    return _build("zoo_dropout_cpu", "dropout_cpu.cpp")
+    return compiled("dropout")
 
 
-@functools.cache
 def attention_kernels():
     """The compiled blocked attention (attention_forward, attention_backward), or None."""
-    return _build("zoo_attention_cpu", "attention_cpu.cpp")
+    return compiled("attention")
 
 
-@functools.cache
 def elementwise_kernels():
     """The compiled RMS norm and RoPE (rms_norm_forward/backward, rope), or None."""
-    return _build("zoo_elementwise_cpu", "elementwise_cpu.cpp")
+    return compiled("elementwise")
 
 
 def unit_last_stride(t: torch.Tensor) -> torch.Tensor:

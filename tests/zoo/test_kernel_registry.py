@@ -1,0 +1,121 @@
+"""The kernel registry (zoo/kernels/registry.py): which implementation each call goes to, on this CPU
+with its compiled kernels, with kernels switched off, on a device without kernels, and its errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo.attention
+import zoo.dropout
+import zoo.norms
+import zoo.rope  # noqa: F401  (registers the ops)
+from zoo.kernels import registry
+
+from .kernel_switch import kernels_off
+
+
+def attention_entry(q, *, backend="auto", need_weights=False, dropout_p=0.0, v=None):
+    v = q if v is None else v
+    return registry.select("softmax_attention", q, q, v, None, 1.0, dropout_p, backend=backend,
+                           need_weights=need_weights).name
+
+
+def test_each_op_goes_to_the_cpu_kernel_here_and_to_its_reference_without_it(monkeypatch):
+    x = torch.zeros(2, 1, 4, 8, dtype=torch.bfloat16)
+    cos = sin = torch.zeros(1, 1, 4, 4, dtype=torch.bfloat16)
+    assert registry.select("rms_norm", x, 1e-6).name == "cpu-kernel"
+    assert registry.select("rope", x, cos, sin).name == "cpu-kernel"
+    assert registry.select("dropout", x, 0.1).name == "cpu-kernel"
+    assert attention_entry(x) == "blocked-cpu-kernel"
+    kernels_off(monkeypatch, "elementwise", "dropout", "attention")
+    assert registry.select("rms_norm", x, 1e-6).name == "reference"
+    assert registry.select("rope", x, cos, sin).name == "reference"
+    assert registry.select("dropout", x, 0.1).name == "cpu-lanes"
+    assert attention_entry(x) == "matmul"
+
+
+def test_a_device_without_kernels_takes_the_pytorch_paths():
+    x = torch.zeros(2, 1, 4, 8, dtype=torch.bfloat16, device="meta")
+    cos = sin = torch.zeros(1, 1, 4, 4, dtype=torch.bfloat16, device="meta")
+    assert registry.select("rms_norm", x, 1e-6).name == "reference"
+    assert registry.select("rope", x, cos, sin).name == "reference"
+    assert registry.select("dropout", x, 0.1).name == "torch"
+    assert attention_entry(x) == "matmul"
+    assert attention_entry(x, backend="sdpa") == "sdpa-requested"
+
+
+def test_the_attention_policy_on_the_cpu():
+    bf16, fp32 = torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16), torch.zeros(1, 2, 4, 8)
+    assert attention_entry(fp32) == "sdpa-fp32-inference"  # no gradient, no dropout
+    assert attention_entry(fp32.clone().requires_grad_()) == "blocked-cpu-kernel"
+    assert attention_entry(fp32, dropout_p=0.1) == "blocked-cpu-kernel"
+    with torch.no_grad():
+        assert attention_entry(fp32.clone().requires_grad_()) == "sdpa-fp32-inference"
+    assert attention_entry(bf16) == "blocked-cpu-kernel"
+    assert attention_entry(fp32, backend="matmul") == "blocked-cpu-kernel"
+    assert attention_entry(bf16, backend="sdpa") == "sdpa-requested"
+    assert attention_entry(bf16, backend="sdpa", need_weights=True) == "with-weights"
+    assert attention_entry(fp32.double()) == "matmul"
+    assert attention_entry(torch.zeros(1, 2, 0, 8)) == "sdpa-fp32-inference"
+    assert attention_entry(torch.zeros(1, 2, 0, 8, dtype=torch.bfloat16)) == "matmul"  # the kernel needs rows
+
+
+def test_the_cuda_entries_take_what_they_are_registered_for():
+    """No CUDA here: the entries' device and dtype keys and GAU's shape predicate, checked directly."""
+    entries = {kernel.name: kernel for kernel in registry.implementations("softmax_attention")}
+    assert [name for name, k in entries.items() if k.takes("cuda", torch.bfloat16)] == [
+        "sdpa-shared-qk", "sdpa", "sdpa-requested", "with-weights", "matmul"]
+    q, wide_v = torch.zeros(2, 1, 5, 4), torch.zeros(2, 1, 5, 12)
+    options = dict(backend="auto", need_weights=False)
+    assert zoo.attention.gau_wide_head(q, q, wide_v, None, 1.0, 0.0, **options)
+    assert not zoo.attention.gau_wide_head(q, q, q, None, 1.0, 0.0, **options)  # v as wide as q
+    assert not zoo.attention.gau_wide_head(q, q, torch.zeros(2, 1, 5, 10), None, 1.0, 0.0, **options)  # not a multiple
+    assert not zoo.attention.gau_wide_head(q, q, wide_v, None, 1.0, 0.0, backend="matmul", need_weights=False)
+    assert not zoo.attention.gau_wide_head(q, q, wide_v, None, 1.0, 0.0, backend="auto", need_weights=True)
+
+
+def test_a_new_entry_slots_in_before_another_and_is_gone_after_the_block():
+    x = torch.zeros(3, 8)
+    calls = []
+    with registry.registered("rms_norm", "experiment", lambda x, eps: calls.append(eps) or x, before="cpu-kernel"):
+        assert zoo.norms.RMSNorm(1e-5)(x) is x
+        assert [k.name for k in registry.implementations("rms_norm")] == ["experiment", "cpu-kernel", "reference"]
+    assert calls == [1e-5]
+    assert [k.name for k in registry.implementations("rms_norm")] == ["cpu-kernel", "reference"]
+
+
+def test_disabled_switches_off_an_entry_a_name_or_a_module_for_the_block():
+    x = torch.zeros(2, 8)
+    with registry.disabled("rms_norm:cpu-kernel"):
+        assert registry.select("rms_norm", x, 1e-6).name == "reference"
+        assert registry.select("dropout", x, 0.1).name == "cpu-kernel"
+    with registry.disabled("cpu-kernel"):
+        assert registry.select("rms_norm", x, 1e-6).name == "reference"
+        assert registry.select("dropout", x, 0.1).name == "cpu-lanes"
+    with registry.disabled("dropout"):
+        assert registry.select("rms_norm", x, 1e-6).name == "cpu-kernel"
+        assert registry.select("dropout", x, 0.1).name == "cpu-lanes"
+    assert registry.select("dropout", x, 0.1).name == "cpu-kernel"
+    assert registry.DISABLED == set()
+
+
+def test_registry_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match="rms_norm already has an implementation called 'reference'"):
+        registry.register("rms_norm", "reference")(lambda x, eps: x)
+    with pytest.raises(ValueError, match=r"no implementation 'fast' to go before; it has \['cpu-kernel', 'reference'\]"):
+        registry.register("rms_norm", "new", before="fast")(lambda x, eps: x)
+    with pytest.raises(KeyError, match="no operation 'layernorm'"):
+        registry.select("layernorm", torch.zeros(2))
+    with registry.disabled("rms_norm:reference", "cpu-kernel"):
+        with pytest.raises(RuntimeError, match="no implementation of rms_norm takes a torch.float32 tensor on cpu"):
+            registry.select("rms_norm", torch.zeros(2), 1e-6)
+    assert [k.name for k in registry.implementations("rms_norm")] == ["cpu-kernel", "reference"]
+
+
+def test_describe_lists_every_op_in_order():
+    text = registry.describe()
+    for op in ("dropout", "layer_norm", "rms_norm", "rope", "softmax_attention"):
+        assert f"\n{op}\n" in f"\n{text}\n"
+    assert "  cpu-kernel: cpu; float32,bfloat16, needs the elementwise kernels" in text
+    assert text.index("sdpa-shared-qk") < text.index("blocked-cpu-kernel") < text.index("  matmul: any device")

@@ -1,0 +1,148 @@
+"""`torch.compile` sees through the compiled CPU kernels (zoo/kernels/ops.py): each is one operator
+in the graph, with no graph break, and the compiled training step computes what eager mode computes.
+
+The models run in bf16 autocast on the CPU with every kernel in use (RMS norm, RoPE, dropout, the
+blocked attention; DeepNet's LayerNorm and GAU's attention through their own entries). The
+`aot_eager` backend runs the traced forward and backward graphs op by op, so it checks the fake
+implementations, the registered backward formulas and the seeds drawn as tensors without inductor's
+code generation; with the same `torch.manual_seed` it draws the same dropout masks as eager mode, so
+losses and gradients agree to the last bit but for the order of gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from zoo.kernels import ops
+
+from .kernel_switch import kernels_off
+
+FAMILIES = ["roformer-v2-mini", "gau-alpha-mini", "deepnet-mini"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def make_model(name: str, dropout: float) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = zoo.create(name, task="masked-lm", hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return model.train()
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(104, 12000, (2, 24), generator=g)
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[1, 17:] = 0  # padded keys: the attention takes its additive bias
+    labels = torch.where(torch.rand(2, 24, generator=g) < 0.3, ids, torch.full_like(ids, -100))
+    return ids, mask, labels
+
+
+def loss_of(model, ids, mask, labels):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def step(model, forward, seed: int):
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    loss = forward(model, *batch())
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def zoo_ops_in(graphs) -> set[str]:
+    return {str(node.target) for graph in graphs for node in graph.graph.nodes
+            if node.op == "call_function" and str(node.target).startswith("zoo.")}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_kernels_are_operators_in_one_graph(name):
+    """dynamo traces a whole training forward (autocast, padding, dropout) into one graph in which the
+    kernels appear as torch.ops.zoo operators."""
+    model = make_model(name, dropout=0.1)
+    explanation = torch._dynamo.explain(loss_of)(model, *batch())
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    expected = {"zoo.masked_scale.default", "zoo.blocked_attention.default"}
+    expected |= {"zoo.rms_norm.default", "zoo.rope.default"} if name != "deepnet-mini" else set()
+    assert expected <= zoo_ops_in(explanation.graphs)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_compiled_training_step_equals_eager(name):
+    """aot_eager-compiled forward and backward, dropout on, against eager mode with the same seed."""
+    model = make_model(name, dropout=0.1)
+    want_loss, want_grads = step(model, loss_of, seed=5)
+    compiled = torch.compile(loss_of, backend="aot_eager", fullgraph=True)
+    for _ in range(2):  # the second call reuses the compiled graphs
+        got_loss, got_grads = step(model, compiled, seed=5)
+        assert torch.equal(got_loss, want_loss)
+        assert got_grads.keys() == want_grads.keys()
+        for key, grad in want_grads.items():
+            torch.testing.assert_close(got_grads[key], grad, rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_inductor_compiles_a_training_step_through_the_kernels():
+    """inductor (C++ code generation on the CPU) around the kernel operators, dropout off: the same loss
+    and gradients as eager to bf16 rounding of the fused elementwise code around them (inductor keeps
+    fp32 intermediates where eager rounds each op to bf16: 2⁻⁸ relative)."""
+    model = make_model("roformer-v2-mini", dropout=0.0)
+    want_loss, want_grads = step(model, loss_of, seed=0)
+    got_loss, got_grads = step(model, torch.compile(loss_of, fullgraph=True), seed=0)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-2, atol=1e-2)
+    for key, grad in want_grads.items():
+        scale = grad.abs().max().clamp_min(1e-6)
+        assert (got_grads[key] - grad).abs().max() / scale < 5e-2, key
+
+
+def test_without_the_kernels_compilation_takes_the_pytorch_paths(monkeypatch):
+    """With every compiled module switched off, the graph holds no zoo operator and still no break."""
+    kernels_off(monkeypatch, "attention", "dropout", "elementwise")
+    explanation = torch._dynamo.explain(loss_of)(make_model("roformer-v2-mini", dropout=0.1), *batch())
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert zoo_ops_in(explanation.graphs) == set()
+
+
+def operator_cases():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 8, generator=g)
+    cos, sin = torch.randn(1, 1, 5, 4, generator=g), torch.randn(1, 1, 5, 4, generator=g)
+    q, k, v = (torch.randn(6, n, 8, generator=g) for n in (5, 7, 7))
+    bias = torch.zeros(2, 3, 5, 7).masked_fill_(torch.rand(2, 3, 5, 7, generator=g) < 0.3, -1e9)
+    seed = torch.tensor([12345])
+    grad_q, grad_k, grad_v, probs = torch.randn(6, 5, 8, generator=g), q, v, torch.rand(6, 5, 7, generator=g)
+    return [
+        ("rms_norm", ops.rms_norm, (x.requires_grad_(), 1e-6)),
+        ("rope", ops.rope, (x.detach().requires_grad_(), cos, sin, 1.0)),
+        ("masked_scale", ops.masked_scale, (x.detach().requires_grad_(), seed, ops_threshold(0.1), 1.25)),
+        ("blocked_attention", ops.blocked_attention,
+         (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias, 3, seed, ops_threshold(0.1), 2, 5, True)),
+        ("blocked_attention_backward", ops.blocked_attention_backward,
+         (grad_q, grad_k.detach(), k.detach(), grad_v.detach(), probs, seed, 0, 1, 3)),
+    ]
+
+
+def ops_threshold(p: float) -> int:
+    from zoo.kernels import threshold_for
+
+    return threshold_for(p)
+
+
+@pytest.mark.parametrize("case", range(5), ids=lambda i: ["rms_norm", "rope", "masked_scale", "blocked_attention",
+                                                         "blocked_attention_backward"][i])
+def test_the_operators_pass_torch_library_opcheck(case):
+    """torch.library.opcheck: the schema (mutations declared), the fake implementation against the real
+    outputs, the registered autograd, and tracing under AOTAutograd.
+
+    The attention's forward hands its probabilities out as a second output, which its backward then
+    overwrites: AOTAutograd rightly refuses to partition a graph that returns them to the caller, so for
+    that operator the AOT check is the whole-model compiled step above, where they stay inside."""
+    name, op, args = operator_cases()[case]
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(op, args, test_utils=checks[:-1] if name == "blocked_attention" else checks)

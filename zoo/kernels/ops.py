@@ -1,0 +1,197 @@
+"""The compiled CPU kernels as PyTorch operators (`torch.ops.zoo.*`), so that `torch.compile` sees
+through them.
+
+Each kernel is a `torch.library.custom_op` with a fake implementation (the shapes and dtypes of its
+outputs, computed without running it) and, where it is differentiated, its backward pass registered
+with `register_autograd`. Dynamo then puts one node per kernel into the graph instead of breaking the
+graph at an opaque C++ call, and AOTAutograd traces the backward through the registered formulas.
+
+Randomness enters as a tensor: a dropout seed is an int64 tensor of one element drawn from torch's
+generator (`seed_tensor`), read inside the operator, so no `.item()` reaches the traced program; the
+backward pass regenerates the mask from the same seed.
+
+The attention backward overwrites the saved probabilities with dS (declared as a mutation of
+`probs`), so a second backward through the same graph fails; eager mode reports it as such, and
+under compilation the functionalised graph keeps a copy instead.
+
+These operators take contiguous tensors (the wrappers in zoo.norms, zoo.rope, zoo.dropout and
+zoo.attention make them so) and exist for the CPU only: other devices use the PyTorch paths.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import attention_kernels, dropout_kernels, elementwise_kernels
+
+
+def seed_tensor() -> Tensor:
+    """A mask seed drawn from torch's default generator (torch.manual_seed reproduces it), as a tensor."""
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64)
+
+
+def _rows(x: Tensor):
+    """The number of rows of x's last dimension, as the kernels count them (none when it is empty)."""
+    return 0 if x.shape[-1] == 0 else x.numel() // x.shape[-1]
+
+
+# ---- RMS norm --------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("zoo::rms_norm", mutates_args=(), device_types="cpu")
+def rms_norm(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(y, rstd): y = x / √(mean(x²) + ε) in x's dtype, rstd fp32 per row (x contiguous)."""
+    y, rstd = elementwise_kernels().rms_norm_forward(x, eps)
+    return y, rstd
+
+
+@rms_norm.register_fake
+def _(x: Tensor, eps: float):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((_rows(x),), dtype=torch.float32)
+
+
+@torch.library.custom_op("zoo::rms_norm_backward", mutates_args=(), device_types="cpu")
+def rms_norm_backward(grad: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
+    return elementwise_kernels().rms_norm_backward(grad, x, rstd)
+
+
+@rms_norm_backward.register_fake
+def _(grad: Tensor, x: Tensor, rstd: Tensor):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, _ = inputs
+    _, rstd = output
+    ctx.save_for_backward(x, rstd)
+    ctx.mark_non_differentiable(rstd)
+
+
+def _rms_norm_grad(ctx, grad_y, grad_rstd):
+    x, rstd = ctx.saved_tensors
+    return rms_norm_backward(grad_y.to(x.dtype).contiguous(), x, rstd), None
+
+
+rms_norm.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
+
+
+# ---- RoPE ------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("zoo::rope", mutates_args=(), device_types="cpu")
+def rope(x: Tensor, cos: Tensor, sin: Tensor, sign: float) -> Tensor:
+    """Rotation of x's interleaved pairs by the tables (sign −1: the inverse rotation); x, cos, sin
+    read at unit stride in their last dimension, the tables not differentiated."""
+    return elementwise_kernels().rope(x, cos, sin, sign)
+
+
+@rope.register_fake
+def _(x: Tensor, cos: Tensor, sin: Tensor, sign: float):
+    return x.new_empty(x.shape)
+
+
+def _rope_setup(ctx, inputs, output):
+    _, cos, sin, sign = inputs
+    ctx.save_for_backward(cos, sin)
+    ctx.sign = sign
+
+
+def _rope_grad(ctx, grad):
+    cos, sin = ctx.saved_tensors
+    grad = grad.to(cos.dtype)
+    if grad.shape[-1] > 1 and grad.stride(-1) != 1:
+        grad = grad.contiguous()
+    return rope(grad, cos, sin, -ctx.sign), None, None, None
+
+
+rope.register_autograd(_rope_grad, setup_context=_rope_setup)
+
+
+# ---- dropout ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("zoo::masked_scale", mutates_args=(), device_types="cpu")
+def masked_scale(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    """x ⊙ M · scale with the counter-based keep-mask M of (seed, row-major index); x contiguous."""
+    return dropout_kernels().masked_scale(x, int(seed.item()), threshold, scale)
+
+
+@masked_scale.register_fake
+def _(x: Tensor, seed: Tensor, threshold: int, scale: float):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _masked_scale_setup(ctx, inputs, output):
+    x, seed, threshold, scale = inputs
+    ctx.save_for_backward(seed)
+    ctx.threshold, ctx.scale, ctx.dtype = threshold, scale, x.dtype
+
+
+def _masked_scale_grad(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    return masked_scale(grad.to(ctx.dtype).contiguous(), seed, ctx.threshold, ctx.scale), None, None, None
+
+
+masked_scale.register_autograd(_masked_scale_grad, setup_context=_masked_scale_setup)
+
+
+# ---- blocked softmax attention ---------------------------------------------------------------
+
+
+@torch.library.custom_op("zoo::blocked_attention", mutates_args=(), device_types="cpu")
+def blocked_attention(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, heads: int, seed: Tensor, threshold: int,
+    group: int, rows: int, keep_probs: bool,
+) -> tuple[Tensor, Tensor]:
+    """(O, P) of softmax(q kᵀ + bias) with the counter-based dropout mask, for q [A, Sq, d] (already
+    scaled), k [A, Sk, d], v [A, Sk, dv]; O without the 1/(1 − p) rescaling. P ([A, Sq, Sk]) is kept
+    for the backward pass when `keep_probs`, else an empty tensor."""
+    probs = q.new_empty((q.shape[0], q.shape[1], k.shape[1]) if keep_probs else (0,))
+    out = attention_kernels().attention_forward(
+        q, k, v, bias, heads, probs if keep_probs else None, int(seed.item()), threshold, group, rows)
+    return out, probs
+
+
+@blocked_attention.register_fake
+def _(q, k, v, bias, heads, seed, threshold, group, rows, keep_probs):
+    probs = q.new_empty((q.shape[0], q.shape[1], k.shape[1]) if keep_probs else (0,))
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2])), probs
+
+
+@torch.library.custom_op("zoo::blocked_attention_backward", mutates_args=("probs",), device_types="cpu")
+def blocked_attention_backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, probs: Tensor, seed: Tensor, threshold: int,
+    group: int, rows: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dQ, dK, dV) for dO already multiplied by 1/(1 − p); overwrites probs with dS."""
+    grad_q, grad_k, grad_v = attention_kernels().attention_backward(
+        grad_out, q, k, v, probs, int(seed.item()), threshold, group, rows)
+    return grad_q, grad_k, grad_v
+
+
+@blocked_attention_backward.register_fake
+def _(grad_out, q, k, v, probs, seed, threshold, group, rows):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _blocked_attention_setup(ctx, inputs, output):
+    q, k, v, _, _, seed, threshold, group, rows, keep_probs = inputs
+    _, probs = output
+    ctx.mark_non_differentiable(probs)
+    ctx.threshold, ctx.block, ctx.spent = threshold, (group, rows), False
+    if keep_probs:
+        ctx.save_for_backward(q, k, v, probs, seed)
+
+
+def _blocked_attention_grad(ctx, grad_out, grad_probs):
+    if ctx.spent:
+        raise RuntimeError("the blocked attention's backward overwrites its saved probabilities and runs once; "
+                           "retain_graph=True with a second backward is not supported (use attention_backend='sdpa')")
+    ctx.spent = True
+    q, k, v, probs, seed = ctx.saved_tensors
+    grads = blocked_attention_backward(grad_out.to(v.dtype).contiguous(), q, k, v, probs, seed, ctx.threshold, *ctx.block)
+    return (*grads, None, None, None, None, None, None, None)
+
+
+blocked_attention.register_autograd(_blocked_attention_grad, setup_context=_blocked_attention_setup)
