@@ -318,3 +318,16 @@ def test_blocked_kernel_backward_runs_once():
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="runs once"):
         out.sum().backward()
+
+
+def test_blocked_kernel_backward_allocates_no_gradient_for_the_probabilities():
+    """The operator's second output (the probabilities kept for the backward pass) is not differentiable:
+    autograd must not build a zero-filled [B·H, Sq, Sk] gradient for it at every backward pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, k, v = qkv(b=2, a=3, s=64, d=16, dtype=torch.float32)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        blocked_softmax_attention(q, k, v, None, 0.25, 0.1).sum().backward()
+    score_sized = [event.key for event in prof.key_averages(group_by_input_shape=True)
+                   if event.key in ("aten::zeros", "aten::zero_", "aten::fill_") and "[6, 64, 64]" in str(event.input_shapes)]
+    assert score_sized == []

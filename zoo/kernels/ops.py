@@ -66,6 +66,7 @@ def _rms_norm_setup(ctx, inputs, output):
     _, rstd = output
     ctx.save_for_backward(x, rstd)
     ctx.mark_non_differentiable(rstd)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for rstd
 
 
 def _rms_norm_grad(ctx, grad_y, grad_rstd):
@@ -179,6 +180,7 @@ def _blocked_attention_setup(ctx, inputs, output):
     q, k, v, _, _, seed, threshold, group, rows, keep_probs = inputs
     _, probs = output
     ctx.mark_non_differentiable(probs)
+    ctx.set_materialize_grads(False)  # no zero-filled [A, Sq, Sk] gradient for the probabilities
     ctx.threshold, ctx.block, ctx.spent = threshold, (group, rows), False
     if keep_probs:
         ctx.save_for_backward(q, k, v, probs, seed)
