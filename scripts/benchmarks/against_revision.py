@@ -37,9 +37,9 @@ def worker(tree: str, lengths: list[int], steps: int, tokens: int, dropout: floa
     """In a fresh process: time the training steps of `tree`'s models; prints one JSON line."""
     sys.path.insert(0, tree)
     sys.path.insert(1, str(HERE))
+    import speed  # this tree's shapes; `import zoo` inside it resolves to `tree`'s package
     import torch
 
-    import speed  # this tree's shapes; `import zoo` inside it resolves to `tree`'s package
     import zoo
 
     assert Path(zoo.__file__).resolve().is_relative_to(Path(tree).resolve()), zoo.__file__
