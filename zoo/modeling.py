@@ -332,10 +332,12 @@ class _DenseHeadModel(_EncoderHeadModel):
         self.post_init()
 
     def _features(self, hidden: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The features the classifier reads from the last hidden states (each subclass says which)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _features (abstract in _DenseHeadModel)")
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss of `logits` against `labels` (each subclass says which)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _loss (abstract in _DenseHeadModel)")
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,

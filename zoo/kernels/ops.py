@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import attention_kernels, dropout_kernels, elementwise_kernels
+from . import attention_kernels, dropout_kernels, elementwise_kernels, unit_last_stride
 
 
 def seed_tensor() -> Tensor:
@@ -100,10 +100,7 @@ def _rope_setup(ctx, inputs, output):
 
 def _rope_grad(ctx, grad):
     cos, sin = ctx.saved_tensors
-    grad = grad.to(cos.dtype)
-    if grad.shape[-1] > 1 and grad.stride(-1) != 1:
-        grad = grad.contiguous()
-    return rope(grad, cos, sin, -ctx.sign), None, None, None
+    return rope(unit_last_stride(grad.to(cos.dtype)), cos, sin, -ctx.sign), None, None, None
 
 
 rope.register_autograd(_rope_grad, setup_context=_rope_setup)
