@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import RunError
-from .masking import MaskingPolicy, mask_sequence
+from .masking import IGNORE, MaskingPolicy, mask_sequence
 
 EVAL_EPOCH = 1_000_000  # generator stream of the fixed held-out masks, disjoint from training epochs
 
@@ -150,7 +150,10 @@ def collate(ids, word_starts, rngs, policy: MaskingPolicy, positions: PositionSa
         labels.append(y)
         if positions is not None and positions.kind != "natural":
             position_ids.append(positions(rng))
-    batch = {"input_ids": torch.from_numpy(np.stack(inputs)), "labels": torch.from_numpy(np.stack(labels))}
+    labels = np.stack(labels)
+    batch = {"input_ids": torch.from_numpy(np.stack(inputs)), "labels": torch.from_numpy(labels),
+             # where the labels are set, flat over [batch × seq]: the sparse MLM head selects them with no host sync
+             "masked_positions": torch.from_numpy(np.flatnonzero(labels != IGNORE))}
     if position_ids:
         batch["position_ids"] = torch.from_numpy(np.stack(position_ids))
     return batch

@@ -542,7 +542,7 @@ class Trainer:
             batch = self.runtime.to_device(self.runtime.pin(batch))
             with self.runtime.autocast():
                 out = module(**batch, masked_positions_only=True)
-            targets = batch["labels"][batch["labels"] != -100]
+            targets = batch["labels"].flatten()[batch["masked_positions"]]
             sums[0] += (out.logits.argmax(-1) == targets).sum()
             sums[1] += targets.numel()
             sums[2] += F.cross_entropy(out.logits.float(), targets, reduction="sum")

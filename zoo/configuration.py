@@ -30,6 +30,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "type_vocab_size")
 PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
+# transformers' `attn_implementation` names that map onto an `attention_backend` (ecosystem.md §2.2).
+ATTN_IMPLEMENTATIONS = {"eager": "matmul", "sdpa": "sdpa"}
+
 
 class EncoderConfig(PreTrainedConfig):
     """Configuration of a zoo encoder.
@@ -73,7 +76,9 @@ class EncoderConfig(PreTrainedConfig):
         initializer_range: std of the "normal" initialiser and of heads that use it.
         deepnorm_alpha, deepnorm_beta: override the (2N)^¼ and (8N)^−¼ of §3.2 (None = from depth).
         attention_backend: "matmul" (explicit bf16-friendly kernel, fastest on CPU), "sdpa"
-            (torch scaled_dot_product_attention, fastest on CUDA) or "auto" (chosen by device).
+            (torch scaled_dot_product_attention, fastest on CUDA) or "auto" (chosen by device). Saved
+            with the model. transformers' `attn_implementation` ("eager" = "matmul", "sdpa"), given to
+            `from_pretrained` or `set_attn_implementation`, overrides it for that model instance.
         classifier_dropout: dropout before task heads (None = hidden_dropout_prob).
         global_pointer_head_size, global_pointer_efficient: GlobalPointer head options.
         global_pointer_use_bias: biases in the GlobalPointer dense layers (the published CLUE recipes of
@@ -172,6 +177,12 @@ class EncoderConfig(PreTrainedConfig):
     def rope_dim(self) -> int:
         """The width RoPE rotates: the q/k width of one head, GAU's key size s or the head size (§1.2, §2.1)."""
         return self.attention_key_size if self.block_type == "gau" else self.head_size
+
+    @property
+    def active_attention_backend(self) -> str:
+        """The backend forward passes use: the requested `attn_implementation` where one was given
+        ("eager" → "matmul", "sdpa" → "sdpa"), else `attention_backend`."""
+        return ATTN_IMPLEMENTATIONS.get(self._attn_implementation, self.attention_backend)
 
     @property
     def alpha(self) -> float:

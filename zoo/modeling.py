@@ -25,7 +25,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput
 
 from .attention import AttentionContext, AttentionMask, log_length_scale
-from .configuration import EncoderConfig
+from .configuration import ATTN_IMPLEMENTATIONS, EncoderConfig
 from .dropout import Dropout
 from .heads import EfficientGlobalPointer, GlobalPointer, MaskedLMHead, global_pointer_loss
 from .initialization import dense, init_dense, init_embedding
@@ -83,7 +83,24 @@ class ZooPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["EncoderLayer"]
-    _supports_sdpa = False  # the attention backend is our own config field (`attention_backend`)
+    _supports_sdpa = True  # attn_implementation "sdpa" / "eager" map onto `attention_backend`
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str | None:
+        """transformers' `attn_implementation` → our kernels: "sdpa" (torch's fused attention), "eager"
+        (the explicit two-matmul kernel); None (nothing requested) leaves `config.attention_backend`
+        in charge, "auto" by default. Flash/flex kernels take one q/k/v head size, which GAU's wide
+        value head is not; "sdpa" reaches CUDA's flash kernels for every family."""
+        if requested_attention is None or requested_attention in ATTN_IMPLEMENTATIONS:
+            return requested_attention
+        raise ValueError(
+            f"{type(self).__name__} does not support attn_implementation={requested_attention!r}: use "
+            f"{' or '.join(map(repr, ATTN_IMPLEMENTATIONS))} (or leave it unset for config.attention_backend, "
+            f"now {self.config.attention_backend!r})"
+        )
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return True  # the attention context reads the choice from the config at every forward
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -192,7 +209,8 @@ class EncoderModel(ZooPreTrainedModel):
         if config.attention_normalization == "softmax_plus":
             visible = mask.visible_keys(seq_len, seq_len, device)
             row_scale = log_length_scale(visible, config.softmax_plus_base, config.softmax_plus_min_len)
-        return AttentionContext(mask=mask, cos=cos, sin=sin, row_scale=row_scale, backend=config.attention_backend)
+        return AttentionContext(mask=mask, cos=cos, sin=sin, row_scale=row_scale,
+                                backend=config.active_attention_backend)
 
     def forward(
         self,
@@ -280,7 +298,9 @@ class EncoderForMaskedLM(_EncoderHeadModel):
     """Masked LM: logits = Dropout(h) · E_tokᵀ (tied, no bias; §1.1).
 
     `masked_positions_only=True` with `labels` computes logits only where labels ≠ −100
-    (logits then have shape [n_masked, V]): the training fast path (ecosystem.md §6.1).
+    (logits then have shape [n_masked, V]): the training fast path (ecosystem.md §6.1). The
+    collator's `masked_positions` (the flat indices of those labels in [batch × seq], made on the
+    host) select them without the device→host wait a boolean selection costs on a GPU.
     """
 
     _tied_weights_keys = {"lm_head.decoder.weight": "encoder.embeddings.word_embeddings.weight"}
@@ -299,15 +319,20 @@ class EncoderForMaskedLM(_EncoderHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, masked_positions_only: bool = False, **kwargs):
+                return_dict=None, masked_positions_only: bool = False, masked_positions=None, **kwargs):
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, **kwargs)
         hidden = outputs.last_hidden_state
         loss = None
         if labels is not None and masked_positions_only:
-            selected = labels != -100
-            logits = self.lm_head(hidden[selected])
-            loss = F.cross_entropy(logits.float(), labels[selected])
+            if masked_positions is None:
+                selected = labels != -100
+                hidden, targets = hidden[selected], labels[selected]
+            else:
+                hidden = hidden.flatten(0, 1).index_select(0, masked_positions)
+                targets = labels.flatten().index_select(0, masked_positions)
+            logits = self.lm_head(hidden)
+            loss = F.cross_entropy(logits.float(), targets)
         else:
             logits = self.lm_head(hidden)
             if labels is not None:

@@ -76,7 +76,7 @@ def make_batch(batch: int, length: int, device, seed: int = 0):
     labels = torch.full_like(ids, -100)
     chosen = torch.rand(batch, length, generator=generator) < MASK_RATE
     labels[chosen] = ids[chosen]
-    return ids.to(device), labels.to(device)
+    return ids.to(device), labels.to(device), torch.nonzero(chosen.flatten()).flatten().to(device)
 
 
 def timed(runtime: Runtime, step, steps: int, warmup: int = 3) -> tuple[float, float]:
@@ -97,8 +97,8 @@ def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
     model = build(name, dry).to(runtime.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.is_cuda)
     forward = torch.compile(model) if compile else model
-    ids, labels = make_batch(batch, length, runtime.device)
-    kwargs = {"masked_positions_only": True} if name in OURS else {}
+    ids, labels, positions = make_batch(batch, length, runtime.device)
+    kwargs = {"masked_positions_only": True, "masked_positions": positions} if name in OURS else {}
 
     def step():
         with runtime.autocast():
@@ -116,7 +116,7 @@ def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
 def infer_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool) -> dict:
     torch.manual_seed(0)
     model = build(name, dry).to(runtime.device).eval()
-    ids, _ = make_batch(batch, length, runtime.device)
+    ids, _, _ = make_batch(batch, length, runtime.device)
 
     @torch.no_grad()
     def step():
@@ -175,9 +175,9 @@ def bare_loop_cell(runtime: Runtime, steps: int, dry: bool) -> dict:
     batches = [make_batch(micro, length, runtime.device, seed) for seed in range(accumulation)]
 
     def step():
-        for ids, labels in batches:
+        for ids, labels, positions in batches:
             with runtime.autocast():
-                loss = model(input_ids=ids, labels=labels, masked_positions_only=True).loss
+                loss = model(input_ids=ids, labels=labels, masked_positions_only=True, masked_positions=positions).loss
             (loss / accumulation).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

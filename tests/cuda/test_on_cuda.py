@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -71,6 +72,34 @@ def test_training_with_dropout_on_cuda_is_finite_and_seeded(preset):
             losses.append(model(input_ids=ids, attention_mask=mask, labels=ids).loss.float())
     assert torch.isfinite(torch.stack(losses)).all()
     assert losses[0].item() == losses[1].item()  # the same seed draws the same dropout masks
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_the_training_forward_never_waits_for_the_gpu(preset):
+    """The pretraining micro-step's forward (sparse MLM head with the collator's `masked_positions`,
+    dropout, bf16) queues work without one device→host synchronisation; selecting the labels with a
+    boolean mask instead does synchronise, which the same check catches."""
+    from pretrain.loader import collate
+    from pretrain.masking import MaskingPolicy
+
+    torch.manual_seed(0)
+    model = zoo.create(preset).cuda().train()
+    ids, _ = padded_batch()
+    rngs = [np.random.default_rng(i) for i in range(len(ids))]
+    policy = MaskingPolicy(rate=0.15, mask=0.8, random=0.1, whole_word=False, mask_id=103, vocab_size=12000,
+                           special_ids=(0, 100, 101, 102, 103), first_ordinary_id=104)
+    batch = collate(ids.numpy(), np.ones(ids.shape, dtype=bool), rngs, policy)
+    batch = {name: tensor.cuda() for name, tensor in batch.items()}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(**batch, masked_positions_only=True).loss.float()
+            del batch["masked_positions"]
+            with pytest.raises(RuntimeError, match="synchroniz"):
+                model(**batch, masked_positions_only=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def synthetic_documents(count=1500, seed=0) -> list[str]:

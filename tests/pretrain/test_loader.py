@@ -49,6 +49,15 @@ def same(a, b):
     return all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b)) and len(a) == len(b)
 
 
+def test_each_batch_carries_the_flat_positions_of_its_labels(policy):
+    stream = PretrainingStream(FakeDataset(30, 16), 8, 4, 1, 0, 7, policy)
+    for batch in stream.next_step() + list(heldout_batches(FakeDataset(10, 16), 10, 4, 7, policy)):
+        labels = batch["labels"]
+        assert batch["masked_positions"].dtype == torch.int64 and len(batch["masked_positions"]) > 0
+        assert torch.equal(batch["masked_positions"], torch.nonzero(labels.flatten() != -100).flatten())
+        assert torch.equal(labels.flatten()[batch["masked_positions"]], labels[labels != -100])
+
+
 def test_same_data_on_any_number_of_ranks(policy):
     data = FakeDataset(30, 16)
     one, _ = global_batches(data, policy, world=1, micro=8, steps=9)
@@ -68,9 +77,9 @@ def test_resume_continues_the_stream_across_epochs(policy):
 def test_every_sequence_once_per_epoch(policy):
     data = FakeDataset(24, 16)
     stream = PretrainingStream(data, 8, 8, 1, 0, 3, policy)
-    seen = [tuple(row[1:4].tolist()) for _ in range(3) for row in stream.next_step()[0]["labels"].clamp(min=0)]
-    firsts = sorted(stream._permutation(0).tolist())
-    assert firsts == list(range(24)) and stream.state.epoch == 1 and stream.state.cursor == 0
+    seen = [index for _ in range(3) for _, _, index in stream._global_indices()]
+    assert sorted(seen) == list(range(24)) and stream.state.epoch == 1 and stream.state.cursor == 0
+    assert sorted(stream._permutation(0).tolist()) == list(range(24))
 
 
 def test_global_batch_must_match_on_resume(policy):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import zoo
 import zoo.attention
 import zoo.dropout
 import zoo.norms
@@ -119,3 +120,60 @@ def test_describe_lists_every_op_in_order():
         assert f"\n{op}\n" in f"\n{text}\n"
     assert "  cpu-kernel: cpu; float32,bfloat16, needs the elementwise kernels" in text
     assert text.index("sdpa-shared-qk") < text.index("blocked-cpu-kernel") < text.index("  matmul: any device")
+
+
+def chosen_attention(monkeypatch) -> list[str]:
+    """The names of the softmax-attention entries calls go to from now on (appended as they run)."""
+    names, select = [], registry.select
+
+    def recording(op, *args, **kwargs):
+        kernel = select(op, *args, **kwargs)
+        if op == "softmax_attention":
+            names.append(kernel.name)
+        return kernel
+
+    monkeypatch.setattr(registry, "select", recording)
+    return names
+
+
+@pytest.mark.parametrize("family", ["roformer-v2", "gau-alpha", "deepnet"])
+def test_attn_implementation_chooses_the_kernel_over_the_saved_backend(family, tmp_path, monkeypatch):
+    from .test_models import make_config
+
+    config = make_config(family, attention_backend="matmul", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    zoo.families.model_class(config, "masked-lm")(config).save_pretrained(tmp_path)
+    ids = torch.randint(5, 97, (2, 9))
+    names = chosen_attention(monkeypatch)
+
+    saved = zoo.from_pretrained(tmp_path)  # nothing requested: the saved attention_backend
+    assert saved.config._attn_implementation is None and saved.config.active_attention_backend == "matmul"
+    expected = saved(ids).logits
+    assert set(names) == {"blocked-cpu-kernel"}
+
+    names.clear()
+    model = zoo.from_pretrained(tmp_path, attn_implementation="sdpa")
+    assert model.config._attn_implementation == "sdpa" and model.config.active_attention_backend == "sdpa"
+    torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)  # fp32, two summation orders
+    assert set(names) == {"sdpa-requested"}
+
+    names.clear()
+    model.set_attn_implementation("eager")
+    model(ids)
+    assert set(names) == {"blocked-cpu-kernel"}
+    assert model.config.attention_backend == "matmul"  # the saved choice itself is untouched
+
+    model.save_pretrained(tmp_path / "resaved")
+    assert zoo.from_pretrained(tmp_path / "resaved").config._attn_implementation is None
+
+
+def test_attn_implementations_that_do_not_map_are_refused_by_name(tmp_path):
+    from .test_models import make_config
+
+    config = make_config("gau-alpha")
+    model = zoo.families.model_class(config, "masked-lm")(config)
+    for name in ("flash_attention_2", "flex_attention"):
+        with pytest.raises(ValueError, match=f"does not support attn_implementation='{name}': use 'eager' or 'sdpa'"):
+            model.set_attn_implementation(name)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="attn_implementation='flash_attention_2'"):
+        zoo.from_pretrained(tmp_path, attn_implementation="flash_attention_2")

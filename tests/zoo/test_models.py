@@ -180,6 +180,23 @@ def test_masked_positions_only_matches_dense_head():
     assert sparse.logits.shape == (3, config.vocab_size)
     assert_close(sparse.logits, dense.logits[labels != -100], rel=1e-12)
     assert_close(sparse.loss, dense.loss, rel=1e-12)
+    indexed = model(ids, attention_mask=mask, labels=labels, masked_positions_only=True,
+                    masked_positions=torch.nonzero(labels.flatten() != -100).flatten())
+    assert torch.equal(indexed.logits, sparse.logits) and torch.equal(indexed.loss, sparse.loss)
+
+
+def test_masked_positions_give_the_boolean_selections_gradients():
+    config = make_config("gau-alpha", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = randomize(model_class(config, "masked-lm")(config).double())
+    ids, mask = batch()
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.3, ids, -100)
+    grads = []
+    for positions in (None, torch.nonzero(labels.flatten() != -100).flatten()):
+        model.zero_grad()
+        model(ids, attention_mask=mask, labels=labels, masked_positions_only=True, masked_positions=positions).loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-12, atol=1e-14, msg=name)
 
 
 def test_bert4keras_initialiser_std():

@@ -145,7 +145,7 @@ class PositionVariant:
             if self.rerope_window is not None:
                 clipped = self._clipped(positions, inv_freq.to(device), seq_len, dtype)
         return PositionAttentionContext(
-            mask=mask, cos=cos, sin=sin, row_scale=row_scale, backend=config.attention_backend, clipped=clipped,
+            mask=mask, cos=cos, sin=sin, row_scale=row_scale, backend=config.active_attention_backend, clipped=clipped,
             visible=visible, chunk_size=self.chunk_size, max_score_elements=self.max_score_elements,
         )
 
