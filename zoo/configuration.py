@@ -79,6 +79,10 @@ class EncoderConfig(PreTrainedConfig):
             (torch scaled_dot_product_attention, fastest on CUDA) or "auto" (chosen by device). Saved
             with the model. transformers' `attn_implementation` ("eager" = "matmul", "sdpa"), given to
             `from_pretrained` or `set_attn_implementation`, overrides it for that model instance.
+        recompute_elementwise: GAU blocks keep for the backward pass only the gate's pre-activation,
+            the attention output and the output projection, and make swish, q/k (scale, offset, RoPE)
+            and u ⊙ A·v again there (zoo/recompute.py): about half a GAU layer's activation memory,
+            for one more pass over those elementwise chains. Same function and gradients.
         classifier_dropout: dropout before task heads (None = hidden_dropout_prob).
         global_pointer_head_size, global_pointer_efficient: GlobalPointer head options.
         global_pointer_use_bias: biases in the GlobalPointer dense layers (the published CLUE recipes of
@@ -121,6 +125,7 @@ class EncoderConfig(PreTrainedConfig):
     deepnorm_alpha: float | None = None
     deepnorm_beta: float | None = None
     attention_backend: str = "auto"
+    recompute_elementwise: bool = False
     classifier_dropout: float | None = None
     global_pointer_head_size: int = 64
     global_pointer_efficient: bool = True
@@ -155,6 +160,9 @@ class EncoderConfig(PreTrainedConfig):
                 raise ConfigError(f"{type(self).__name__}.head_size must be a positive int, got {head!r}")
             if self.position_embedding_type == "rope" and head % 2:
                 raise ConfigError(f"{type(self).__name__}.head_size={head} must be even for RoPE (pairs 2i, 2i+1)")
+            if self.recompute_elementwise:
+                raise ConfigError(f"{type(self).__name__}.recompute_elementwise applies to GAU blocks (block_type='gau'); "
+                                  "for transformer blocks use activation checkpointing")
         else:
             key = self.attention_key_size
             if not isinstance(key, int) or key <= 0 or (self.position_embedding_type == "rope" and key % 2):

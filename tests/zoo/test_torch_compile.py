@@ -146,3 +146,19 @@ def test_the_operators_pass_torch_library_opcheck(case):
     name, op, args = operator_cases()[case]
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(op, args, test_utils=checks[:-1] if name == "blocked_attention" else checks)
+
+
+def test_a_compiled_step_with_elementwise_recomputation_equals_eager():
+    """GAU with `recompute_elementwise` (selective checkpointing) compiles into one graph and gives
+    eager's loss and gradients, dropout on."""
+    model = make_model("gau-alpha-mini", dropout=0.1)
+    for layer in model.encoder.layers:
+        layer.gau.recompute = True
+    want_loss, want_grads = step(model, loss_of, seed=5)
+    explanation = torch._dynamo.explain(loss_of)(model, *batch())
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    got_loss, got_grads = step(model, torch.compile(loss_of, backend="aot_eager", fullgraph=True), seed=5)
+    assert torch.equal(got_loss, want_loss)
+    for key, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[key], grad, rtol=1e-6, atol=1e-7, msg=key)

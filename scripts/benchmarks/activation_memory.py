@@ -1,0 +1,207 @@
+"""Activation memory per token of the base models, as the GPU's implementations keep it, measured here.
+
+    python scripts/benchmarks/activation_memory.py [--lengths 512,2048] [--step-rounds 3]
+                                                   [--out scripts/benchmarks/results/activation_memory]
+
+What training keeps between the forward and the backward pass depends on the implementations each
+operation runs, not on the device's arithmetic, so it can be counted on the CPU with the registry
+choosing what CUDA chooses: the CPU kernels switched off (the PyTorch RMS norm, RoPE and dropout,
+whose boolean masks are what CUDA's dropout keeps) and GAU's wide head as heads sharing q/k through
+sdpa (`sdpa_shared_qk`). Attention dropout is off: with dropout torch's CPU sdpa falls back to a
+kernel that keeps the probabilities, while CUDA's flash kernel keeps only a random-number state.
+
+Counted: every storage an operation makes during a bf16-autocast forward pass of the encoder (the
+MLM head is the same sparse tied head in every family) that is still alive when the pass returns,
+whoever holds it (autograd's saved tensors, the selective-recomputation cache, the output). Each model
+runs at batch 1 and 2; the difference per token is the activation memory per token, and what does
+not grow with the batch (the bf16 copies of the weights) is reported apart. Compared side by side:
+our three families, GAU-α with `recompute_elementwise`, and transformers' BERT-base (sdpa) at the
+same shape. Ratios are against RoFormerV2-base.
+
+`--step-rounds N` also times a GAU-α training step on this CPU (its own kernels, bf16, 4 layers)
+with and without recomputation, alternating ABBA over N rounds: the price of the recomputation here.
+On a GPU, `scripts/benchmarks/gpu.py` measures peak memory and speed of the same configurations.
+
+Writes `activation_memory.json`, `.md` and `.png` to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import zoo  # noqa: E402
+from zoo.attention import gau_wide_head, shared_qk_attention  # noqa: E402
+from zoo.kernels import registry  # noqa: E402
+
+MODELS = {  # name → (preset or "bert", config overrides)
+    "zoo RoFormerV2-base": ("roformer-v2-base", {}),
+    "zoo DeepNet-12": ("deepnet-12", {}),
+    "zoo GAU-α-base": ("gau-alpha-base", {}),
+    "zoo GAU-α-base, recompute_elementwise": ("gau-alpha-base", {"recompute_elementwise": True}),
+    "transformers BERT-base (sdpa)": ("bert", {}),
+}
+REFERENCE = "zoo RoFormerV2-base"
+VOCAB = 12000
+
+
+class LiveStorages(TorchDispatchMode):
+    """Records every storage an operation makes; `alive_bytes()` sums those still alive (each once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                self.made.append((storage.data_ptr(), StorageWeakRef(storage), storage.nbytes()))
+        return out
+
+    def alive_bytes(self) -> int:
+        gc.collect()
+        return sum({ptr: size for ptr, ref, size in self.made if not ref.expired()}.values())
+
+
+def build(name: str):
+    preset, overrides = MODELS[name]
+    if preset == "bert":
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(vocab_size=VOCAB, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                            intermediate_size=3072, max_position_embeddings=2048, attention_probs_dropout_prob=0.0)
+        return BertModel._from_config(config, attn_implementation="sdpa", add_pooling_layer=False).train()
+    return zoo.create(preset, task="base", attention_probs_dropout_prob=0.0, attention_backend="sdpa",
+                      **overrides).train()
+
+
+def as_on_cuda():
+    """The registry as CUDA resolves it, on this CPU: PyTorch paths, GAU's shared-q/k sdpa, torch's dropout."""
+    stack = registry.disabled("cpu-kernel", "cpu-lanes", "attention", "dropout", "elementwise")
+    shared = registry.registered("softmax_attention", "sdpa-shared-qk-on-cpu", shared_qk_attention,
+                                 accepts=gau_wide_head, before="sdpa-requested")
+    return stack, shared
+
+
+def retained_bytes(model, batch: int, length: int) -> int:
+    ids = torch.randint(104, VOCAB, (batch, length), generator=torch.Generator().manual_seed(batch))
+    disabled, shared = as_on_cuda()
+    mode = LiveStorages()
+    with disabled, shared, torch.autocast("cpu", dtype=torch.bfloat16), mode:
+        out = model(input_ids=ids).last_hidden_state
+    retained = mode.alive_bytes()
+    del out
+    return retained
+
+
+def measure(name: str, length: int) -> dict:
+    model = build(name)
+    one, two = retained_bytes(model, 1, length), retained_bytes(model, 2, length)
+    per_token = (two - one) / length
+    return {"model": name, "seq_len": length, "bytes_per_token": per_token, "per_forward_bytes": one - per_token * length}
+
+
+def step_seconds(recompute: bool, length: int = 512, batch: int = 4, steps: int = 3) -> float:
+    torch.manual_seed(0)
+    model = zoo.create("gau-alpha-base", num_hidden_layers=4, recompute_elementwise=recompute).train()
+    ids = torch.randint(104, VOCAB, (batch, length))
+    labels = torch.where(torch.rand(batch, length) < 0.15, ids, -100)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=labels, masked_positions_only=True).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def report(rows: list[dict], timing: dict | None) -> str:
+    lines = ["| model | S | activations per token | × RoFormerV2-base | at 32×512 / 8×2048 | per forward (weights) |",
+             "|---|---|---|---|---|---|"]
+    reference = {row["seq_len"]: row["bytes_per_token"] for row in rows if row["model"] == REFERENCE}
+    for row in rows:
+        tokens = 32 * 512 if row["seq_len"] == 512 else 8 * 2048 if row["seq_len"] == 2048 else None
+        at_shape = f"{row['bytes_per_token'] * tokens / 2**30:.1f} GiB" if tokens else "–"
+        lines.append(f"| {row['model']} | {row['seq_len']} | {row['bytes_per_token'] / 1024:.1f} KiB | "
+                     f"{row['bytes_per_token'] / reference[row['seq_len']]:.2f}× | {at_shape} | "
+                     f"{row['per_forward_bytes'] / 2**20:.0f} MiB |")
+    if timing:
+        lines.append("")
+        lines.append(f"GAU-α training step on this CPU (4 layers, 4×512, bf16, its own kernels), median of "
+                     f"{timing['rounds']} ABBA rounds: {timing['plain_s']:.3f} s plain, {timing['recompute_s']:.3f} s "
+                     f"with recompute_elementwise ({timing['recompute_s'] / timing['plain_s']:.2f}×).")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({row["seq_len"] for row in rows})
+    names = list(dict.fromkeys(row["model"] for row in rows))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [next(r["bytes_per_token"] for r in rows if r["model"] == name and r["seq_len"] == s) / 1024 for s in lengths]
+        ax.bar([j + i * width for j in range(len(lengths))], values, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(lengths))], [f"S = {s}" for s in lengths])
+    ax.set_ylabel("activations kept for backward, KiB per token")
+    ax.set_title("Activation memory per token (bf16 autocast, CUDA's implementations, counted on the CPU)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", default="512,2048")
+    parser.add_argument("--step-rounds", type=int, default=3, help="ABBA rounds timing recomputation (0: none)")
+    parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "benchmarks" / "results" / "activation_memory")
+    args = parser.parse_args(argv)
+    lengths = [int(s) for s in args.lengths.split(",")]
+    cells = [(name, length) for length in lengths for name in MODELS]
+    rows = [measure(name, length) for name, length in tqdm(cells, desc="activation memory")]
+    timing = None
+    if args.step_rounds:
+        plain, recompute = [], []
+        for round_index in tqdm(range(args.step_rounds), desc="recompute timing"):
+            order = (False, True) if round_index % 2 == 0 else (True, False)
+            for flag in order:
+                (recompute if flag else plain).append(step_seconds(flag))
+        timing = {"rounds": args.step_rounds, "plain_s": statistics.median(plain),
+                  "recompute_s": statistics.median(recompute)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = report(rows, timing)
+    print(table)
+    (args.out / "activation_memory.json").write_text(json.dumps({"rows": rows, "timing": timing}, indent=2))
+    (args.out / "activation_memory.md").write_text(table + "\n")
+    plot(rows, args.out / "activation_memory.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

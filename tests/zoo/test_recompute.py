@@ -1,0 +1,88 @@
+"""Selective recomputation of GAU's elementwise chains (zoo/recompute.py, `config.recompute_elementwise`):
+the same function and gradients, less kept for the backward pass, and which operations count as cheap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from zoo.recompute import is_elementwise
+
+from .kernel_switch import kernels_off
+from .test_models import make_config, randomize
+
+SCENARIOS = {
+    "fp64-padded": dict(dtype=torch.float64, dropout=0.0, padded=True, normalization="softmax_plus"),
+    "fp32-dropout": dict(dtype=torch.float32, dropout=0.1, padded=True, normalization="softmax_plus"),
+    "bf16-dropout": dict(dtype=torch.bfloat16, dropout=0.1, padded=False, normalization="softmax"),
+}
+
+
+def loss_and_grads(model, ids, mask, labels, dtype, seed=5):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = model(ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kernels", ["cpu-kernels", "pytorch-paths"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_recomputing_gives_the_same_loss_and_gradients(scenario, kernels, monkeypatch):
+    """Recomputation runs the same operations on the same values, and dropout draws the same masks
+    (the random state is restored first): loss and every gradient equal bit for bit."""
+    options = SCENARIOS[scenario]
+    if kernels == "pytorch-paths":
+        kernels_off(monkeypatch, "elementwise", "dropout", "attention")
+    config = make_config("gau-alpha", hidden_dropout_prob=options["dropout"],
+                         attention_probs_dropout_prob=options["dropout"],
+                         attention_normalization=options["normalization"])
+    model = randomize(zoo.families.model_class(config, "masked-lm")(config), scale=0.5)
+    model = model.to(torch.float64 if options["dtype"] == torch.float64 else torch.float32).train()
+    ids = torch.randint(5, 97, (3, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    if options["padded"]:
+        mask[1, 7:] = 0
+        mask[2, 3:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    plain = loss_and_grads(model, ids, mask, labels, options["dtype"])
+    for layer in model.encoder.layers:
+        layer.gau.recompute = True
+    recomputed = loss_and_grads(model, ids, mask, labels, options["dtype"])
+    assert torch.equal(recomputed[0], plain[0])
+    assert plain[1].keys() == recomputed[1].keys()
+    for name, grad in plain[1].items():
+        assert torch.equal(recomputed[1][name], grad), name
+
+
+def test_the_option_is_a_config_field_and_stays_out_of_inference():
+    config = make_config("gau-alpha", recompute_elementwise=True)
+    model = zoo.families.model_class(config, "masked-lm")(config)
+    assert all(layer.gau.recompute for layer in model.encoder.layers)
+    ids = torch.randint(5, 97, (2, 8))
+    with torch.no_grad():  # no checkpoint without autograd; attention weights come back as without it
+        model.eval()
+        out = model(ids, output_attentions=True)
+    assert out.attentions[0].shape == (2, 1, 8, 8)
+
+
+def test_transformer_blocks_refuse_the_option_by_name():
+    with pytest.raises(zoo.errors.ConfigError, match="RoFormerV2Config.recompute_elementwise applies to GAU blocks"):
+        make_config("roformer-v2", recompute_elementwise=True)
+
+
+def test_cheap_operations_are_recomputed_and_the_rest_kept():
+    aten = torch.ops.aten
+    recomputed = (aten.silu.default, aten.mul.Tensor, aten.add.Tensor, aten.view.default, aten.expand.default,
+                  aten.transpose.int, aten._to_copy.default, aten.clone.default, aten.split_with_sizes.default,
+                  aten.stack.default, torch.ops.zoo.rope.default,
+                  aten.native_dropout.default, aten.rand.default)  # random draws: the RNG state is restored first
+    kept = (aten.mm.default, aten.addmm.default, aten.bmm.default, aten._softmax.default,
+            aten._scaled_dot_product_flash_attention_for_cpu.default,
+            aten._scaled_dot_product_efficient_attention.default, torch.ops.zoo.blocked_attention.default,
+            aten.empty.memory_format,
+            aten.mul_.Tensor, getattr(aten.random_, "from"), aten.bernoulli_.float)  # in place: never written twice
+    assert [op for op in recomputed if not is_elementwise(op)] == []
+    assert [op for op in kept if is_elementwise(op)] == []

@@ -1,0 +1,73 @@
+"""Selective recomputation: keep what costs FLOPs to make, recompute what costs only a pass over memory.
+
+`recompute_elementwise(fn, *args)` runs `fn` under torch's selective activation checkpointing
+(`torch.utils.checkpoint` with a `create_selective_checkpoint_contexts` policy). The backward pass
+runs `fn` again, except that every operation that is not elementwise (matrix products, the attention
+kernels, random draws, anything unknown) hands back the output it made in the forward pass. What
+stays in memory between the passes is therefore `fn`'s inputs and the outputs of its expensive
+operations; the elementwise chains between them (activations, casts, scales, RoPE, gates) and the
+views of them are made again. The random state is restored before the second run, so the function
+computed, and its gradients, are the same as without recomputation.
+
+In GAU-α (`config.recompute_elementwise`) this keeps, per layer, the gate's pre-activation
+[u | v | z]·W_i, the attention output and the output projection, instead of also keeping swish's
+output, q and k after scale, offset and RoPE, and u ⊙ A·v (BENCHMARKS.md, activation memory).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+# Made again in the backward pass besides ATen's pointwise and view operations: casts, copies (a
+# reshape that cannot be a view is a clone and an _unsafe_view), the splits that are not tagged as
+# views, stacking (the PyTorch RoPE), random draws, and the CPU kernels' RoPE.
+RECOMPUTED = {
+    torch.ops.aten._to_copy.default,
+    torch.ops.aten.clone.default,
+    torch.ops.aten._unsafe_view.default,
+    torch.ops.aten.split_with_sizes.default,
+    torch.ops.aten.split.Tensor,
+    torch.ops.aten.stack.default,
+    # random draws (made again from the restored random state: the same values); not the attention
+    # kernels that draw their dropout inside, which are tagged random too and are kept
+    torch.ops.aten.rand.default,
+    torch.ops.aten.rand_like.default,
+    torch.ops.aten.randint.low,
+    torch.ops.aten.randint.default,
+    torch.ops.aten.bernoulli.p,
+    torch.ops.aten.bernoulli.default,
+    torch.ops.aten.native_dropout.default,
+}
+RECOMPUTED_NAMES = {"zoo::rope"}
+
+
+def is_elementwise(op) -> bool:
+    """True for an operation cheap to run again: pointwise, a view, a cast, RoPE, a random draw; not
+    one that writes into its inputs (run again, it would write into a kept output a second time)."""
+    schema = getattr(op, "_schema", None)
+    if schema is not None and schema.is_mutable:
+        return False
+    if op in RECOMPUTED or getattr(op, "name", lambda: "")() in RECOMPUTED_NAMES:
+        return True
+    return torch.Tag.pointwise in getattr(op, "tags", ()) or bool(getattr(op, "is_view", False))
+
+
+def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.PREFER_RECOMPUTE if is_elementwise(op) else CheckpointPolicy.MUST_SAVE
+
+
+# An operation that writes into its input is kept, not run again: run again, it would write into the
+# kept output a second time (the attention kernels scale their product in place, `out.mul_(·)`).
+# The kept entry then holds the value after that write, which is why the cache may see it mutated;
+# it is correct as long as nothing reads the output between the product and the in-place write,
+# which is how the kernels are written (tests/zoo/test_recompute.py compares gradients bit for bit).
+_contexts = functools.partial(create_selective_checkpoint_contexts, _policy, allow_cache_entry_mutation=True)
+
+
+def recompute_elementwise(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, keeping for the backward pass only its inputs and the outputs of its
+    operations that are not elementwise (module docstring)."""
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=_contexts, **kwargs)
