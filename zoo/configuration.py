@@ -82,7 +82,9 @@ class EncoderConfig(PreTrainedConfig):
         recompute_elementwise: GAU blocks keep for the backward pass only the gate's pre-activation,
             the attention output and the output projection, and make swish, q/k (scale, offset, RoPE)
             and u ⊙ A·v again there (zoo/recompute.py): about half a GAU layer's activation memory,
-            for one more pass over those elementwise chains. Same function and gradients.
+            for one more pass over those elementwise chains. FFNs with an activation that keeps its
+            input (GELU, swish: DeepNet) make the activation again instead of keeping its output; a
+            ReLU FFN has nothing to drop (refused). Same function and gradients.
         classifier_dropout: dropout before task heads (None = hidden_dropout_prob).
         global_pointer_head_size, global_pointer_efficient: GlobalPointer head options.
         global_pointer_use_bias: biases in the GlobalPointer dense layers (the published CLUE recipes of
@@ -160,9 +162,11 @@ class EncoderConfig(PreTrainedConfig):
                 raise ConfigError(f"{type(self).__name__}.head_size must be a positive int, got {head!r}")
             if self.position_embedding_type == "rope" and head % 2:
                 raise ConfigError(f"{type(self).__name__}.head_size={head} must be even for RoPE (pairs 2i, 2i+1)")
-            if self.recompute_elementwise:
-                raise ConfigError(f"{type(self).__name__}.recompute_elementwise applies to GAU blocks (block_type='gau'); "
-                                  "for transformer blocks use activation checkpointing")
+            if self.recompute_elementwise and self.hidden_act == "relu":
+                raise ConfigError(
+                    f"{type(self).__name__}.recompute_elementwise has nothing to drop in a ReLU FFN (ReLU keeps its "
+                    "output, which W_2 needs anyway); use activation checkpointing to save memory"
+                )
         else:
             key = self.attention_key_size
             if not isinstance(key, int) or key <= 0 or (self.position_embedding_type == "rope" and key % 2):

@@ -59,9 +59,17 @@ class FeedForward(nn.Module):
         self.fc1 = dense(config.hidden_size, config.intermediate_size, bias=config.use_bias, role="value")
         self.fc2 = dense(config.intermediate_size, config.hidden_size, bias=config.use_bias, role="value")
         self.act = ACT2FN[config.hidden_act]
+        self.recompute = config.recompute_elementwise
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext | None = None, need_weights: bool = False):
-        return self.fc2(self.act(self.fc1(x))), None
+        hidden = self.fc1(x)
+        if self.recompute and torch.is_grad_enabled():
+            return recompute_elementwise(self.project, hidden), None
+        return self.project(hidden), None
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """W_2 · act(h) from h = W_1 · x."""
+        return self.fc2(self.act(hidden))
 
 
 class GatedAttentionUnit(nn.Module):

@@ -9,9 +9,10 @@ operations; the elementwise chains between them (activations, casts, scales, RoP
 views of them are made again. The random state is restored before the second run, so the function
 computed, and its gradients, are the same as without recomputation.
 
-In GAU-α (`config.recompute_elementwise`) this keeps, per layer, the gate's pre-activation
-[u | v | z]·W_i, the attention output and the output projection, instead of also keeping swish's
-output, q and k after scale, offset and RoPE, and u ⊙ A·v (BENCHMARKS.md, activation memory).
+With `config.recompute_elementwise` a GAU-α layer keeps the gate's pre-activation x·W_i, the
+attention output and the output projection, instead of also keeping swish's output, q and k after
+scale, offset and RoPE, and u ⊙ A·v; a GELU FFN (DeepNet) keeps W_1·x and W_2's output instead of
+GELU's output (BENCHMARKS.md, activation memory).
 """
 
 from __future__ import annotations

@@ -15,11 +15,12 @@ MLM head is the same sparse tied head in every family) that is still alive when 
 whoever holds it (autograd's saved tensors, the selective-recomputation cache, the output). Each model
 runs at batch 1 and 2; the difference per token is the activation memory per token, and what does
 not grow with the batch (the bf16 copies of the weights) is reported apart. Compared side by side:
-our three families, GAU-α with `recompute_elementwise`, and transformers' BERT-base (sdpa) at the
-same shape. Ratios are against RoFormerV2-base.
+our three families, GAU-α and DeepNet with `recompute_elementwise`, and transformers' BERT-base (sdpa)
+at the same shape. Ratios are against RoFormerV2-base.
 
-`--step-rounds N` also times a GAU-α training step on this CPU (its own kernels, bf16, 4 layers)
-with and without recomputation, alternating ABBA over N rounds: the price of the recomputation here.
+`--step-rounds N` also times a training step of GAU-α (4 layers) and DeepNet (2 layers) on this CPU
+(its own kernels, bf16) with and without recomputation, alternating ABBA over N rounds: the price of
+the recomputation here.
 On a GPU, `scripts/benchmarks/gpu.py` measures peak memory and speed of the same configurations.
 
 Writes `activation_memory.json`, `.md` and `.png` to --out.
@@ -51,6 +52,7 @@ from zoo.kernels import registry  # noqa: E402
 MODELS = {  # name → (preset or "bert", config overrides)
     "zoo RoFormerV2-base": ("roformer-v2-base", {}),
     "zoo DeepNet-12": ("deepnet-12", {}),
+    "zoo DeepNet-12, recompute_elementwise": ("deepnet-12", {"recompute_elementwise": True}),
     "zoo GAU-α-base": ("gau-alpha-base", {}),
     "zoo GAU-α-base, recompute_elementwise": ("gau-alpha-base", {"recompute_elementwise": True}),
     "transformers BERT-base (sdpa)": ("bert", {}),
@@ -117,9 +119,13 @@ def measure(name: str, length: int) -> dict:
     return {"model": name, "seq_len": length, "bytes_per_token": per_token, "per_forward_bytes": one - per_token * length}
 
 
-def step_seconds(recompute: bool, length: int = 512, batch: int = 4, steps: int = 3) -> float:
+TIMED = {"GAU-α": ("gau-alpha-base", 4), "DeepNet": ("deepnet-12", 2)}  # name → (preset, layers), speed.py's depths
+
+
+def step_seconds(family: str, recompute: bool, length: int = 512, batch: int = 4, steps: int = 3) -> float:
     torch.manual_seed(0)
-    model = zoo.create("gau-alpha-base", num_hidden_layers=4, recompute_elementwise=recompute).train()
+    preset, layers = TIMED[family]
+    model = zoo.create(preset, num_hidden_layers=layers, recompute_elementwise=recompute).train()
     ids = torch.randint(104, VOCAB, (batch, length))
     labels = torch.where(torch.rand(batch, length) < 0.15, ids, -100)
 
@@ -147,10 +153,11 @@ def report(rows: list[dict], timing: dict | None) -> str:
                      f"{row['bytes_per_token'] / reference[row['seq_len']]:.2f}× | {at_shape} | "
                      f"{row['per_forward_bytes'] / 2**20:.0f} MiB |")
     if timing:
-        lines.append("")
-        lines.append(f"GAU-α training step on this CPU (4 layers, 4×512, bf16, its own kernels), median of "
-                     f"{timing['rounds']} ABBA rounds: {timing['plain_s']:.3f} s plain, {timing['recompute_s']:.3f} s "
-                     f"with recompute_elementwise ({timing['recompute_s'] / timing['plain_s']:.2f}×).")
+        lines += ["", f"Training step on this CPU (4×512, bf16, its own kernels), median of {timing['rounds']} ABBA rounds:", "",
+                  "| model | plain s/step | recompute_elementwise s/step | ratio |", "|---|---|---|---|"]
+        for family, (plain, recomputed) in timing["seconds"].items():
+            preset, layers = TIMED[family]
+            lines.append(f"| {family} ({layers} layers) | {plain:.3f} | {recomputed:.3f} | {recomputed / plain:.2f}× |")
     return "\n".join(lines)
 
 
@@ -187,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(name, length) for name, length in tqdm(cells, desc="activation memory")]
     timing = None
     if args.step_rounds:
-        plain, recompute = [], []
+        samples = {(family, flag): [] for family in TIMED for flag in (False, True)}
         for round_index in tqdm(range(args.step_rounds), desc="recompute timing"):
             order = (False, True) if round_index % 2 == 0 else (True, False)
-            for flag in order:
-                (recompute if flag else plain).append(step_seconds(flag))
-        timing = {"rounds": args.step_rounds, "plain_s": statistics.median(plain),
-                  "recompute_s": statistics.median(recompute)}
+            for family in TIMED:
+                for flag in order:
+                    samples[family, flag].append(step_seconds(family, flag))
+        timing = {"rounds": args.step_rounds, "samples": {f"{f}, recompute={r}": v for (f, r), v in samples.items()},
+                  "seconds": {f: (statistics.median(samples[f, False]), statistics.median(samples[f, True])) for f in TIMED}}
     args.out.mkdir(parents=True, exist_ok=True)
     table = report(rows, timing)
     print(table)

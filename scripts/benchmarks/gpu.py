@@ -38,7 +38,8 @@ from zoo.runtime import Runtime  # noqa: E402
 
 OURS = {"zoo RoFormerV2-base": "roformer-v2-base", "zoo GAU-α-base": "gau-alpha-base", "zoo DeepNet-12": "deepnet-12"}
 # training-only variants of ours: name → (the model it varies, config overrides)
-VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"recompute_elementwise": True})}
+VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"recompute_elementwise": True}),
+            "zoo DeepNet-12, recompute_elementwise": ("zoo DeepNet-12", {"recompute_elementwise": True})}
 PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)": "roformer"}
 TRAIN_SHAPES = {512: 32, 2048: 8}  # sequence length → batch
 INFER_SHAPES = {128: 128, 512: 32, 2048: 8}

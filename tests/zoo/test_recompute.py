@@ -1,4 +1,4 @@
-"""Selective recomputation of GAU's elementwise chains (zoo/recompute.py, `config.recompute_elementwise`):
+"""Selective recomputation of GAU's (and GELU FFNs') elementwise chains (zoo/recompute.py, `config.recompute_elementwise`):
 the same function and gradients, less kept for the backward pass, and which operations count as cheap."""
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ def loss_and_grads(model, ids, mask, labels, dtype, seed=5):
 
 @pytest.mark.parametrize("kernels", ["cpu-kernels", "pytorch-paths"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_recomputing_gives_the_same_loss_and_gradients(scenario, kernels, monkeypatch):
+@pytest.mark.parametrize("family", ["gau-alpha", "deepnet"])
+def test_recomputing_gives_the_same_loss_and_gradients(family, scenario, kernels, monkeypatch):
     """Recomputation runs the same operations on the same values, and dropout draws the same masks
     (the random state is restored first): loss and every gradient equal bit for bit."""
     options = SCENARIOS[scenario]
     if kernels == "pytorch-paths":
         kernels_off(monkeypatch, "elementwise", "dropout", "attention")
-    config = make_config("gau-alpha", hidden_dropout_prob=options["dropout"],
+    config = make_config(family, hidden_dropout_prob=options["dropout"],
                          attention_probs_dropout_prob=options["dropout"],
                          attention_normalization=options["normalization"])
     model = randomize(zoo.families.model_class(config, "masked-lm")(config), scale=0.5)
@@ -48,8 +49,9 @@ def test_recomputing_gives_the_same_loss_and_gradients(scenario, kernels, monkey
         mask[2, 3:] = 0
     labels = ids.masked_fill(mask == 0, -100)
     plain = loss_and_grads(model, ids, mask, labels, options["dtype"])
-    for layer in model.encoder.layers:
-        layer.gau.recompute = True
+    for module in model.modules():
+        if hasattr(module, "recompute"):  # GAU, or DeepNet's GELU FFN
+            module.recompute = True
     recomputed = loss_and_grads(model, ids, mask, labels, options["dtype"])
     assert torch.equal(recomputed[0], plain[0])
     assert plain[1].keys() == recomputed[1].keys()
@@ -68,9 +70,10 @@ def test_the_option_is_a_config_field_and_stays_out_of_inference():
     assert out.attentions[0].shape == (2, 1, 8, 8)
 
 
-def test_transformer_blocks_refuse_the_option_by_name():
-    with pytest.raises(zoo.errors.ConfigError, match="RoFormerV2Config.recompute_elementwise applies to GAU blocks"):
+def test_a_relu_ffn_refuses_the_option_by_name():
+    with pytest.raises(zoo.errors.ConfigError, match="RoFormerV2Config.recompute_elementwise has nothing to drop in a ReLU FFN"):
         make_config("roformer-v2", recompute_elementwise=True)
+    assert make_config("roformer-v2", recompute_elementwise=True, hidden_act="gelu").recompute_elementwise
 
 
 def test_cheap_operations_are_recomputed_and_the_rest_kept():
