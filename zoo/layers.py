@@ -15,6 +15,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import AttentionContext
+from .casting import cast_for_products
 from .dropout import Dropout
 from .initialization import dense
 from .norms import ScaleOffset, make_norm
@@ -40,9 +41,10 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
         batch, seq, _ = x.shape
         shape = (batch, seq, self.num_heads, self.head_size)
-        q = self.q_proj(x).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
+        xq, xk, xv = cast_for_products(x, 3)  # one bf16 copy of x kept for the three products, not three
+        q = self.q_proj(xq).view(shape).transpose(1, 2)
+        k = self.k_proj(xk).view(shape).transpose(1, 2)
+        v = self.v_proj(xv).view(shape).transpose(1, 2)
         out, probs = ctx.attend(
             q, k, v, normalization=self.normalization, dropout_p=self.dropout_p,
             training=self.training, need_weights=need_weights,

@@ -1,0 +1,44 @@
+"""One autocast copy of an input that several matrix products read.
+
+Under autocast every `F.linear` casts its input to the autocast dtype by itself, and autograd keeps
+each cast for the product's backward pass: the q, k and v projections of an attention block each keep
+their own bf16 copy of the same fp32 hidden states. `cast_for_products(x, n)` casts once and hands the
+copy out n times, so one copy is kept; its backward adds the n gradients in x's dtype, after casting
+each, as the n separate casts' backward passes do (a single shared cast would add them in bf16
+instead). The forward pass is unchanged bit for bit; the gradients differ only by the order of those
+fp32 additions (≤ 1e-7 relative, tests/zoo/test_casting.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _CastForProducts(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dtype: torch.dtype, uses: int):
+        ctx.input_dtype = x.dtype
+        copy = x.to(dtype)
+        # distinct tensors over one storage, so that each use's gradient reaches backward on its own
+        return tuple(copy.detach() for _ in range(uses))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        total = None
+        for grad in reversed(grads):  # the order autograd adds separate casts' gradients: last use first
+            if grad is not None:
+                grad = grad.to(ctx.input_dtype)
+                total = grad if total is None else total + grad
+        return total, None, None
+
+
+def cast_for_products(x: torch.Tensor, uses: int) -> tuple[torch.Tensor, ...]:
+    """`uses` handles on x for matrix products: one copy in the autocast dtype when autocast would cast
+    x (a floating tensor of another dtype, with autograd recording), else x itself."""
+    device = x.device.type
+    if not (torch.is_autocast_enabled(device) and x.is_floating_point() and torch.is_grad_enabled()):
+        return (x,) * uses
+    dtype = torch.get_autocast_dtype(device)
+    if x.dtype == dtype or not x.requires_grad:
+        return (x,) * uses
+    return _CastForProducts.apply(x, dtype, uses)
