@@ -3,11 +3,12 @@
 `recompute_elementwise(fn, *args)` runs `fn` under torch's selective activation checkpointing
 (`torch.utils.checkpoint` with a `create_selective_checkpoint_contexts` policy). The backward pass
 runs `fn` again, except that every operation that is not elementwise (matrix products, the attention
-kernels, random draws, anything unknown) hands back the output it made in the forward pass. What
-stays in memory between the passes is therefore `fn`'s inputs and the outputs of its expensive
-operations; the elementwise chains between them (activations, casts, scales, RoPE, gates) and the
-views of them are made again. The random state is restored before the second run, so the function
-computed, and its gradients, are the same as without recomputation.
+kernels with the dropout they draw inside, anything unknown) hands back the output it made in the
+forward pass. What stays in memory between the passes is therefore `fn`'s inputs and the outputs of
+its expensive operations; the elementwise chains between them (activations, casts, scales, RoPE,
+gates) and the views of them are made again. Random draws are made again too, from the random state
+the checkpoint restores first, so the function computed, and its gradients, are the same as without
+recomputation.
 
 With `config.recompute_elementwise` a GAU-α layer keeps the gate's pre-activation x·W_i, the
 attention output and the output projection, instead of also keeping swish's output, q and k after

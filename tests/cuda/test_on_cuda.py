@@ -90,6 +90,8 @@ def test_the_training_forward_never_waits_for_the_gpu(preset):
                            special_ids=(0, 100, 101, 102, 103), first_ordinary_id=104)
     batch = collate(ids.numpy(), np.ones(ids.shape, dtype=bool), rngs, policy)
     batch = {name: tensor.cuda() for name, tensor in batch.items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(**batch, masked_positions_only=True)  # first call: RoPE tables built and cached
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
