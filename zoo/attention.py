@@ -201,27 +201,30 @@ def matmul_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
     return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, additive_bias(mask, dtype), scale, dropout_p, None), None
 
 
-def sdpa_shared_qk(q, k, v, mask, dropout_p: float, scale: float) -> torch.Tensor:
+def sdpa_shared_qk(q, k, v, mask, dropout_p: float, scale: float, value_width: int | None = None) -> torch.Tensor:
     """One attention head with q, k [B, 1, S, s] and a wide v [B, 1, S, e] (GAU: s = 128, e = 1536), as
-    e/s heads that share q and k, each with an s-wide slice of v:
+    e/w heads that share q and k, each with a w-wide slice of v (w = `value_width`, s by default):
 
         softmax(q kᵀ) · [v₁ | v₂ | …] = [softmax(q kᵀ) v₁ | softmax(q kᵀ) v₂ | …]
 
-    CUDA's fused attention kernels take equal q/k/v head sizes, so the score matrix never goes
-    through memory; each head recomputes q kᵀ (s/e of the work of the value product). Without dropout it
-    is the same function; with dropout each slice draws its own mask over the same probabilities, at
-    the same rate per element.
+    CUDA's fused attention kernels do not take one head 1536 wide, so the score matrix never goes
+    through memory this way; each head recomputes q kᵀ (s/w of the work of its value product). With
+    w = s every flash kernel takes it; a wider w (256, 512: fewer heads, less recomputed q kᵀ) needs a
+    kernel that takes a value head wider than q's (the memory-efficient one; `scripts/benchmarks/gpu.py`
+    measures both). Without dropout it is the same function for every w; with dropout each slice draws
+    its own mask over the same probabilities, at the same rate per element.
     """
     batch, _, q_len, size = q.shape
-    groups = v.shape[-1] // size
+    width = value_width or size
+    groups = v.shape[-1] // width
     k_len = k.shape[-2]
     out = F.scaled_dot_product_attention(
         q.expand(batch, groups, q_len, size),
         k.expand(batch, groups, k_len, size),
-        v.reshape(batch, k_len, groups, size).transpose(1, 2),
+        v.reshape(batch, k_len, groups, width).transpose(1, 2),
         attn_mask=mask, dropout_p=dropout_p, scale=scale,
     )
-    return out.transpose(1, 2).reshape(batch, 1, q_len, groups * size)
+    return out.transpose(1, 2).reshape(batch, 1, q_len, groups * width)
 
 
 # Scores per block of the CPU kernel (≈ 1 MB in bf16, about the L2 cache). Measured in bf16 at

@@ -154,6 +154,12 @@ def gau_attention_cell(variant: str, length: int, batch: int, runtime: Runtime, 
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
         elif variant == "heads sharing q/k (expand)":
             out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5)
+        elif variant.startswith("heads sharing q/k, v slices of"):  # fewer heads, a value head wider than q's
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                multiple = {"heads sharing q/k, v slices of 2×s": 2, "heads sharing q/k, v slices of 4×s": 4}[variant]
+                out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5, value_width=multiple * size)
         else:  # "heads sharing q/k (copies)": q and k materialised per head
             groups = width // size
             out = F.scaled_dot_product_attention(
@@ -212,7 +218,8 @@ def plan(args) -> list[tuple[str, str, int, int, dict]]:
         for name in ("zoo RoFormerV2-base", "transformers BERT-base (sdpa)"):
             cells.append(("train", name + " compiled", first, train[first], {"compile": True}))
     for length, batch in train.items():
-        for variant in ("one wide head", "heads sharing q/k (expand)", "heads sharing q/k (copies)"):
+        for variant in ("one wide head", "heads sharing q/k (expand)", "heads sharing q/k (copies)",
+                        "heads sharing q/k, v slices of 2×s", "heads sharing q/k, v slices of 4×s"):
             cells.append(("gau_attention", variant, length, batch, {}))
     cells.append(("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 64 if args.dry else 512, 64, {}))
     for length, batch in infer.items():

@@ -19,8 +19,9 @@ def reference(q, k, v, key_valid, row_scale):
     return torch.softmax(scores, -1) @ v
 
 
+@pytest.mark.parametrize("value_width", [None, 12, 24])
 @pytest.mark.parametrize("padded", [False, True])
-def test_shared_heads_equal_one_wide_head(padded):
+def test_shared_heads_equal_one_wide_head(padded, value_width):
     torch.manual_seed(0)
     batch, length, size, width = 3, 9, 8, 24
     q, k = (torch.randn(batch, 1, length, size, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -34,7 +35,7 @@ def test_shared_heads_equal_one_wide_head(padded):
                else key_valid.sum(-1, dtype=torch.float64))
     row_scale = (torch.log(visible) / torch.log(torch.tensor(512.0, dtype=torch.float64)))[:, None, None, None]
     mask = None if key_valid is None else key_valid[:, None, None, :]
-    got = sdpa_shared_qk(q * row_scale * size**-0.5, k, v, mask, 0.0, 1.0)
+    got = sdpa_shared_qk(q * row_scale * size**-0.5, k, v, mask, 0.0, 1.0, value_width)
     want = reference(q, k, v, key_valid, row_scale)
     assert got.shape == want.shape == (batch, 1, length, width)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
