@@ -7,6 +7,7 @@ zoo/initialization.py's, by the role each dense layer declares where it is built
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -342,7 +343,7 @@ class EncoderForMaskedLM(_EncoderHeadModel):
         return self._finish(output, return_dict, self.config)
 
 
-class _DenseHeadModel(_EncoderHeadModel):
+class _DenseHeadModel(_EncoderHeadModel, metaclass=abc.ABCMeta):
     """encoder → Dropout → Dense(h → `num_outputs`) on the features `_features` picks: the classification
     heads. Subclasses say which features, which loss and which output class."""
 
@@ -356,13 +357,13 @@ class _DenseHeadModel(_EncoderHeadModel):
         self.classifier = dense(config.hidden_size, num_outputs, role="head")
         self.post_init()
 
+    @abc.abstractmethod
     def _features(self, hidden: torch.Tensor) -> torch.Tensor:
         """The features the classifier reads from the last hidden states (each subclass says which)."""
-        raise NotImplementedError(f"{type(self).__name__} must define _features (abstract in _DenseHeadModel)")
 
+    @abc.abstractmethod
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss of `logits` against `labels` (each subclass says which)."""
-        raise NotImplementedError(f"{type(self).__name__} must define _loss (abstract in _DenseHeadModel)")
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,

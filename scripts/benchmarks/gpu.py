@@ -49,16 +49,12 @@ DRY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermedi
 
 def build(name: str, dry: bool):
     """A freshly initialised model of the cell's name, in train mode (on the CPU)."""
-    if name in VARIANTS:
-        base, options = VARIANTS[name]
-        model = build(base, dry)
-        model.config.update(options)
-        return type(model)(model.config)
-    if name in OURS:
+    if name in OURS or name in VARIANTS:
+        base, options = VARIANTS.get(name, (name, {}))
         overrides = dict(DRY) if dry else {}
-        if dry and "gau" in OURS[name]:
+        if dry and "gau" in OURS[base]:
             overrides = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, attention_key_size=32)
-        return zoo.create(OURS[name], **overrides)
+        return zoo.create(OURS[base], **overrides, **options)
     from transformers import BertConfig, BertForMaskedLM, RoFormerConfig, RoFormerForMaskedLM
 
     shape = dict(DRY) if dry else dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
