@@ -18,7 +18,7 @@ from .attention import AttentionContext
 from .casting import cast_for_products
 from .dropout import Dropout
 from .initialization import dense
-from .norms import ScaleOffset, make_norm
+from .norms import ScaleOffset, make_norm, scale_offset_pair
 from .recompute import recompute_elementwise
 
 
@@ -105,7 +105,7 @@ class GatedAttentionUnit(nn.Module):
     def gated_attention(self, gate: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
         """(u ⊙ A·v)·W_o from the gate's pre-activation x·W_i, and A (with `need_weights`)."""
         u, v, z = F.silu(gate).split([self.expansion_size, self.expansion_size, self.key_size], dim=-1)
-        q, k = self.q_scaleoffset(z), self.k_scaleoffset(z)
+        q, k = scale_offset_pair(z, self.q_scaleoffset, self.k_scaleoffset)
         out, probs = ctx.attend(
             q[:, None], k[:, None], v[:, None], normalization=self.normalization, dropout_p=self.dropout_p,
             training=self.training, need_weights=need_weights,
@@ -142,8 +142,8 @@ class EncoderLayer(GradientCheckpointingLayer):
                 hidden_states = hidden_states + self.dropout(out)
             else:
                 out, probs = branch(hidden_states, ctx, need_weights=output_attentions)
-                residual = hidden_states if self.alpha == 1.0 else hidden_states * self.alpha
-                hidden_states = norm(residual + self.dropout(out))
+                # Dropout(F(x)) + α·x as one kernel (DeepNorm's α·x is no separate multiplication)
+                hidden_states = norm(torch.add(self.dropout(out), hidden_states, alpha=self.alpha))
             if probs is not None:
                 attentions = probs
         return hidden_states, attentions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .kernels import ops
@@ -35,6 +36,17 @@ def fused_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     the backward pass), which is free when it already is."""
     y, _ = ops.rms_norm(x.contiguous(), eps)
     return y
+
+
+@register("rms_norm", "torch-fused", device_types=("cuda",))
+def torch_fused_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """torch's RMS norm without a weight (`F.rms_norm`): on CUDA one fused kernel each way
+    (aten::_fused_rms_norm and its backward) instead of the reference's five to seven operations and
+    their autograd nodes. Same function: fp32 statistics for half inputs, one rounding to x's dtype.
+    Autocast is switched off inside so that the output keeps x's dtype, as the reference's does,
+    whatever autocast's policy for the operation."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.rms_norm(x, (x.shape[-1],), eps=eps)
 
 
 @register("rms_norm", "reference")
@@ -96,3 +108,32 @@ def make_norm(config, eps: float | None = None) -> nn.Module:
     if config.norm_type == "rms":
         return RMSNorm(eps)
     return LayerNorm(config.hidden_size, eps=eps)
+
+
+def scale_offset_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first(z), second(z)): two scale-offsets of one input, GAU's q and k, through the kernel registry
+    ("scale_offset_pair")."""
+    return dispatch("scale_offset_pair", z, first, second)
+
+
+def triton_scale_pair_applies(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset) -> bool:
+    """The Triton kernel's calls: z [B, S, s], scales without offsets, in eager mode (under torch.compile
+    inductor fuses the reference with its neighbours itself)."""
+    return (not torch.compiler.is_compiling() and z.dim() == 3 and first.bias is None and second.bias is None
+            and first.weight.shape == second.weight.shape == z.shape[-1:])
+
+
+@register("scale_offset_pair", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
+          needs="triton", accepts=triton_scale_pair_applies)
+def triton_scale_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both products in one Triton kernel each way (zoo/kernels/triton_scale_pair.py): three launches for
+    the pair instead of thirteen under autocast; the same values forward (the scales rounded to z's
+    dtype first, as the reference casts them), gradients summed in fp32."""
+    from .kernels.triton_scale_pair import ScalePair
+
+    return ScalePair.apply(z, first.weight, second.weight)
+
+
+@register("scale_offset_pair", "reference")
+def scale_offset_pair_reference(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset) -> tuple[torch.Tensor, torch.Tensor]:
+    return first(z), second(z)

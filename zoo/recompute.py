@@ -25,7 +25,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 # Made again in the backward pass besides ATen's pointwise and view operations: casts, copies (a
 # reshape that cannot be a view is a clone and an _unsafe_view), the splits that are not tagged as
-# views, stacking (the PyTorch RoPE), random draws, and the CPU kernels' RoPE.
+# views, stacking (the PyTorch RoPE), random draws, allocations, and the kernels' RoPE.
 RECOMPUTED = {
     torch.ops.aten._to_copy.default,
     torch.ops.aten.clone.default,
@@ -42,13 +42,26 @@ RECOMPUTED = {
     torch.ops.aten.bernoulli.p,
     torch.ops.aten.bernoulli.default,
     torch.ops.aten.native_dropout.default,
+    # allocations: a Triton kernel fills them outside ATen, so, kept, the run in the backward pass would
+    # write into the kept tensor instead of a new one
+    torch.ops.aten.empty.memory_format,
+    torch.ops.aten.empty_like.default,
+    torch.ops.aten.empty_strided.default,
 }
 RECOMPUTED_NAMES = {"zoo::rope"}
+# in-place random fills, made again too: they fill a fresh allocation (the CPU dropout's random words,
+# `torch.empty(n).random_()`; torch's dropout, `empty_like(x).bernoulli_(1 − p)`), which is itself made
+# again, so the second run writes a new tensor, with the same values from the restored random state
+RECOMPUTED_FILLS = {getattr(torch.ops.aten.random_, "from"), torch.ops.aten.random_.default,
+                    torch.ops.aten.bernoulli_.float, torch.ops.aten.bernoulli_.Tensor}
 
 
 def is_elementwise(op) -> bool:
-    """True for an operation cheap to run again: pointwise, a view, a cast, RoPE, a random draw; not
-    one that writes into its inputs (run again, it would write into a kept output a second time)."""
+    """True for an operation cheap to run again: pointwise, a view, a cast, RoPE, a random draw, an
+    allocation; not one that writes into its inputs (run again, it would write into a kept output a
+    second time), except a random fill of a fresh allocation."""
+    if op in RECOMPUTED_FILLS:
+        return True
     schema = getattr(op, "_schema", None)
     if schema is not None and schema.is_mutable:
         return False

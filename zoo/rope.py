@@ -48,8 +48,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def fused_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
-    """The compiled kernel takes x [B, H, S, d] with tables [B or 1, 1, S, d/2] of x's dtype that need
-    no gradient (it differentiates x only); the registry adds: on the CPU, fp32 or bf16, built."""
+    """The one-pass kernels (CPU and Triton) take x [B, H, S, d] with tables [B or 1, 1, S, d/2] of x's
+    dtype that need no gradient (they differentiate x only); the registry adds the device, the dtypes
+    and whether the kernel is built or importable."""
     if x.dim() != 4 or cos.requires_grad or sin.requires_grad:
         return False
     table = (x.shape[0], 1, x.shape[2], x.shape[3] // 2)
@@ -70,6 +71,22 @@ def fused_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     gradient may be expanded) but reads each row at unit stride: `unit_last_stride` copies only the
     tensors whose last dimension is strided.
     """
+    return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0)
+
+
+def triton_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """The Triton kernel's calls, in eager mode: under torch.compile inductor writes its own kernel from
+    the reference instead, free to fuse it with the operations around it."""
+    return not torch.compiler.is_compiling() and fused_rope_applies(x, cos, sin)
+
+
+@register("rope", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
+          needs="triton", accepts=triton_rope_applies)
+def triton_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` as one Triton kernel each way on CUDA (zoo/kernels/triton_rope.py, the CUDA side of
+    the operator zoo::rope): fp32 arithmetic, one rounding, the backward pass the inverse rotation.
+    The reference's seven operations forward and its autograd nodes backward are each a kernel launch
+    and a trip through GPU memory."""
     return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0)
 
 

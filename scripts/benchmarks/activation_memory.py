@@ -7,7 +7,9 @@ What training keeps between the forward and the backward pass depends on the imp
 operation runs, not on the device's arithmetic, so it can be counted on the CPU with the registry
 choosing what CUDA chooses: the CPU kernels switched off (the PyTorch RMS norm, RoPE and dropout,
 whose boolean masks are what CUDA's dropout keeps) and GAU's wide head as heads sharing q/k through
-sdpa (`sdpa_shared_qk`). Attention dropout is off: with dropout torch's CPU sdpa falls back to a
+sdpa (`sdpa_shared_qk`). (CUDA's fused RMS norm and Triton RoPE keep what these references keep:
+the input and 1/rms, the tables; with our CPU operators in their place the count is the same.)
+Attention dropout is off: with dropout torch's CPU sdpa falls back to a
 kernel that keeps the probabilities, while CUDA's flash kernel keeps only a random-number state.
 
 Counted: every storage an operation makes during a bf16-autocast forward pass of the encoder (the

@@ -33,13 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import zoo  # noqa: E402
 from pretrain.cuda_arch import normalize_cuda_arch_list  # noqa: E402
 from pretrain.metrics import datasheet_tflops, measure_matmul_peak  # noqa: E402
+from zoo.kernels import registry  # noqa: E402
 from zoo.presets import preset_config  # noqa: E402
 from zoo.runtime import Runtime  # noqa: E402
 
 OURS = {"zoo RoFormerV2-base": "roformer-v2-base", "zoo GAU-α-base": "gau-alpha-base", "zoo DeepNet-12": "deepnet-12"}
 # training-only variants of ours: name → (the model it varies, config overrides)
 VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"recompute_elementwise": True}),
-            "zoo DeepNet-12, recompute_elementwise": ("zoo DeepNet-12", {"recompute_elementwise": True})}
+            "zoo DeepNet-12, recompute_elementwise": ("zoo DeepNet-12", {"recompute_elementwise": True}),
+            "zoo RoFormerV2-base, unfused elementwise": ("zoo RoFormerV2-base", {}),
+            "zoo GAU-α-base, unfused elementwise": ("zoo GAU-α-base", {})}
+# variants that switch kernel-registry entries off (their PyTorch references then run): name → entries.
+# "torch-fused": the RMS norm; "triton": RoPE and GAU's q/k scale pair
+KERNELS_OFF = {"zoo RoFormerV2-base, unfused elementwise": ("torch-fused", "triton"),
+               "zoo GAU-α-base, unfused elementwise": ("torch-fused", "triton")}
 PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)": "roformer"}
 TRAIN_SHAPES = {512: 32, 2048: 8}  # sequence length → batch
 INFER_SHAPES = {128: 128, 512: 32, 2048: 8}
@@ -112,7 +119,8 @@ def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds, peak = timed(runtime, step, steps)
+    with registry.disabled(*KERNELS_OFF.get(name, ())):
+        seconds, peak = timed(runtime, step, steps)
     fpt = flops_config(name, dry).train_flops_per_token(length, masked_fraction=MASK_RATE)
     return {"seconds": seconds, "tokens_per_s": batch * length / seconds, "model_tflops": batch * length * fpt / seconds / 1e12,
             "peak_mb": peak}
@@ -328,8 +336,13 @@ def ratio_lines(payload: dict) -> list[str]:
             ours = _cell(payload, "train", name, length)
             if ours and best:
                 out.append(f"- S={length}: {name} / best BERT = {ours['tokens_per_s'] / best['tokens_per_s']:.2f}×")
+        for name, entries in KERNELS_OFF.items():
+            fused, unfused = _cell(payload, "train", VARIANTS[name][0], length), _cell(payload, "train", name, length)
+            if fused and unfused:
+                out.append(f"- S={length}: {VARIANTS[name][0]} with its fused kernels / without ({', '.join(entries)} "
+                           f"off) = {fused['tokens_per_s'] / unfused['tokens_per_s']:.2f}× tokens/s")
         for label, cell in (("GAU-α", gau), *((name.removeprefix("zoo "), _cell(payload, "train", name, length))
-                                               for name in VARIANTS)):
+                                               for name in VARIANTS if name not in KERNELS_OFF)):
             if rof and cell:
                 out.append(f"- S={length}: {label} / RoFormerV2 tokens/s = {cell['tokens_per_s'] / rof['tokens_per_s']:.2f}×, "
                            f"MFU ratio {cell['model_tflops'] / rof['model_tflops']:.2f}×, "

@@ -104,6 +104,75 @@ def test_the_training_forward_never_waits_for_the_gpu(preset):
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_and_rope_run_their_fused_kernels_on_cuda(dtype):
+    """On CUDA the registry sends the RMS norm to torch's fused kernel and RoPE to the Triton kernel
+    (zoo/kernels/triton_rope.py), forward and backward, each against the reference computed in fp64 from
+    the same inputs: fp32 to 1e-5 of the largest value (the norm's sums run in another order), bf16 to
+    one unit in the last place (one rounding of the fp32 result) plus 1e-5 of the largest value (where
+    the norm's gradient cancels, the fp32 error is larger than the small result's unit)."""
+    from zoo.kernels import registry
+    from zoo.norms import RMSNorm, rms_norm_reference
+    from zoo.rope import apply_rope, rope_reference
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 37, 3, 64, generator=generator).to(dtype).cuda().transpose(1, 2).requires_grad_()
+    angles = torch.rand(2, 1, 37, 32, generator=generator, dtype=torch.float64) * 2 * torch.pi
+    cos, sin = angles.cos().to(dtype).cuda(), angles.sin().to(dtype).cuda()
+    h = (torch.randn(4, 37, 768, generator=generator) * 3).to(dtype).cuda().requires_grad_()
+    assert registry.select("rope", q, cos, sin).name == "triton"
+    assert registry.select("rms_norm", h, 1e-7).name == "torch-fused"
+
+    def within(got, exact, scale):
+        ulp = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(1e-30))) - 7)
+        allowed = 1e-5 * scale + (ulp if dtype == torch.bfloat16 else 0.0)
+        return bool(((got.double() - exact).abs() <= allowed).all())
+
+    for fn, args, reference in (
+        (apply_rope, (q, cos, sin), lambda x: rope_reference(x, cos.double(), sin.double())),
+        (RMSNorm(1e-7), (h,), lambda x: rms_norm_reference(x, 1e-7)),
+    ):
+        x = args[0]
+        out = fn(*args)
+        grad = torch.randn(out.shape, generator=generator).to(dtype).cuda()
+        (dx,) = torch.autograd.grad(out, x, grad)
+        x64 = x.detach().double().requires_grad_()
+        exact = reference(x64)
+        (dx64,) = torch.autograd.grad(exact, x64, grad.double())
+        assert out.dtype == dtype and within(out, exact, exact.abs().max()), fn
+        assert within(dx, dx64, dx64.abs().max()), fn
+
+
+def test_gau_scale_pair_runs_its_triton_kernels_on_cuda():
+    """GAU's q, k = z ⊙ γ_q, z ⊙ γ_k on CUDA go through the Triton pair (zoo/kernels/triton_scale_pair.py):
+    in bf16 the same values as the two `ScaleOffset`s bit for bit (both round z·bf16(γ) once, to nearest);
+    gradients against fp64 from the same inputs: dz to one bf16 unit plus 1e-5 of the largest (one
+    rounding of an fp32 sum), dγ to 1e-5 (fp32 sums)."""
+    from zoo.kernels import registry
+    from zoo.norms import ScaleOffset, scale_offset_pair, scale_offset_pair_reference
+
+    torch.manual_seed(0)
+    first, second = ScaleOffset(128).cuda(), ScaleOffset(128).cuda()
+    with torch.no_grad():
+        first.weight.uniform_(0.5, 1.5)
+        second.weight.uniform_(0.5, 1.5)
+    wide = torch.randn(3, 77, 3200, device="cuda").to(torch.bfloat16)
+    z = wide[..., -128:].requires_grad_()
+    assert registry.select("scale_offset_pair", z, first, second).name == "triton"
+    q, k = scale_offset_pair(z, first, second)
+    q_ref, k_ref = scale_offset_pair_reference(z, first, second)
+    assert torch.equal(q, q_ref) and torch.equal(k, k_ref)
+    grad_q, grad_k = (torch.randn(q.shape, device="cuda").to(torch.bfloat16) for _ in range(2))
+    dz, dgq, dgk = torch.autograd.grad((q, k), (z, first.weight, second.weight), (grad_q, grad_k))
+    z64, gq64, gk64 = (t.detach().double().requires_grad_() for t in (z, first.weight, second.weight))
+    exact = torch.autograd.grad((z64 * gq64.bfloat16().double(), z64 * gk64.bfloat16().double()), (z64, gq64, gk64),
+                                (grad_q.double(), grad_k.double()))
+    ulp = torch.exp2(torch.floor(torch.log2(exact[0].abs().clamp_min(1e-30))) - 7)
+    assert ((dz.double() - exact[0]).abs() <= ulp + 1e-5 * exact[0].abs().max()).all()
+    for got, want in ((dgq, exact[1]), (dgk, exact[2])):
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
 def test_recompute_elementwise_on_cuda_same_gradients_less_memory():
     """GAU-α with `recompute_elementwise`: the loss equal, gradients to 1e-5 of their norm (the attention
     backward may accumulate in another order), and a lower peak than without (on the CPU's count, 0.6×

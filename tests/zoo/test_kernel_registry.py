@@ -81,9 +81,10 @@ def test_a_new_entry_slots_in_before_another_and_is_gone_after_the_block():
     calls = []
     with registry.registered("rms_norm", "experiment", lambda x, eps: calls.append(eps) or x, before="cpu-kernel"):
         assert zoo.norms.RMSNorm(1e-5)(x) is x
-        assert [k.name for k in registry.implementations("rms_norm")] == ["experiment", "cpu-kernel", "reference"]
+        assert [k.name for k in registry.implementations("rms_norm")] == ["experiment", "cpu-kernel", "torch-fused",
+                                                                             "reference"]
     assert calls == [1e-5]
-    assert [k.name for k in registry.implementations("rms_norm")] == ["cpu-kernel", "reference"]
+    assert [k.name for k in registry.implementations("rms_norm")] == ["cpu-kernel", "torch-fused", "reference"]
 
 
 def test_disabled_switches_off_an_entry_a_name_or_a_module_for_the_block():
@@ -104,14 +105,15 @@ def test_disabled_switches_off_an_entry_a_name_or_a_module_for_the_block():
 def test_registry_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match="rms_norm already has an implementation called 'reference'"):
         registry.register("rms_norm", "reference")(lambda x, eps: x)
-    with pytest.raises(ValueError, match=r"no implementation 'fast' to go before; it has \['cpu-kernel', 'reference'\]"):
+    with pytest.raises(ValueError, match=r"no implementation 'fast' to go before; it has \['cpu-kernel', 'torch-fused', "
+                                           r"'reference'\]"):
         registry.register("rms_norm", "new", before="fast")(lambda x, eps: x)
     with pytest.raises(KeyError, match="no operation 'layernorm'"):
         registry.select("layernorm", torch.zeros(2))
-    with registry.disabled("rms_norm:reference", "cpu-kernel"):
+    with registry.disabled("rms_norm:reference", "cpu-kernel"):  # torch-fused is for CUDA
         with pytest.raises(RuntimeError, match="no implementation of rms_norm takes a torch.float32 tensor on cpu"):
             registry.select("rms_norm", torch.zeros(2), 1e-6)
-    assert [k.name for k in registry.implementations("rms_norm")] == ["cpu-kernel", "reference"]
+    assert [k.name for k in registry.implementations("rms_norm")] == ["cpu-kernel", "torch-fused", "reference"]
 
 
 def test_describe_lists_every_op_in_order():

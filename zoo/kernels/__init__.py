@@ -5,7 +5,10 @@
   no random tensor and the backward pass regenerates the mask instead of storing it;
 - `attention_cpu.cpp`: softmax attention blocked over query rows (scores stay in cache, a vectorised
   exp, the same dropout mask), used by `zoo.attention` on the CPU;
-- `elementwise_cpu.cpp`: the RMS norm and RoPE as one pass each way (`zoo.norms`, `zoo.rope`).
+- `elementwise_cpu.cpp`: the RMS norm and RoPE as one pass each way (`zoo.norms`, `zoo.rope`);
+- `triton_rope.py`, `triton_scale_pair.py`: CUDA kernels in Triton, RoPE (the CUDA implementation of
+  the same operator) and GAU's q/k scale pair, one launch each way instead of a chain of PyTorch
+  operations (Triton comes with torch's CUDA builds; the modules are imported on first use).
 
 Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
 when it is not possible, the loader returns None and callers use their PyTorch path.
@@ -80,15 +83,29 @@ SOURCES = {
 _BUILT: dict[str, object] = {}  # name → the loaded module, or None where it could not be built
 
 
+def _import_triton():
+    """Triton, for the CUDA kernels written in it, or None where it cannot be imported."""
+    if os.environ.get("ZOO_DISABLE_KERNELS") == "1":
+        return None
+    try:
+        import triton
+
+        return triton
+    except Exception as error:  # not installed (a CPU build of torch), or broken: the PyTorch path is used
+        logger.info("zoo: Triton cannot be imported (%s); CUDA uses the PyTorch paths instead of its kernels", error)
+        return None
+
+
 @torch.compiler.disable
 def _load(name: str):
     if name not in _BUILT:
-        _BUILT[name] = _build(f"zoo_{name}_cpu", SOURCES[name])
+        _BUILT[name] = _import_triton() if name == "triton" else _build(f"zoo_{name}_cpu", SOURCES[name])
     return _BUILT[name]
 
 
 def compiled(name: str):
-    """The compiled module `name` ("dropout", "attention", "elementwise"), built on first use, or None."""
+    """The compiled module `name` ("dropout", "attention", "elementwise"), built on first use, or None;
+    "triton": Triton itself, or None where it cannot be imported."""
     return _BUILT[name] if name in _BUILT else _load(name)
 
 

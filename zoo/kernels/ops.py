@@ -15,7 +15,9 @@ The attention backward overwrites the saved probabilities with dS (declared as a
 under compilation the functionalised graph keeps a copy instead.
 
 These operators take contiguous tensors (the wrappers in zoo.norms, zoo.rope, zoo.dropout and
-zoo.attention make them so) and exist for the CPU only: other devices use the PyTorch paths.
+zoo.attention make them so) and exist for the CPU, except zoo::rope, which has a CUDA implementation
+in Triton (zoo/kernels/triton_rope.py) beside the CPU one: the same operator, fake implementation and
+backward formula on both devices. Other devices use the PyTorch paths.
 """
 
 from __future__ import annotations
@@ -104,6 +106,13 @@ def _rope_grad(ctx, grad):
 
 
 rope.register_autograd(_rope_grad, setup_context=_rope_setup)
+
+
+@rope.register_kernel("cuda")
+def _(x: Tensor, cos: Tensor, sin: Tensor, sign: float):
+    from .triton_rope import rope as triton_rope
+
+    return triton_rope(x, cos, sin, sign)
 
 
 # ---- dropout ---------------------------------------------------------------------------------

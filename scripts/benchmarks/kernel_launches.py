@@ -1,0 +1,208 @@
+"""Kernel launches per training step of the base models, as CUDA runs them in eager mode, counted here.
+
+    python scripts/benchmarks/kernel_launches.py [--out scripts/benchmarks/results/kernel_launches]
+
+In eager mode every operation is a kernel launch whose cost is paid on the host (Python, the
+dispatcher, autograd and autocast: about 10 µs each) and a trip through GPU memory. When the host
+cannot queue kernels as fast as the GPU runs them, the GPU waits: this, not arithmetic, is what kept
+our eager models behind transformers' BERT on an H200 (gpu.md §2: compiled, the same RoFormerV2 ran
+2.1× faster). Which operations a step runs depends on the implementations the kernel registry picks,
+not on the device's arithmetic, so the launches can be counted on the CPU.
+
+Counted with a TorchDispatchMode: every operation that reaches a backend during one training step of
+the encoder (bf16-autocast forward, the sum of the last hidden state as the loss, backward), except
+views and allocations, which launch nothing. The count does not depend on the batch or the length
+(batch 2 × 16 tokens here). The registry is set as CUDA resolves it:
+
+- "reference": as CUDA ran until the fused entries came: the RMS norm, RoPE and GAU's q/k scales as
+  PyTorch operations;
+- "fused": one kernel each way for the RMS norm (torch's fused kernel on CUDA) and for RoPE (the Triton
+  kernel, the CUDA side of the operator zoo::rope), each counted here as our CPU operator, which is
+  likewise one operator each way; GAU's q/k scale pair through its Triton kernels, run here in Triton's
+  interpreter, each launch counted as one;
+- always: the attention through sdpa (GAU-α's wide head as heads sharing q/k), one kernel each way,
+  without attention dropout, which CUDA's fused kernels apply inside that kernel but torch's CPU sdpa
+  only on its unfused path; hidden dropout as torch's `native_dropout`, one kernel each way as on
+  CUDA (F.dropout on the CPU takes three).
+
+Side by side: our three families, and transformers' BERT-base (sdpa) at the same shape, whose
+LayerNorm, GELU, biases and dropout are one kernel each. The optimizer step (the same fused step for
+every model) is not counted. Writes `kernel_launches.json`, `.md` and `.png` to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+if __name__ == "__main__":
+    # everything here runs on the CPU, the Triton kernels too: in Triton's interpreter, which Triton reads
+    # when it and a kernel are defined, so before anything imports it (imported as a module, by the test
+    # suite, tests/conftest.py decides)
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import zoo  # noqa: E402
+from zoo.attention import gau_wide_head, shared_qk_attention  # noqa: E402
+from zoo.kernels import available, registry  # noqa: E402
+from zoo.norms import triton_scale_pair, triton_scale_pair_applies  # noqa: E402
+
+MODELS = {  # name → preset, or "bert"
+    "zoo RoFormerV2-base": "roformer-v2-base",
+    "zoo GAU-α-base": "gau-alpha-base",
+    "zoo DeepNet-12": "deepnet-12",
+    "transformers BERT-base (sdpa)": "bert",
+}
+SETTINGS = ("reference", "fused")  # how the RMS norm, RoPE (and GAU's scale pair) run
+BERT = "transformers BERT-base (sdpa)"
+VOCAB = 12000
+# launch nothing, though not marked as views (_unsafe_view is reshape's view of a fresh copy)
+NO_KERNEL = {"detach.default", "_unsafe_view.default", "empty.memory_format", "empty_strided.default",
+             "empty_like.default"}
+
+
+class Launches(TorchDispatchMode):
+    """Counts the operations that launch a kernel (not views, not allocations), by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.__name__ not in NO_KERNEL:
+            self.counts[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if MODELS[name] == "bert":
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(vocab_size=VOCAB, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                            intermediate_size=3072, max_position_embeddings=2048, attention_probs_dropout_prob=0.0)
+        return BertModel._from_config(config, attn_implementation="sdpa", add_pooling_layer=False).train()
+    return zoo.create(MODELS[name], task="base", attention_backend="sdpa", attention_probs_dropout_prob=0.0).train()
+
+
+def native_dropout(x, p=0.5, training=True, inplace=False):
+    """F.dropout as CUDA runs it: one `native_dropout` kernel (and one `native_dropout_backward`)."""
+    return torch.ops.aten.native_dropout(x, p, training)[0] if training and p > 0 else x
+
+
+@contextlib.contextmanager
+def as_on_cuda(setting: str):
+    """The registry as CUDA resolves it (see the module docstring), for the block."""
+    references = ("rms_norm:cpu-kernel", "rope:cpu-kernel") if setting == "reference" else ()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(registry.disabled("attention", "dropout:cpu-kernel", "cpu-lanes", *references))
+        stack.enter_context(registry.registered("softmax_attention", "sdpa-shared-qk-on-cpu", shared_qk_attention,
+                                                accepts=gau_wide_head, before="sdpa-requested"))
+        stack.enter_context(mock.patch.object(F, "dropout", native_dropout))
+        if setting == "fused":
+            if not available("triton"):
+                raise SystemExit("kernel_launches.py: Triton is needed for GAU's fused scale pair "
+                                 "(pip install -e .[test])")
+            from zoo.kernels import triton_scale_pair as kernels
+
+            stack.enter_context(registry.registered("scale_offset_pair", "triton-on-cpu", triton_scale_pair,
+                                                    device_types=("cpu",), accepts=triton_scale_pair_applies,
+                                                    before="reference"))
+            stack.enter_context(mock.patch.object(kernels, "_outside_dispatch_modes",
+                                                  counted_launch(kernels._outside_dispatch_modes)))
+        yield
+
+
+def counted_launch(launch_context):
+    """The Triton module's launch context, also counting one launch in the active `Launches` mode (a
+    Triton kernel is no ATen operation, so the mode would not see it)."""
+
+    def counting():
+        mode = torch.utils._python_dispatch._get_current_dispatch_mode()
+        if isinstance(mode, Launches):
+            mode.counts["triton.scale_pair"] += 1
+        return launch_context()
+
+    return counting
+
+
+def count(name: str, setting: str) -> dict:
+    model = build(name)
+    ids = torch.randint(104, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    layers = model.config.num_hidden_layers
+    forward, backward = Launches(), Launches()
+    with as_on_cuda(setting):
+        with torch.autocast("cpu", dtype=torch.bfloat16), forward:
+            hidden = model(input_ids=ids).last_hidden_state
+        with backward:
+            hidden.float().sum().backward()
+    total = forward.counts + backward.counts
+    steps = forward.total() + backward.total()
+    return {"model": name, "setting": setting, "layers": layers, "forward": forward.total(),
+            "backward": backward.total(), "total": steps, "per_layer": steps / layers,
+            "by_operation": dict(total.most_common())}
+
+
+def report(rows: list[dict]) -> str:
+    bert = next(row["total"] for row in rows if row["model"] == BERT)
+    lines = ["| model | elementwise | forward | backward | step | per layer | × BERT-base |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        setting = "–" if row["model"] == BERT else row["setting"]
+        lines.append(f"| {row['model']} | {setting} | {row['forward']} | {row['backward']} | {row['total']} | "
+                     f"{row['per_layer']:.1f} | {row['total'] / bert:.2f}× |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    labels = [row["model"] if row["model"] == BERT else f"{row['model']}\n({row['setting']})" for row in rows]
+    ax.barh(labels, [row["forward"] for row in rows], label="forward", color="#4c72b0")
+    ax.barh(labels, [row["backward"] for row in rows], left=[row["forward"] for row in rows], label="backward",
+            color="#dd8452")
+    ax.invert_yaxis()
+    ax.set_xlabel("kernel launches per training step (12 or 24 layers, eager, bf16 autocast)")
+    ax.set_title("Kernel launches per training step as CUDA runs them, counted on the CPU")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "benchmarks" / "results" / "kernel_launches")
+    args = parser.parse_args(argv)
+    cells = [(name, setting) for name in MODELS for setting in (SETTINGS[-1:] if name == BERT else SETTINGS)]
+    rows = [count(name, setting) for name, setting in tqdm(cells, desc="kernel launches")]
+    table = report(rows)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kernel_launches.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False))
+    (args.out / "kernel_launches.md").write_text(table + "\n")
+    plot(rows, args.out / "kernel_launches.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

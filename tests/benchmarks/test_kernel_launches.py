@@ -1,0 +1,60 @@
+"""scripts/benchmarks/kernel_launches.py: what it counts, and what the fused RMS norm and RoPE save."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "benchmarks"
+sys.path.insert(0, str(SCRIPTS))
+
+import kernel_launches  # noqa: E402
+
+
+def test_views_and_allocations_are_not_launches():
+    mode = kernel_launches.Launches()
+    x = torch.ones(4, 6)
+    with mode:
+        y = x.reshape(24)[3:].view(3, 7)  # views: nothing launched
+        torch.empty(8)
+        z = y * 2 + 1  # two kernels
+        z.contiguous()  # already contiguous: no copy
+        z.t().reshape(21)  # a copy (one kernel), then a view of it
+    assert mode.counts == {"aten.mul.Tensor": 1, "aten.add.Tensor": 1, "aten.clone.default": 1}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setitem(kernel_launches.MODELS, "tiny", "roformer-v2-tiny")
+    return "tiny"
+
+
+def test_the_fused_rms_norm_and_rope_are_one_launch_each_way(tiny):
+    """Per layer the fused setting launches RoPE twice each way (q, k) and the RMS norm twice each way
+    (after attention, after the FFN; plus the embeddings' norm), and dropout once per use each way as
+    on CUDA; the reference runs the same functions as several PyTorch operations each."""
+    fused = kernel_launches.count(tiny, "fused")
+    reference = kernel_launches.count(tiny, "reference")
+    layers, ops = fused["layers"], fused["by_operation"]
+    assert ops["zoo.rope.default"] == 4 * layers
+    assert ops["zoo.rms_norm.default"] == ops["zoo.rms_norm_backward.default"] == 2 * layers + 1
+    assert ops["aten.native_dropout.default"] == ops["aten.native_dropout_backward.default"] == 2 * layers + 1
+    assert not any(name.startswith("zoo.") for name in reference["by_operation"])
+    assert fused["forward"] + fused["backward"] == fused["total"]
+    saved_per_layer = (reference["total"] - fused["total"]) / layers
+    assert saved_per_layer > 2 * 4  # each RMS norm and RoPE call was several launches each way
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counts on the CPU with Triton's interpreter, which the suite "
+                                                     "switches on only where there is no GPU (tests/conftest.py)")
+def test_gau_scale_pair_counts_one_launch_each_way_and_the_sum(monkeypatch):
+    """GAU's q/k scale pair: one Triton launch forward, one backward plus the sum of its partial dγ, in
+    place of the reference's casts, products and sums."""
+    monkeypatch.setitem(kernel_launches.MODELS, "tiny gau", "gau-alpha-tiny")
+    fused = kernel_launches.count("tiny gau", "fused")
+    reference = kernel_launches.count("tiny gau", "reference")
+    layers = fused["layers"]
+    assert fused["by_operation"]["triton.scale_pair"] == 2 * layers
+    assert "triton.scale_pair" not in reference["by_operation"]
+    assert reference["total"] - fused["total"] > 10 * layers

@@ -1,0 +1,244 @@
+"""The Triton kernels that CUDA uses (zoo/kernels/triton_*.py), and the CUDA entries of the kernel
+registry that reach them. Without a GPU the kernels run in Triton's interpreter on CPU tensors
+(tests/conftest.py sets TRITON_INTERPRET=1 there); with one, compiled, on CUDA tensors (DEVICE).
+
+Tolerances: the kernel computes in fp32 from inputs of the tested dtype. Against the rotation in fp64
+of the same inputs, an fp32 result is off by at most a few units of 2⁻²⁴ of |x| (two products and a
+sum: 4e-7 · max|x| is allowed). A bf16 result is one rounding of that fp32 value; the interpreter
+truncates where a GPU rounds to nearest, so one bf16 unit in the last place of the value is allowed.
+Inputs go to DEVICE with their strides (q as a transposed view, z as a slice of a wider tensor), and
+results come back to the CPU to be compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import zoo
+import zoo.norms
+import zoo.rope
+from zoo.kernels import registry
+from zoo.rope import rope_reference
+
+triton_rope = pytest.importorskip("zoo.kernels.triton_rope", reason="Triton is not installed (pip install -e .[test])")
+scale_pair = pytest.importorskip("zoo.kernels.triton_scale_pair", reason="Triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def on_device(t: torch.Tensor) -> torch.Tensor:
+    """t on DEVICE with the same strides and offset (a slice stays a slice of its base)."""
+    if DEVICE == "cpu":
+        return t
+    base = t if t._base is None else t._base
+    return base.to(DEVICE).as_strided(t.size(), t.stride(), t.storage_offset())
+
+
+def rope_on_device(x, cos, sin, sign):
+    return triton_rope.rope(on_device(x), on_device(cos), on_device(sin), sign).cpu()
+
+
+def rotation_inputs(batch=2, heads=3, seq=37, dim=24, table_batch=1, transposed=True, dtype=torch.float32):
+    g = torch.Generator().manual_seed(dim * 100 + seq)
+    if transposed:  # q as the attention gets it: a [B, S, H, d] projection viewed as [B, H, S, d]
+        x = torch.randn(batch, seq, heads, dim, generator=g, dtype=torch.float64).transpose(1, 2)
+    else:
+        x = torch.randn(batch, heads, seq, dim, generator=g, dtype=torch.float64)
+    angles = torch.rand(table_batch, 1, seq, dim // 2, generator=g, dtype=torch.float64) * 2 * torch.pi
+    return x.to(dtype), angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def bf16_ulp(t: torch.Tensor) -> torch.Tensor:
+    """bf16's unit in the last place at each value of t (8 significant bits)."""
+    return torch.exp2(torch.floor(torch.log2(t.abs().clamp_min(1e-30))) - 7)
+
+
+@pytest.mark.parametrize("dim", [64, 24, 2])
+@pytest.mark.parametrize("table_batch", [1, 2])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_triton_rope_equals_the_fp64_rotation(dim, table_batch, transposed):
+    x, cos, sin = rotation_inputs(dim=dim, table_batch=table_batch, transposed=transposed)
+    out = triton_rope.rope(on_device(x), on_device(cos), on_device(sin), 1.0)
+    assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == x.shape
+    out = out.cpu()
+    expected = rope_reference(x.double(), cos.double(), sin.double())
+    assert (out.double() - expected).abs().max() <= 4e-7 * x.abs().max()
+
+
+def test_triton_rope_bf16_is_one_rounding_of_the_fp32_rotation():
+    x, cos, sin = rotation_inputs(dtype=torch.bfloat16, seq=300, dim=64)  # 1800 rows: several programs
+    out = rope_on_device(x, cos, sin, 1.0)
+    exact = rope_reference(x.double(), cos.double(), sin.double())
+    assert out.dtype == torch.bfloat16
+    assert ((out.double() - exact).abs() <= bf16_ulp(exact)).all()
+
+
+def test_triton_rope_inverse_is_the_gradient_of_the_rotation():
+    """The backward pass runs the kernel with sign −1: that must be the rotation's vector-Jacobian product."""
+    x, cos, sin = rotation_inputs(table_batch=2)
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    x64 = x.double().requires_grad_()
+    rope_reference(x64, cos.double(), sin.double()).backward(grad_out.double())
+    got = rope_on_device(grad_out, cos, sin, -1.0)
+    assert (got.double() - x64.grad).abs().max() <= 4e-7 * grad_out.abs().max()
+    back = rope_on_device(rope_on_device(x, cos, sin, 1.0), cos, sin, -1.0)
+    assert (back - x).abs().max() <= 1e-6 * x.abs().max()
+
+
+def test_triton_rope_of_an_empty_tensor_is_empty():
+    x, cos, sin = rotation_inputs(seq=0)
+    assert rope_on_device(x, cos, sin, 1.0).shape == (2, 3, 0, 24)
+
+
+def test_the_cuda_entries_for_rms_norm_and_rope():
+    """No CUDA here: the entries' device and dtype keys, and that the Triton entry stays out of traced code
+    (there inductor writes its own kernel from the reference)."""
+    rms = [k.name for k in registry.implementations("rms_norm") if k.takes("cuda", torch.bfloat16)]
+    assert rms == ["torch-fused", "reference"]
+    rope = {k.name: k for k in registry.implementations("rope")}
+    assert [name for name, k in rope.items() if k.takes("cuda", torch.bfloat16)] == ["triton", "reference"]
+    assert [name for name, k in rope.items() if k.takes("cuda", torch.float64)] == ["reference"]
+    x, cos, sin = rotation_inputs(dtype=torch.bfloat16)
+    assert zoo.rope.triton_rope_applies(x, cos, sin)
+    assert not zoo.rope.triton_rope_applies(x, cos.float(), sin.float())  # tables of another dtype
+    assert not torch.compile(zoo.rope.triton_rope_applies, backend="eager", fullgraph=True)(x, cos, sin)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_torch_fused_rms_norm_is_the_reference_function(dtype):
+    """`F.rms_norm` runs CUDA's fused kernel; here its CPU path, which follows the same decomposition: the
+    entry must pass the last dimension and ε, keep x's dtype under autocast, and give the reference's
+    values and gradients (bit for bit here)."""
+    x = (torch.randn(5, 7, 96, dtype=torch.float64) * 3).to(dtype).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    grad = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = zoo.norms.torch_fused_rms_norm(x, 1e-7)
+    expected = zoo.norms.rms_norm_reference(x_ref, 1e-7)
+    out.backward(grad)
+    expected.backward(grad)
+    assert out.dtype == dtype
+    assert torch.equal(out, expected)
+    assert torch.equal(x.grad, x_ref.grad)
+
+
+
+
+def pair_inputs(size=128, batch=2, seq=37):
+    """A wider [B, S, ·] tensor whose last `size` columns are z, as GAU makes it (rows at a stride), and
+    the two scales; fp64 values that fp32 holds exactly, so that the fp32 kernel and the fp64 reference
+    start from the same numbers."""
+    g = torch.Generator().manual_seed(size)
+    wide = torch.randn(batch, seq, 3 * size + 5, generator=g).double()
+    gammas = [(torch.rand(size, generator=g) + 0.5).double() for _ in range(2)]
+    return wide, gammas
+
+
+def fp32_leaf_on_device(t: torch.Tensor) -> torch.Tensor:
+    return on_device(t.float()).requires_grad_()
+
+
+@pytest.mark.parametrize("size", [128, 24])
+def test_triton_scale_pair_and_its_gradients_equal_fp64(size):
+    wide, (gq, gk) = pair_inputs(size)
+    z = wide[..., -size:]
+    grad_q, grad_k = torch.randn(2, z.shape[0], z.shape[1], size).double()
+    z64, gq64, gk64 = (t.clone().requires_grad_() for t in (z, gq, gk))
+    (z64 * gq64 * grad_q + z64 * gk64 * grad_k).sum().backward()
+    z32 = on_device(wide.float())[..., -size:].requires_grad_()  # rows at a stride, as GAU's z
+    gq32, gk32 = fp32_leaf_on_device(gq), fp32_leaf_on_device(gk)
+    q, k = scale_pair.ScalePair.apply(z32, gq32, gk32)
+    assert q.is_contiguous() and k.is_contiguous() and q.dtype == torch.float32
+    # one fp32 rounding of the exact product: 2⁻²⁴ relative
+    assert ((q.double().cpu() - z * gq).abs() <= 6e-8 * (z * gq).abs()).all()
+    assert ((k.double().cpu() - z * gk).abs() <= 6e-8 * (z * gk).abs()).all()
+    torch.autograd.backward([q, k], [on_device(grad_q.float()), on_device(grad_k.float())])
+    # dz: two products and a sum in fp32; dγ: sums over 74 rows in fp32
+    assert (z32.grad.double().cpu() - z64.grad).abs().max() <= 1e-6 * z64.grad.abs().max()
+    for got, exact in ((gq32.grad, gq64.grad), (gk32.grad, gk64.grad)):
+        assert (got.double().cpu() - exact).abs().max() <= 1e-5 * exact.abs().max()
+
+
+def test_triton_scale_pair_of_no_rows():
+    wide, (gq, gk) = pair_inputs(seq=0)
+    z, gq, gk = fp32_leaf_on_device(wide[..., -128:]), fp32_leaf_on_device(gq), fp32_leaf_on_device(gk)
+    q, k = scale_pair.ScalePair.apply(z, gq, gk)
+    assert q.shape == k.shape == (2, 0, 128)
+    q.sum().backward()
+    assert torch.equal(gq.grad.cpu(), torch.zeros(128))
+
+
+@contextlib.contextmanager
+def scale_pair_entry(triton: bool):
+    """The Triton scale pair on or off for the block: on CUDA its own entry; without a GPU the same
+    function registered for the CPU too (the kernels then run in the interpreter)."""
+    if not triton:
+        with registry.disabled("scale_offset_pair:triton"):
+            yield
+    elif DEVICE == "cuda":
+        yield
+    else:
+        with registry.registered("scale_offset_pair", "triton-on-cpu", zoo.norms.triton_scale_pair,
+                                 device_types=("cpu",), accepts=zoo.norms.triton_scale_pair_applies,
+                                 before="reference"):
+            yield
+
+
+def gau_step(triton: bool, recompute: bool = False, autocast: bool = False, dropout: float = 0.0):
+    torch.manual_seed(0)
+    model = zoo.create("gau-alpha-tiny", task="masked-lm", recompute_elementwise=recompute,
+                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout).to(DEVICE).train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(104, 12000, (2, 24), generator=g)
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[1, 17:] = 0
+    labels = torch.where(torch.rand(2, 24, generator=g) < 0.3, ids, -100)
+    with scale_pair_entry(triton):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            torch.manual_seed(5)
+            loss = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=labels.to(DEVICE)).loss
+        loss.backward()
+    return loss.detach().cpu(), {name: p.grad.cpu() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def relative_error(got: dict, expected: dict) -> float:
+    assert got.keys() == expected.keys()
+    return max(float((got[n] - expected[n]).norm() / expected[n].norm()) for n in expected)
+
+
+def test_gau_with_the_triton_scale_pair_trains_like_the_reference():
+    """GAU-α, padded batch: fp32 loss and every gradient within 1e-5 of the reference path (the kernel
+    sums dz and dγ in another order); with selective recomputation the kernel runs again in the backward
+    pass and gives the same gradients, bit for bit on the CPU (to 1e-6 on CUDA, whose attention backward
+    may add in another order from run to run). Under bf16 autocast with dropout, gradients within 2%:
+    the reference rounds dγ and each dz term to bf16 (2⁻⁸ each), the kernel sums them in fp32."""
+    loss, grads = gau_step(triton=False)
+    fused_loss, fused_grads = gau_step(triton=True)
+    assert abs(float(fused_loss - loss)) <= 1e-6 * float(loss)
+    assert relative_error(fused_grads, grads) <= 1e-5
+    recomputed_loss, recomputed_grads = gau_step(triton=True, recompute=True)
+    assert torch.equal(recomputed_loss, fused_loss)
+    if DEVICE == "cpu":
+        assert all(torch.equal(recomputed_grads[n], fused_grads[n]) for n in fused_grads)
+    else:
+        assert relative_error(recomputed_grads, fused_grads) <= 1e-6
+    bf16_loss, bf16_grads = gau_step(triton=False, autocast=True, dropout=0.1)
+    fused_bf16_loss, fused_bf16_grads = gau_step(triton=True, autocast=True, dropout=0.1)
+    assert abs(float(fused_bf16_loss - bf16_loss)) <= 1e-2 * float(bf16_loss)
+    assert relative_error(fused_bf16_grads, bf16_grads) <= 2e-2
+
+
+def test_the_cuda_entry_for_the_scale_pair():
+    pair = {k.name: k for k in registry.implementations("scale_offset_pair")}
+    assert [name for name, k in pair.items() if k.takes("cuda", torch.bfloat16)] == ["triton", "reference"]
+    assert [name for name, k in pair.items() if k.takes("cpu", torch.bfloat16)] == ["reference"]
+    z = torch.zeros(2, 5, 8)
+    plain, other = zoo.norms.ScaleOffset(8), zoo.norms.ScaleOffset(8)
+    assert zoo.norms.triton_scale_pair_applies(z, plain, other)
+    assert not zoo.norms.triton_scale_pair_applies(z, zoo.norms.ScaleOffset(8, offset=True), other)
+    assert not zoo.norms.triton_scale_pair_applies(z[0], plain, other)  # not [B, S, s]
+    assert not zoo.norms.triton_scale_pair_applies(torch.zeros(2, 5, 4), plain, other)
+    traced = torch.compile(zoo.norms.triton_scale_pair_applies, backend="eager", fullgraph=True)
+    assert not traced(z, plain, other)
