@@ -20,6 +20,7 @@ from .dropout import Dropout
 from .initialization import dense
 from .norms import ScaleOffset, make_norm, scale_offset_pair
 from .recompute import recompute_elementwise
+from .residual import residual_norm
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -142,8 +143,7 @@ class EncoderLayer(GradientCheckpointingLayer):
                 hidden_states = hidden_states + self.dropout(out)
             else:
                 out, probs = branch(hidden_states, ctx, need_weights=output_attentions)
-                # Dropout(F(x)) + α·x as one kernel (DeepNorm's α·x is no separate multiplication)
-                hidden_states = norm(torch.add(self.dropout(out), hidden_states, alpha=self.alpha))
+                hidden_states = residual_norm(out, hidden_states, self.alpha, self.dropout, norm)
             if probs is not None:
                 attentions = probs
         return hidden_states, attentions

@@ -44,7 +44,7 @@ VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"reco
             "zoo RoFormerV2-base, unfused elementwise": ("zoo RoFormerV2-base", {}),
             "zoo GAU-α-base, unfused elementwise": ("zoo GAU-α-base", {})}
 # variants that switch kernel-registry entries off (their PyTorch references then run): name → entries.
-# "torch-fused": the RMS norm; "triton": RoPE and GAU's q/k scale pair
+# "torch-fused": the RMS norm; "triton": RoPE, the post-norm residual step and GAU's q/k scale pair
 KERNELS_OFF = {"zoo RoFormerV2-base, unfused elementwise": ("torch-fused", "triton"),
                "zoo GAU-α-base, unfused elementwise": ("torch-fused", "triton")}
 PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)": "roformer"}

@@ -14,12 +14,13 @@ the encoder (bf16-autocast forward, the sum of the last hidden state as the loss
 views and allocations, which launch nothing. The count does not depend on the batch or the length
 (batch 2 × 16 tokens here). The registry is set as CUDA resolves it:
 
-- "reference": as CUDA ran until the fused entries came: the RMS norm, RoPE and GAU's q/k scales as
-  PyTorch operations;
-- "fused": one kernel each way for the RMS norm (torch's fused kernel on CUDA) and for RoPE (the Triton
-  kernel, the CUDA side of the operator zoo::rope), each counted here as our CPU operator, which is
-  likewise one operator each way; GAU's q/k scale pair through its Triton kernels, run here in Triton's
-  interpreter, each launch counted as one;
+- "reference": as CUDA ran until the fused entries came: the RMS norm, RoPE, the post-norm residual
+  step (dropout, α·x +, norm) and GAU's q/k scales as PyTorch operations;
+- "fused": one kernel each way for the RMS norm (torch's fused kernel on CUDA: the embeddings' norm)
+  and for RoPE (the Triton kernel, the CUDA side of the operator zoo::rope), each counted here as our
+  CPU operator, which is likewise one operator each way; the post-norm residual step with the RMS norm
+  and GAU's q/k scale pair through their Triton kernels, run here in Triton's interpreter, each launch
+  counted as one;
 - always: the attention through sdpa (GAU-α's wide head as heads sharing q/k), one kernel each way,
   without attention dropout, which CUDA's fused kernels apply inside that kernel but torch's CPU sdpa
   only on its unfused path; hidden dropout as torch's `native_dropout`, one kernel each way as on
@@ -56,9 +57,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
+import zoo.kernels  # noqa: E402
 from zoo.attention import gau_wide_head, shared_qk_attention  # noqa: E402
 from zoo.kernels import available, registry  # noqa: E402
 from zoo.norms import triton_scale_pair, triton_scale_pair_applies  # noqa: E402
+from zoo.residual import triton_residual_norm, triton_residual_norm_applies  # noqa: E402
 
 MODELS = {  # name → preset, or "bert"
     "zoo RoFormerV2-base": "roformer-v2-base",
@@ -66,12 +69,17 @@ MODELS = {  # name → preset, or "bert"
     "zoo DeepNet-12": "deepnet-12",
     "transformers BERT-base (sdpa)": "bert",
 }
+# the CUDA entries in Triton that are autograd Functions, registered for the CPU too in the "fused" count
+TRITON_ENTRIES = [("scale_offset_pair", triton_scale_pair, triton_scale_pair_applies),
+                  ("residual_norm", triton_residual_norm, triton_residual_norm_applies)]
 SETTINGS = ("reference", "fused")  # how the RMS norm, RoPE (and GAU's scale pair) run
 BERT = "transformers BERT-base (sdpa)"
 VOCAB = 12000
-# launch nothing, though not marked as views (_unsafe_view is reshape's view of a fresh copy)
+# launch nothing, though not marked as views (_unsafe_view is reshape's view of a fresh copy); the last
+# three run on the host on CUDA too: the Triton dropout's seed, drawn from the CPU generator and read
+# as an int, and a dtype promotion
 NO_KERNEL = {"detach.default", "_unsafe_view.default", "empty.memory_format", "empty_strided.default",
-             "empty_like.default"}
+             "empty_like.default", "randint.low", "_local_scalar_dense.default", "promote_types.default"}
 
 
 class Launches(TorchDispatchMode):
@@ -117,27 +125,24 @@ def as_on_cuda(setting: str):
         stack.enter_context(mock.patch.object(F, "dropout", native_dropout))
         if setting == "fused":
             if not available("triton"):
-                raise SystemExit("kernel_launches.py: Triton is needed for GAU's fused scale pair "
-                                 "(pip install -e .[test])")
-            from zoo.kernels import triton_scale_pair as kernels
-
-            stack.enter_context(registry.registered("scale_offset_pair", "triton-on-cpu", triton_scale_pair,
-                                                    device_types=("cpu",), accepts=triton_scale_pair_applies,
-                                                    before="reference"))
-            stack.enter_context(mock.patch.object(kernels, "_outside_dispatch_modes",
-                                                  counted_launch(kernels._outside_dispatch_modes)))
+                raise SystemExit("kernel_launches.py: Triton is needed for the fused residual norm and GAU's "
+                                 "scale pair (pip install -e .[test])")
+            for op, fn, applies in TRITON_ENTRIES:
+                stack.enter_context(registry.registered(op, "triton-on-cpu", fn, device_types=("cpu",), accepts=applies,
+                                                        before="reference"))
+            stack.enter_context(mock.patch.object(zoo.kernels, "triton_launch", counted_launch(zoo.kernels.triton_launch)))
         yield
 
 
 def counted_launch(launch_context):
-    """The Triton module's launch context, also counting one launch in the active `Launches` mode (a
-    Triton kernel is no ATen operation, so the mode would not see it)."""
+    """`zoo.kernels.triton_launch`, also counting one launch, "triton.<kernel>", in the active `Launches`
+    mode (a Triton kernel is no ATen operation, so the mode would not see it)."""
 
-    def counting():
+    def counting(kernel: str):
         mode = torch.utils._python_dispatch._get_current_dispatch_mode()
         if isinstance(mode, Launches):
-            mode.counts["triton.scale_pair"] += 1
-        return launch_context()
+            mode.counts[f"triton.{kernel}"] += 1
+        return launch_context(kernel)
 
     return counting
 

@@ -18,7 +18,9 @@ import pytest
 import torch
 
 import zoo
+import zoo.dropout
 import zoo.norms
+import zoo.residual
 import zoo.rope
 from zoo.kernels import registry
 from zoo.rope import rope_reference
@@ -170,34 +172,39 @@ def test_triton_scale_pair_of_no_rows():
     assert torch.equal(gq.grad.cpu(), torch.zeros(128))
 
 
+# the model-level Triton entries: (op, entry function, its predicate)
+MODEL_ENTRIES = [("scale_offset_pair", zoo.norms.triton_scale_pair, zoo.norms.triton_scale_pair_applies),
+                 ("residual_norm", zoo.residual.triton_residual_norm, zoo.residual.triton_residual_norm_applies)]
+
+
 @contextlib.contextmanager
-def scale_pair_entry(triton: bool):
-    """The Triton scale pair on or off for the block: on CUDA its own entry; without a GPU the same
-    function registered for the CPU too (the kernels then run in the interpreter)."""
-    if not triton:
-        with registry.disabled("scale_offset_pair:triton"):
-            yield
-    elif DEVICE == "cuda":
+def triton_entries(on: bool):
+    """The Triton scale pair and residual norm on or off for the block: on CUDA their own entries;
+    without a GPU the same functions registered for the CPU too (the kernels run in the interpreter)."""
+    with contextlib.ExitStack() as stack:
+        if not on:
+            stack.enter_context(registry.disabled(*(f"{op}:triton" for op, _, _ in MODEL_ENTRIES)))
+        elif DEVICE == "cpu":
+            for op, fn, applies in MODEL_ENTRIES:
+                stack.enter_context(registry.registered(op, "triton-on-cpu", fn, device_types=("cpu",), accepts=applies,
+                                                        before="reference"))
         yield
-    else:
-        with registry.registered("scale_offset_pair", "triton-on-cpu", zoo.norms.triton_scale_pair,
-                                 device_types=("cpu",), accepts=zoo.norms.triton_scale_pair_applies,
-                                 before="reference"):
-            yield
 
 
-def gau_step(triton: bool, recompute: bool = False, autocast: bool = False, dropout: float = 0.0):
+def training_step(preset: str, triton: bool, recompute: bool = False, autocast: bool = False):
+    """Loss and gradients of one step on a padded batch, without dropout (the kernels draw their own
+    masks, so with dropout the two paths compute different, equally distributed, functions)."""
     torch.manual_seed(0)
-    model = zoo.create("gau-alpha-tiny", task="masked-lm", recompute_elementwise=recompute,
-                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout).to(DEVICE).train()
+    options = {"recompute_elementwise": True} if recompute else {}
+    model = zoo.create(preset, task="masked-lm", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                       **options).to(DEVICE).train()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(104, 12000, (2, 24), generator=g)
     mask = torch.ones(2, 24, dtype=torch.long)
     mask[1, 17:] = 0
     labels = torch.where(torch.rand(2, 24, generator=g) < 0.3, ids, -100)
-    with scale_pair_entry(triton):
+    with triton_entries(triton):
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
-            torch.manual_seed(5)
             loss = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=labels.to(DEVICE)).loss
         loss.backward()
     return loss.detach().cpu(), {name: p.grad.cpu() for name, p in model.named_parameters() if p.grad is not None}
@@ -208,26 +215,32 @@ def relative_error(got: dict, expected: dict) -> float:
     return max(float((got[n] - expected[n]).norm() / expected[n].norm()) for n in expected)
 
 
-def test_gau_with_the_triton_scale_pair_trains_like_the_reference():
-    """GAU-α, padded batch: fp32 loss and every gradient within 1e-5 of the reference path (the kernel
-    sums dz and dγ in another order); with selective recomputation the kernel runs again in the backward
-    pass and gives the same gradients, bit for bit on the CPU (to 1e-6 on CUDA, whose attention backward
-    may add in another order from run to run). Under bf16 autocast with dropout, gradients within 2%:
-    the reference rounds dγ and each dz term to bf16 (2⁻⁸ each), the kernel sums them in fp32."""
-    loss, grads = gau_step(triton=False)
-    fused_loss, fused_grads = gau_step(triton=True)
+@pytest.mark.parametrize("preset", ["gau-alpha-tiny", "roformer-v2-tiny"])
+def test_a_model_with_the_triton_kernels_trains_like_the_reference(preset):
+    """Padded batch: fp32 loss and every gradient within 1e-5 of the reference path (the kernels sum in
+    another order). Under bf16 autocast, gradients within 2%: the reference rounds to bf16 between its
+    steps (the dropped branch, dγ, each dz term: 2⁻⁸ each), the kernels keep fp32 until their output."""
+    loss, grads = training_step(preset, triton=False)
+    fused_loss, fused_grads = training_step(preset, triton=True)
     assert abs(float(fused_loss - loss)) <= 1e-6 * float(loss)
     assert relative_error(fused_grads, grads) <= 1e-5
-    recomputed_loss, recomputed_grads = gau_step(triton=True, recompute=True)
-    assert torch.equal(recomputed_loss, fused_loss)
-    if DEVICE == "cpu":
-        assert all(torch.equal(recomputed_grads[n], fused_grads[n]) for n in fused_grads)
-    else:
-        assert relative_error(recomputed_grads, fused_grads) <= 1e-6
-    bf16_loss, bf16_grads = gau_step(triton=False, autocast=True, dropout=0.1)
-    fused_bf16_loss, fused_bf16_grads = gau_step(triton=True, autocast=True, dropout=0.1)
+    bf16_loss, bf16_grads = training_step(preset, triton=False, autocast=True)
+    fused_bf16_loss, fused_bf16_grads = training_step(preset, triton=True, autocast=True)
     assert abs(float(fused_bf16_loss - bf16_loss)) <= 1e-2 * float(bf16_loss)
     assert relative_error(fused_bf16_grads, bf16_grads) <= 2e-2
+
+
+def test_selective_recomputation_runs_the_triton_scale_pair_again_to_the_same_gradients():
+    """GAU-α with `recompute_elementwise`: the scale pair runs again in the backward pass; the same loss,
+    and the same gradients, bit for bit on the CPU (to 1e-6 on CUDA, whose attention backward may add in
+    another order from run to run)."""
+    loss, grads = training_step("gau-alpha-tiny", triton=True)
+    recomputed_loss, recomputed_grads = training_step("gau-alpha-tiny", triton=True, recompute=True)
+    assert torch.equal(recomputed_loss, loss)
+    if DEVICE == "cpu":
+        assert all(torch.equal(recomputed_grads[n], grads[n]) for n in grads)
+    else:
+        assert relative_error(recomputed_grads, grads) <= 1e-6
 
 
 def test_the_cuda_entry_for_the_scale_pair():
@@ -242,3 +255,70 @@ def test_the_cuda_entry_for_the_scale_pair():
     assert not zoo.norms.triton_scale_pair_applies(torch.zeros(2, 5, 4), plain, other)
     traced = torch.compile(zoo.norms.triton_scale_pair_applies, backend="eager", fullgraph=True)
     assert not traced(z, plain, other)
+
+
+residual_norm_kernels = pytest.importorskip("zoo.kernels.triton_residual_norm", reason="Triton is not installed")
+
+
+def residual_norm_on_device(branch, residual, alpha, p, seed, eps=1e-7):
+    return residual_norm_kernels.ResidualNorm.apply(on_device(branch), on_device(residual), alpha, p, eps, seed)
+
+
+def kept_mask(shape, p, seed) -> torch.Tensor:
+    """The kernel's keep-mask for (shape, p, seed): with a branch of ones and no residual, exactly the kept
+    elements come out non-zero."""
+    return residual_norm_on_device(torch.ones(shape), torch.zeros(shape), 1.0, p, seed).cpu() != 0
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_triton_residual_norm_and_its_gradients_equal_fp64(p):
+    """RMSNorm(α·x + Dropout(f)) with the kernel's own mask, against fp64 from the same fp32 inputs and
+    that mask: output, df and dx to 1e-6 of their largest value (fp32 arithmetic, sums over 96)."""
+    g = torch.Generator().manual_seed(7)
+    branch, residual, grad = (torch.randn(3, 11, 96, generator=g) for _ in range(3))
+    alpha, seed = 1.7, 1234
+    keep = kept_mask(branch.shape, p, seed)
+    f64, x64 = branch.double().requires_grad_(), residual.double().requires_grad_()
+    dropped = torch.where(keep, f64 / (1 - p), 0.0)
+    exact = zoo.norms.rms_norm_reference(alpha * x64 + dropped, 1e-7)
+    exact.backward(grad.double())
+    f32, x32 = on_device(branch).requires_grad_(), on_device(residual).requires_grad_()
+    out = residual_norm_kernels.ResidualNorm.apply(f32, x32, alpha, p, 1e-7, seed)
+    out.backward(on_device(grad))
+    for got, want in ((out, exact), (f32.grad, f64.grad), (x32.grad, x64.grad)):
+        assert (got.detach().double().cpu() - want).abs().max() <= 1e-6 * want.abs().max()
+
+
+def test_triton_residual_norm_dtypes_follow_the_reference():
+    """A bf16 branch (a projection under autocast) on the fp32 residual stream: the output in fp32, as the
+    reference's addition promotes; each gradient in its input's dtype."""
+    branch = on_device(torch.randn(2, 5, 64).bfloat16()).requires_grad_()
+    residual = on_device(torch.randn(2, 5, 64)).requires_grad_()
+    out = residual_norm_kernels.ResidualNorm.apply(branch, residual, 1.0, 0.1, 1e-7, 3)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert branch.grad.dtype == torch.bfloat16 and residual.grad.dtype == torch.float32
+
+
+def test_triton_residual_norm_mask_rate_and_seed():
+    """The drop rate is p within four standard deviations; a seed draws the same mask every time, another
+    seed another mask."""
+    shape, p = (4, 64, 128), 0.3
+    keep = kept_mask(shape, p, 11)
+    n = keep.numel()
+    assert abs((1 - keep.float().mean().item()) - p) <= 4 * (p * (1 - p) / n) ** 0.5
+    assert torch.equal(kept_mask(shape, p, 11), keep)
+    assert not torch.equal(kept_mask(shape, p, 12), keep)
+
+
+def test_the_cuda_entry_for_the_residual_norm():
+    entries = {k.name: k for k in registry.implementations("residual_norm")}
+    assert [name for name, k in entries.items() if k.takes("cuda", torch.bfloat16)] == ["triton", "reference"]
+    assert [name for name, k in entries.items() if k.takes("cpu", torch.float32)] == ["reference"]
+    x = torch.zeros(2, 5, 8)
+    dropout, rms = zoo.dropout.Dropout(0.1), zoo.norms.RMSNorm()
+    applies = zoo.residual.triton_residual_norm_applies
+    assert applies(x, x, 1.0, dropout, rms)
+    assert not applies(x, x, 1.0, dropout, zoo.norms.LayerNorm(8))  # DeepNet's norm: the PyTorch path
+    assert not applies(x[:, :1], x, 1.0, dropout, rms)
+    assert not torch.compile(applies, backend="eager", fullgraph=True)(x, x, 1.0, dropout, rms)

@@ -132,6 +132,17 @@ def elementwise_kernels():
     return compiled("elementwise")
 
 
+def triton_launch(kernel: str):
+    """The context a Triton kernel (named, for the record) is launched in: with the dispatch modes set
+    aside. A launch is no ATen operation, but Triton's interpreter (the test suite's, without a GPU)
+    copies the arguments with ATen operations, which a mode such as selective recomputation's cache
+    (zoo.recompute) would answer from its first run; on a GPU the launch makes no ATen call, so nothing
+    changes there. `scripts/benchmarks/kernel_launches.py` counts launches through this function."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
+
+
 def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     """t itself when its last dimension is read at unit stride, else a contiguous copy: the RoPE
     kernel takes any strides across rows (q and k arrive as transposed views) but not within one."""

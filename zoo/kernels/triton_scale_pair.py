@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.utils._python_dispatch import _disable_current_modes
+
+import zoo.kernels
 
 ELEMENTS_PER_PROGRAM = 8192
 
@@ -66,14 +67,6 @@ def _scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, grad_z, partial, r
     tl.store(partial + program * 2 * size + size + col, tl.sum(dk * x, axis=0), mask=col < size)
 
 
-def _outside_dispatch_modes():
-    """A kernel launch is no ATen operation, but Triton's interpreter copies its arguments with ATen
-    operations; inside selective recomputation (zoo.recompute) the caching dispatch mode would hand
-    those copies back from the first run. Launches therefore run with the dispatch modes set aside
-    (on a GPU the launch makes no ATen call, so nothing changes there)."""
-    return _disable_current_modes()
-
-
 def _launch_shape(size: int) -> tuple[int, int]:
     """(padded row width, rows per program) for rows `size` wide."""
     padded = triton.next_power_of_2(max(size, 1))
@@ -92,7 +85,7 @@ def scale_pair_forward(z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Te
     rows = batch * seq
     if rows and size:
         padded, per_program = _launch_shape(size)
-        with _outside_dispatch_modes():
+        with zoo.kernels.triton_launch("scale_pair_forward"):
             _scale_pair_forward[(triton.cdiv(rows, per_program),)](
                 z, gamma_q, gamma_k, q, k, rows, seq, size, z.stride(0), z.stride(1), ROWS=per_program, SIZE=padded)
     return q, k
@@ -109,7 +102,7 @@ def scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k):
     padded, per_program = _launch_shape(size)
     programs = triton.cdiv(rows, per_program)
     partial = torch.empty((programs, 2, size), dtype=torch.float32, device=z.device)
-    with _outside_dispatch_modes():
+    with zoo.kernels.triton_launch("scale_pair_backward"):
         _scale_pair_backward[(programs,)](
             grad_q, grad_k, z, gamma_q, gamma_k, grad_z, partial, rows, seq, size,
             grad_q.stride(0), grad_q.stride(1), grad_k.stride(0), grad_k.stride(1), z.stride(0), z.stride(1),
