@@ -1,10 +1,10 @@
 """The post-norm residual step, x ← Norm(α·x + Dropout(F(x))) (RoFormerV2, GAU-α; DeepNorm with α),
 through the kernel registry ("residual_norm").
 
-On CUDA with the parameter-free RMS norm, one Triton kernel each way (zoo/kernels/triton_residual_norm.py:
-the dropout mask drawn inside from a seed and made again in the backward pass, nothing mask-sized
-kept); everywhere else, and under torch.compile (where inductor fuses the reference itself), the three
-modules one after the other.
+On CUDA, with the parameter-free RMS norm or with LayerNorm (γ, β), one Triton kernel each way
+(zoo/kernels/triton_residual_norm.py: the dropout mask drawn inside from a seed and made again in the
+backward pass, nothing mask-sized kept); everywhere else, and under torch.compile (where inductor fuses
+the reference itself), the three modules one after the other.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .kernels.registry import dispatch, register
-from .norms import RMSNorm
+from .norms import LayerNorm, RMSNorm
 
 
 def residual_norm(branch: torch.Tensor, residual: torch.Tensor, alpha: float, dropout: nn.Module,
@@ -23,12 +23,15 @@ def residual_norm(branch: torch.Tensor, residual: torch.Tensor, alpha: float, dr
 
 
 def triton_residual_norm_applies(branch, residual, alpha, dropout, norm) -> bool:
-    """The Triton kernels' calls: the RMS norm, branch and residual of one shape and a row that fits one
-    program, in eager mode."""
+    """The Triton kernels' calls: the RMS norm, or LayerNorm with γ and β over the last dimension; branch
+    and residual of one shape and a row that fits one program, in eager mode."""
     from .kernels.triton_residual_norm import MAX_WIDTH
 
-    return (not torch.compiler.is_compiling() and isinstance(norm, RMSNorm) and branch.shape == residual.shape
-            and 0 < residual.shape[-1] <= MAX_WIDTH)
+    size = residual.shape[-1]
+    norm_fits = isinstance(norm, RMSNorm) or (
+        isinstance(norm, LayerNorm) and norm.weight is not None and norm.bias is not None
+        and tuple(norm.normalized_shape) == (size,))
+    return not torch.compiler.is_compiling() and norm_fits and branch.shape == residual.shape and 0 < size <= MAX_WIDTH
 
 
 @register("residual_norm", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
@@ -40,7 +43,8 @@ def triton_residual_norm(branch, residual, alpha, dropout, norm):
 
     p = dropout.p if dropout.training else 0.0
     seed = int(torch.randint(0, 2**31 - 1, (1,))) if p > 0.0 else 0
-    return ResidualNorm.apply(branch, residual, alpha, p, norm.eps, seed)
+    weight, bias = (norm.weight, norm.bias) if isinstance(norm, LayerNorm) else (None, None)
+    return ResidualNorm.apply(branch, residual, alpha, p, norm.eps, seed, weight, bias)
 
 
 @register("residual_norm", "reference")

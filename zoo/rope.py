@@ -80,14 +80,12 @@ def triton_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
     return not torch.compiler.is_compiling() and fused_rope_applies(x, cos, sin)
 
 
-@register("rope", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
-          needs="triton", accepts=triton_rope_applies)
-def triton_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`apply_rope` as one Triton kernel each way on CUDA (zoo/kernels/triton_rope.py, the CUDA side of
-    the operator zoo::rope): fp32 arithmetic, one rounding, the backward pass the inverse rotation.
-    The reference's seven operations forward and its autograd nodes backward are each a kernel launch
-    and a trip through GPU memory."""
-    return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0)
+# `apply_rope` as one Triton kernel each way on CUDA (zoo/kernels/triton_rope.py, the CUDA side of the
+# operator zoo::rope that `fused_rope` calls): fp32 arithmetic, one rounding, the backward pass the
+# inverse rotation, where the reference's seven operations forward and its autograd nodes backward are
+# each a kernel launch and a trip through GPU memory.
+register("rope", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
+         needs="triton", accepts=triton_rope_applies)(fused_rope)
 
 
 @register("rope", "reference")

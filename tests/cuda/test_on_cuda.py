@@ -173,30 +173,47 @@ def test_gau_scale_pair_runs_its_triton_kernels_on_cuda():
         assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
 
 
-def test_residual_norm_runs_its_triton_kernels_on_cuda():
-    """The post-norm residual step on CUDA goes through the Triton kernels: against fp64 with the kernel's
-    own mask (recovered from a branch of ones), output and gradients to 1e-5 of their largest value;
-    the drop rate is p within four standard deviations."""
+@pytest.mark.parametrize("norm_type", ["rms", "layer"])
+def test_residual_norm_runs_its_triton_kernels_on_cuda(norm_type):
+    """The post-norm residual step on CUDA goes through the Triton kernels, with the RMS norm and with
+    DeepNet's LayerNorm (α, γ, β): against fp64 with the kernel's own mask (recovered from a branch of
+    ones through the RMS kernel: one seed, one mask for both), output and gradients to 1e-5 of their
+    largest value; the drop rate is p within four standard deviations."""
     from zoo.dropout import Dropout
     from zoo.kernels import registry
-    from zoo.norms import RMSNorm, rms_norm_reference
+    from zoo.norms import LayerNorm, RMSNorm, rms_norm_reference
     from zoo.residual import residual_norm
 
-    dropout, norm, p = Dropout(0.1).train(), RMSNorm(1e-7), 0.1
+    dropout, rms, p = Dropout(0.1).train(), RMSNorm(1e-7), 0.1
     generator = torch.Generator().manual_seed(0)
     branch, residual, grad = (torch.randn(4, 128, 768, generator=generator).cuda() for _ in range(3))
-    assert registry.select("residual_norm", branch, residual, 1.0, dropout, norm).name == "triton"
+    if norm_type == "rms":
+        norm, alpha = rms, 1.0
+    else:
+        norm, alpha = LayerNorm(768, eps=1e-5).cuda(), 2.2
+        with torch.no_grad():
+            norm.weight.normal_(1.0, 0.2)
+            norm.bias.normal_(0.0, 0.2)
+    assert registry.select("residual_norm", branch, residual, alpha, dropout, norm).name == "triton"
     torch.manual_seed(3)
-    keep = residual_norm(torch.ones_like(branch), torch.zeros_like(residual), 1.0, dropout, norm) != 0
+    keep = residual_norm(torch.ones_like(branch), torch.zeros_like(residual), 1.0, dropout, rms) != 0
     assert abs((1 - keep.float().mean().item()) - p) <= 4 * (p * (1 - p) / keep.numel()) ** 0.5
     f, x = branch.clone().requires_grad_(), residual.clone().requires_grad_()
     torch.manual_seed(3)
-    out = residual_norm(f, x, 1.0, dropout, norm)
+    out = residual_norm(f, x, alpha, dropout, norm)
     out.backward(grad)
     f64, x64 = branch.double().requires_grad_(), residual.double().requires_grad_()
-    exact = rms_norm_reference(x64 + torch.where(keep, f64 / (1 - p), 0.0), 1e-7)
+    s64 = alpha * x64 + torch.where(keep, f64 / (1 - p), 0.0)
+    pairs = [(out, None), (f.grad, f64), (x.grad, x64)]
+    if norm_type == "rms":
+        exact = rms_norm_reference(s64, 1e-7)
+    else:
+        w64, b64 = (t.detach().double().requires_grad_() for t in (norm.weight, norm.bias))
+        exact = torch.nn.functional.layer_norm(s64, (768,), w64, b64, 1e-5)
+        pairs += [(norm.weight.grad, w64), (norm.bias.grad, b64)]
     exact.backward(grad.double())
-    for got, want in ((out, exact), (f.grad, f64.grad), (x.grad, x64.grad)):
+    for got, leaf in pairs:
+        want = exact if leaf is None else leaf.grad
         assert (got.detach().double() - want).abs().max() <= 1e-5 * want.abs().max()
 
 

@@ -16,6 +16,7 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import zoo
 import zoo.dropout
@@ -215,7 +216,7 @@ def relative_error(got: dict, expected: dict) -> float:
     return max(float((got[n] - expected[n]).norm() / expected[n].norm()) for n in expected)
 
 
-@pytest.mark.parametrize("preset", ["gau-alpha-tiny", "roformer-v2-tiny"])
+@pytest.mark.parametrize("preset", ["gau-alpha-tiny", "roformer-v2-tiny", "deepnet-tiny"])
 def test_a_model_with_the_triton_kernels_trains_like_the_reference(preset):
     """Padded batch: fp32 loss and every gradient within 1e-5 of the reference path (the kernels sum in
     another order). Under bf16 autocast, gradients within 2%: the reference rounds to bf16 between its
@@ -261,7 +262,8 @@ residual_norm_kernels = pytest.importorskip("zoo.kernels.triton_residual_norm", 
 
 
 def residual_norm_on_device(branch, residual, alpha, p, seed, eps=1e-7):
-    return residual_norm_kernels.ResidualNorm.apply(on_device(branch), on_device(residual), alpha, p, eps, seed)
+    return residual_norm_kernels.ResidualNorm.apply(on_device(branch), on_device(residual), alpha, p, eps, seed,
+                                                    None, None)
 
 
 def kept_mask(shape, p, seed) -> torch.Tensor:
@@ -283,7 +285,7 @@ def test_triton_residual_norm_and_its_gradients_equal_fp64(p):
     exact = zoo.norms.rms_norm_reference(alpha * x64 + dropped, 1e-7)
     exact.backward(grad.double())
     f32, x32 = on_device(branch).requires_grad_(), on_device(residual).requires_grad_()
-    out = residual_norm_kernels.ResidualNorm.apply(f32, x32, alpha, p, 1e-7, seed)
+    out = residual_norm_kernels.ResidualNorm.apply(f32, x32, alpha, p, 1e-7, seed, None, None)
     out.backward(on_device(grad))
     for got, want in ((out, exact), (f32.grad, f64.grad), (x32.grad, x64.grad)):
         assert (got.detach().double().cpu() - want).abs().max() <= 1e-6 * want.abs().max()
@@ -294,10 +296,51 @@ def test_triton_residual_norm_dtypes_follow_the_reference():
     reference's addition promotes; each gradient in its input's dtype."""
     branch = on_device(torch.randn(2, 5, 64).bfloat16()).requires_grad_()
     residual = on_device(torch.randn(2, 5, 64)).requires_grad_()
-    out = residual_norm_kernels.ResidualNorm.apply(branch, residual, 1.0, 0.1, 1e-7, 3)
+    out = residual_norm_kernels.ResidualNorm.apply(branch, residual, 1.0, 0.1, 1e-7, 3, None, None)
     assert out.dtype == torch.float32
     out.sum().backward()
     assert branch.grad.dtype == torch.bfloat16 and residual.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("rows", [33, 1])
+def test_triton_residual_layer_norm_and_its_gradients_equal_fp64(p, rows):
+    """LayerNorm(α·x + Dropout(f)) with γ, β (DeepNet's step), the kernel's own mask, against fp64
+    `F.layer_norm` from the same fp32 inputs and that mask: output, df, dx, dγ and dβ to 1e-6 of their
+    largest value (fp32 arithmetic, sums over 96 columns and 33 rows). 33 rows split unevenly over the
+    backward's programs (each sums a run of rows into its share of dγ and dβ); 1 row leaves programs idle."""
+    g = torch.Generator().manual_seed(8)
+    branch, residual, grad = (torch.randn(rows, 96, generator=g) for _ in range(3))
+    weight, bias = torch.randn(96, generator=g), torch.randn(96, generator=g)
+    alpha, seed, eps = 2.3, 99, 1e-5
+    keep = kept_mask(branch.shape, p, seed)
+    leaves64 = [t.double().requires_grad_() for t in (branch, residual, weight, bias)]
+    f64, x64, w64, b64 = leaves64
+    exact = F.layer_norm(alpha * x64 + torch.where(keep, f64 / (1 - p), 0.0), (96,), w64, b64, eps)
+    exact.backward(grad.double())
+    leaves = [fp32_leaf_on_device(t) for t in (branch, residual, weight, bias)]
+    out = residual_norm_kernels.ResidualNorm.apply(leaves[0], leaves[1], alpha, p, eps, seed, leaves[2], leaves[3])
+    out.backward(on_device(grad))
+    for got, want in zip([out] + [t.grad for t in leaves], [exact] + [t.grad for t in leaves64]):
+        assert (got.detach().double().cpu() - want).abs().max() <= 1e-6 * want.abs().max()
+
+
+def test_triton_residual_layer_norm_dtypes_and_empty_rows():
+    """A bf16 branch on the fp32 stream with fp32 γ, β: output in fp32, each gradient in its input's
+    dtype, γ's and β's in theirs; with no rows, an empty output and zero dγ, dβ."""
+    branch = on_device(torch.randn(2, 5, 64).bfloat16()).requires_grad_()
+    residual = on_device(torch.randn(2, 5, 64)).requires_grad_()
+    weight, bias = (on_device(torch.randn(64)).requires_grad_() for _ in range(2))
+    out = residual_norm_kernels.ResidualNorm.apply(branch, residual, 1.0, 0.1, 1e-5, 3, weight, bias)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert branch.grad.dtype == torch.bfloat16 and residual.grad.dtype == weight.grad.dtype == torch.float32
+    none = on_device(torch.zeros(0, 64)).requires_grad_()
+    out = residual_norm_kernels.ResidualNorm.apply(none, none, 1.0, 0.0, 1e-5, 0, weight, bias)
+    assert out.shape == (0, 64)
+    weight.grad = bias.grad = None
+    out.sum().backward()
+    assert torch.equal(weight.grad.cpu(), torch.zeros(64)) and torch.equal(bias.grad.cpu(), torch.zeros(64))
 
 
 def test_triton_residual_norm_mask_rate_and_seed():
@@ -319,6 +362,9 @@ def test_the_cuda_entry_for_the_residual_norm():
     dropout, rms = zoo.dropout.Dropout(0.1), zoo.norms.RMSNorm()
     applies = zoo.residual.triton_residual_norm_applies
     assert applies(x, x, 1.0, dropout, rms)
-    assert not applies(x, x, 1.0, dropout, zoo.norms.LayerNorm(8))  # DeepNet's norm: the PyTorch path
+    assert applies(x, x, 1.0, dropout, zoo.norms.LayerNorm(8))  # DeepNet's norm, γ and β
+    assert not applies(x, x, 1.0, dropout, zoo.norms.LayerNorm(8, elementwise_affine=False))
+    assert not applies(x, x, 1.0, dropout, zoo.norms.LayerNorm(8, bias=False))
+    assert not applies(x, x, 1.0, dropout, zoo.norms.LayerNorm((5, 8)))  # statistics over more than a row
     assert not applies(x[:, :1], x, 1.0, dropout, rms)
     assert not torch.compile(applies, backend="eager", fullgraph=True)(x, x, 1.0, dropout, rms)

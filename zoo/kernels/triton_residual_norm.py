@@ -1,16 +1,22 @@
-"""The post-norm residual step y = RMSNorm(α·x + Dropout_p(f)) as one Triton kernel each way.
+"""The post-norm residual step y = Norm(α·x + Dropout_p(f)) as one Triton kernel each way, Norm the
+parameter-free RMS norm (RoFormerV2, GAU-α) or LayerNorm with γ and β (DeepNet).
 
 Forward, one program per row: read f (the branch output) and x (the residual stream), drop f's
 elements with a counter-based mask (Philox of the seed and the element's index, `tl.rand`), scale the
-kept ones by 1/(1 − p), add α·x, and normalise by the row's root mean square; fp32 arithmetic, one
-rounding to the output's dtype (f's and x's promoted, as the reference's addition gives). Kept for the
-backward pass: y and the row's 1/rms, no mask. Backward, one program per row: with x̂ = y,
+kept ones by 1/(1 − p), add α·x (s), and normalise: x̂ = s / rms(s), or x̂ = (s − mean(s)) / std(s)
+and y = x̂ ⊙ γ + β; fp32 arithmetic, one rounding to the output's dtype (f's and x's promoted, as the
+reference's addition gives). Kept for the backward pass: x̂ (for the RMS norm that is y itself) and
+the row's 1/rms or 1/std, no mask. Backward, with dx̂ = dy (RMS) or dy ⊙ γ (LayerNorm),
 
-    ds = (dy − y · mean(dy ⊙ y)) / rms,     dx = α · ds,     df = ds ⊙ M / (1 − p)
+    RMS:        ds = (dx̂ − x̂ · mean(dx̂ ⊙ x̂)) / rms
+    LayerNorm:  ds = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ ⊙ x̂)) / std,   dγ = Σ_rows dy ⊙ x̂,   dβ = Σ_rows dy
+    dx = α · ds,     df = ds ⊙ M / (1 − p)
 
-with the mask M made again from the seed. Under PyTorch operations the same step is a dropout kernel
-(and its mask, kept), an addition, and the RMS norm forward; their three backward kernels; so this
-saves launches and passes over memory, and the mask's byte per element.
+with the mask M made again from the seed: one program per row for the RMS norm; for LayerNorm a
+program walks a run of rows, keeping its share of dγ and dβ in registers, and one sum of those
+shares follows. Under PyTorch operations the same step is a dropout kernel (and its mask, kept), an
+addition and the norm (with LayerNorm's casts to fp32 statistics and back), and their backward
+kernels; so this saves launches and passes over memory, and the mask's byte per element.
 
 The wrapper is an autograd Function used in eager mode only (zoo/residual.py), so that Triton's
 interpreter can run it on CPU tensors in the test suite.
@@ -28,8 +34,8 @@ MAX_WIDTH = 16384  # one row per program: wider rows take the PyTorch path
 
 
 @triton.jit
-def _residual_norm_forward(branch, residual, y, rstd, size, branch_stride, residual_stride, alpha, p, scale, eps,
-                           seed, DROPOUT: tl.constexpr, SIZE: tl.constexpr):
+def _residual_norm_forward(branch, residual, weight, bias, y, normed, rstd, size, branch_stride, residual_stride, alpha,
+                           p, scale, eps, seed, DROPOUT: tl.constexpr, LAYER_NORM: tl.constexpr, SIZE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     col = tl.arange(0, SIZE)
     live = col < size
@@ -39,9 +45,17 @@ def _residual_norm_forward(branch, residual, y, rstd, size, branch_stride, resid
         keep = tl.rand(seed, (row * size + col).to(tl.uint32)) >= p
         f = tl.where(keep, f * scale, 0.0)
     s = alpha * x + f
+    if LAYER_NORM:
+        s = tl.where(live, s - tl.sum(s, axis=0) / size, 0.0)
     inverse = tl.rsqrt(tl.sum(s * s, axis=0) / size + eps)
-    tl.store(y + row * size + col, (s * inverse).to(y.dtype.element_ty), mask=live)
     tl.store(rstd + row, inverse)
+    if LAYER_NORM:
+        gamma = tl.load(weight + col, mask=live, other=0.0).to(tl.float32)
+        beta = tl.load(bias + col, mask=live, other=0.0).to(tl.float32)
+        tl.store(normed + row * size + col, (s * inverse).to(normed.dtype.element_ty), mask=live)
+        tl.store(y + row * size + col, (s * inverse * gamma + beta).to(y.dtype.element_ty), mask=live)
+    else:
+        tl.store(y + row * size + col, (s * inverse).to(y.dtype.element_ty), mask=live)
 
 
 @triton.jit
@@ -61,47 +75,101 @@ def _residual_norm_backward(grad_y, y, rstd, grad_branch, grad_residual, size, g
     tl.store(grad_branch + row * size + col, ds.to(grad_branch.dtype.element_ty), mask=live)
 
 
+@triton.jit
+def _residual_layer_norm_backward(grad_y, normed, rstd, weight, grad_branch, grad_residual, partial, rows, size,
+                                  grad_stride, rows_per_program, alpha, p, scale, seed, DROPOUT: tl.constexpr,
+                                  SIZE: tl.constexpr):
+    program = tl.program_id(0)
+    col = tl.arange(0, SIZE)
+    live = col < size
+    gamma = tl.load(weight + col, mask=live, other=0.0).to(tl.float32)
+    grad_gamma = tl.zeros([SIZE], dtype=tl.float32)
+    grad_beta = tl.zeros([SIZE], dtype=tl.float32)
+    first = program.to(tl.int64) * rows_per_program
+    for i in range(0, rows_per_program):
+        row = first + i
+        here = live & (col * 0 + row < rows)  # a vector of the row's bound (a scalar `&` trips the interpreter)
+        g = tl.load(grad_y + row * grad_stride + col, mask=here, other=0.0).to(tl.float32)
+        n = tl.load(normed + row * size + col, mask=here, other=0.0).to(tl.float32)
+        inverse = tl.load(rstd + tl.minimum(row, rows - 1))  # past the last row g = 0 and nothing is stored
+        grad_gamma += g * n
+        grad_beta += g
+        dn = g * gamma
+        ds = (dn - tl.sum(dn, axis=0) / size - n * (tl.sum(dn * n, axis=0) / size)) * inverse
+        tl.store(grad_residual + row * size + col, (alpha * ds).to(grad_residual.dtype.element_ty), mask=here)
+        if DROPOUT:
+            keep = tl.rand(seed, (row * size + col).to(tl.uint32)) >= p
+            ds = tl.where(keep, ds * scale, 0.0)
+        tl.store(grad_branch + row * size + col, ds.to(grad_branch.dtype.element_ty), mask=here)
+    # this program's share of dγ and dβ: partial[program, 0 or 1, :]
+    tl.store(partial + program * 2 * size + col, grad_gamma, mask=live)
+    tl.store(partial + program * 2 * size + size + col, grad_beta, mask=live)
+
+
+def _programs_for(rows: int, device: torch.device) -> int:
+    """How many programs walk the rows of the LayerNorm backward pass: four per multiprocessor on CUDA
+    (enough to fill the GPU, few shares of dγ and dβ to sum), four in Triton's interpreter."""
+    per_device = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(rows, per_device))
+
+
 def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     """t as rows of its last dimension read at unit stride with one stride between rows (a copy only
     where its layout is not), and that stride."""
-    flat = t.reshape(-1, t.shape[-1]) if t.numel() else t.reshape(0, t.shape[-1])
-    if flat.shape[-1] > 1 and flat.stride(-1) != 1:
-        flat = flat.contiguous()
+    flat = zoo.kernels.unit_last_stride(t.reshape(-1, t.shape[-1]) if t.numel() else t.reshape(0, t.shape[-1]))
     return flat, flat.stride(0)
 
 
 class ResidualNorm(torch.autograd.Function):
-    """RMSNorm(α·residual + Dropout_p(branch)) with the one-pass kernels; p = 0 draws no mask."""
+    """Norm(α·residual + Dropout_p(branch)): the RMS norm when weight and bias are None, else LayerNorm
+    with γ = weight and β = bias; p = 0 draws no mask."""
 
     @staticmethod
-    def forward(ctx, branch: torch.Tensor, residual: torch.Tensor, alpha: float, p: float, eps: float, seed: int):
+    def forward(ctx, branch: torch.Tensor, residual: torch.Tensor, alpha: float, p: float, eps: float, seed: int,
+                weight: torch.Tensor | None, bias: torch.Tensor | None):
+        layer_norm = weight is not None
         size = residual.shape[-1]
         branch_rows, branch_stride = _rows(branch)
         residual_rows, residual_stride = _rows(residual)
         rows = residual_rows.shape[0]
         y = torch.empty(residual.shape, dtype=torch.promote_types(branch.dtype, residual.dtype), device=residual.device)
+        normed = torch.empty_like(y) if layer_norm else y
         rstd = torch.empty(rows, dtype=torch.float32, device=residual.device)
         scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
         if rows:
             with zoo.kernels.triton_launch("residual_norm_forward"):
                 _residual_norm_forward[(rows,)](
-                    branch_rows, residual_rows, y, rstd, size, branch_stride, residual_stride, float(alpha), float(p),
-                    scale, float(eps), seed, DROPOUT=p > 0.0, SIZE=triton.next_power_of_2(size))
-        ctx.save_for_backward(y, rstd)
+                    branch_rows, residual_rows, weight if layer_norm else y, bias if layer_norm else y, y, normed, rstd,
+                    size, branch_stride, residual_stride, float(alpha), float(p), scale, float(eps), seed,
+                    DROPOUT=p > 0.0, LAYER_NORM=layer_norm, SIZE=triton.next_power_of_2(size))
+        ctx.save_for_backward(normed, rstd, weight, bias)
         ctx.options = (branch.dtype, residual.dtype, float(alpha), float(p), scale, seed)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        y, rstd = ctx.saved_tensors
+        normed, rstd, weight, bias = ctx.saved_tensors
         branch_dtype, residual_dtype, alpha, p, scale, seed = ctx.options
-        size = y.shape[-1]
+        rows, size = rstd.numel(), normed.shape[-1]
         grad_rows, grad_stride = _rows(grad_y)
-        grad_branch = torch.empty(y.shape, dtype=branch_dtype, device=y.device)
-        grad_residual = torch.empty(y.shape, dtype=residual_dtype, device=y.device)
-        if rstd.numel():
-            with zoo.kernels.triton_launch("residual_norm_backward"):
-                _residual_norm_backward[(rstd.numel(),)](
-                    grad_rows, y, rstd, grad_branch, grad_residual, size, grad_stride, alpha, p, scale, seed,
-                    DROPOUT=p > 0.0, SIZE=triton.next_power_of_2(size))
-        return grad_branch, grad_residual, None, None, None, None
+        grad_branch = torch.empty(normed.shape, dtype=branch_dtype, device=normed.device)
+        grad_residual = torch.empty(normed.shape, dtype=residual_dtype, device=normed.device)
+        if weight is None:
+            if rows:
+                with zoo.kernels.triton_launch("residual_norm_backward"):
+                    _residual_norm_backward[(rows,)](
+                        grad_rows, normed, rstd, grad_branch, grad_residual, size, grad_stride, alpha, p, scale, seed,
+                        DROPOUT=p > 0.0, SIZE=triton.next_power_of_2(size))
+            return grad_branch, grad_residual, None, None, None, None, None, None
+        programs = _programs_for(rows, normed.device)
+        fresh = torch.empty if rows else torch.zeros  # with rows, each program writes its share
+        partial = fresh((programs, 2, size), dtype=torch.float32, device=normed.device)
+        if rows:
+            with zoo.kernels.triton_launch("residual_layer_norm_backward"):
+                _residual_layer_norm_backward[(programs,)](
+                    grad_rows, normed, rstd, weight, grad_branch, grad_residual, partial, rows, size, grad_stride,
+                    triton.cdiv(rows, programs), alpha, p, scale, seed, DROPOUT=p > 0.0,
+                    SIZE=triton.next_power_of_2(size))
+        grad_weight, grad_bias = partial.sum(0)
+        return (grad_branch, grad_residual, None, None, None, None, grad_weight.to(weight.dtype),
+                grad_bias.to(bias.dtype))

@@ -73,11 +73,6 @@ def _launch_shape(size: int) -> tuple[int, int]:
     return padded, max(1, ELEMENTS_PER_PROGRAM // padded)
 
 
-def _unit_rows(t: torch.Tensor) -> torch.Tensor:
-    """t itself when its rows are read at unit stride, else a contiguous copy."""
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
 def scale_pair_forward(z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor):
     """(z ⊙ γ_q, z ⊙ γ_k) for z [B, S, s] with unit stride in s; new contiguous tensors of z's dtype."""
     batch, seq, size = z.shape
@@ -116,13 +111,13 @@ class ScalePair(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor):
-        z = _unit_rows(z)
+        z = zoo.kernels.unit_last_stride(z)
         ctx.save_for_backward(z, gamma_q, gamma_k)
         return scale_pair_forward(z, gamma_q.contiguous(), gamma_k.contiguous())
 
     @staticmethod
     def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor):
         z, gamma_q, gamma_k = ctx.saved_tensors
-        grad_q = torch.zeros_like(z) if grad_q is None else _unit_rows(grad_q.to(z.dtype))
-        grad_k = torch.zeros_like(z) if grad_k is None else _unit_rows(grad_k.to(z.dtype))
+        grad_q = torch.zeros_like(z) if grad_q is None else zoo.kernels.unit_last_stride(grad_q.to(z.dtype))
+        grad_k = torch.zeros_like(z) if grad_k is None else zoo.kernels.unit_last_stride(grad_k.to(z.dtype))
         return scale_pair_backward(grad_q, grad_k, z, gamma_q.contiguous(), gamma_k.contiguous())
