@@ -471,6 +471,14 @@ class Trainer:
         self.log.close()
         return RunResult(self.step, self.output_dir, export_dir, published, last_eval)
 
+    def _compiled_batch(self, batch: dict) -> dict:
+        """With `training.compile`, the number of masked tokens (the length of `masked_positions`, a new
+        one every batch) marked dynamic, so the forward pass is compiled once with it symbolic rather than
+        for the first batch's count and again, made dynamic then, for the second's."""
+        if self.recipe.training.compile and "masked_positions" in batch:
+            torch._dynamo.maybe_mark_dynamic(batch["masked_positions"], 0)
+        return batch
+
     def _train_step(self, step_batches, logging_step: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimizer step over this rank's micro-batches. Returns the mean micro-batch loss and, on a
         logging step, the gradient norm before clipping, as device tensors. The only host
@@ -479,7 +487,7 @@ class Trainer:
         count = len(step_batches.batches)
         loss_sum, grad_norm = None, None
         for index, (batch, first_sample) in enumerate(zip(step_batches.batches, step_batches.first_samples)):
-            batch = self.runtime.to_device(batch)
+            batch = self._compiled_batch(self.runtime.to_device(batch))
             torch.manual_seed(dropout_seed(self.recipe.seed, first_sample))
             output = self.engine(**batch, masked_positions_only=training.masked_positions_only)
             loss = output.loss.detach().float()
@@ -539,7 +547,7 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.runtime.device)  # correct, count, loss
         for batch in heldout_batches(self.corpus.heldout, self.recipe.data.heldout.max_sequences, self.micro_batch,
                                      self.recipe.seed, self.policy, self.rank, self.world):
-            batch = self.runtime.to_device(self.runtime.pin(batch))
+            batch = self._compiled_batch(self.runtime.to_device(self.runtime.pin(batch)))
             with self.runtime.autocast():
                 out = module(**batch, masked_positions_only=True)
             targets = batch["labels"].flatten()[batch["masked_positions"]]

@@ -125,7 +125,9 @@ class RotaryEmbedding(nn.Module):
         `position_ids` [B, S] (int or float) default to 0 … S−1; `inv_freq` and `mscale` let
         inference-time variants (NTK, YaRN, ...) change the frequencies without touching weights.
         """
-        if position_ids is None and inv_freq is None and mscale == 1.0:
+        if position_ids is None and inv_freq is None and mscale == 1.0 and not torch.compiler.is_compiling():
+            # (compiled, the tables are computed in the graph, which inductor folds into its kernels: a
+            # cache filled while tracing would be a guard that fails, a recompilation, on the next call)
             key = (seq_len, dtype, device)
             if key not in self._cache:
                 if len(self._cache) > 16:
