@@ -2,7 +2,8 @@
 # Every GPU check of a session in one call, for a machine lent for minutes (gpu.md §3): install what the
 # image lacks from .gpu/wheels (pip download / pip wheel them beforehand, see gpu.md §3), then, each
 # section under a time limit inside one overall deadline, most important first:
-#   the `cuda` tests; the published base recipes for a few steps each with the README's GPU commands;
+#   the `cuda` tests; the published base recipes for a few steps each with the README's GPU commands
+#   (RoFormerV2-base also with training.compile=true);
 #   the GPU benchmark (scripts/benchmarks/gpu.py); the quickstart recipe.
 # Every log, metrics.jsonl and the benchmark's JSON land in $OUT; summary.txt has one line per section.
 #
@@ -42,20 +43,22 @@ section() {  # section NAME LIMIT_S COMMAND...: run COMMAND under min(LIMIT, tim
 }
 
 CORPUS="data.sources=[{type: text, path: $PWD/.gpu/corpus.txt}]"
-short_run() {  # short_run RECIPE STEPS [override ...]: the published recipe for a few steps, its metrics kept
-  local recipe=$1 steps=$2
-  shift 2
-  section "$recipe" 120 deepspeed --num_gpus 1 --module pretrain --config "$recipe" "$CORPUS" \
+short_run() {  # short_run NAME RECIPE STEPS [override ...]: the published recipe for a few steps, its metrics kept
+  local name=$1 recipe=$2 steps=$3
+  shift 3
+  section "$name" 120 deepspeed --num_gpus 1 --module pretrain --config "$recipe" "$CORPUS" \
     data.masking.whole_word=false training.steps="$steps" training.log_every=2 training.eval_every="$steps" \
-    training.checkpoint_every="$steps" training.output_dir="/tmp/runs/$recipe" "$@"
-  cp "/tmp/runs/$recipe/metrics.jsonl" "$OUT/$recipe.metrics.jsonl" 2>/dev/null
+    training.checkpoint_every="$steps" training.output_dir="/tmp/runs/$name" "$@"
+  cp "/tmp/runs/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null
 }
 
 section cuda-tests 240 python -m pytest -q -m cuda tests/cuda -p no:cacheprovider -rs
-short_run roformer-v2-base 10
-short_run gau-alpha-base 6
+short_run roformer-v2-base roformer-v2-base 10
+short_run gau-alpha-base gau-alpha-base 6
 section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}
-short_run deepnet-base 3
+short_run roformer-v2-base-compiled roformer-v2-base 10 training.compile=true
+# deepnet-base's global batch (2048 sequences) is more than the small corpus holds: 512, same micro-batch
+short_run deepnet-base deepnet-base 6 deepspeed.train_batch_size=512
 section quickstart 60 python -m pretrain --config quickstart "$CORPUS" training.output_dir=/tmp/runs/quickstart
 cp /tmp/runs/quickstart/metrics.jsonl "$OUT/quickstart.metrics.jsonl" 2>/dev/null
 echo "total $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.txt"
