@@ -1,4 +1,5 @@
-"""Kernel launches per training step of the base models, as CUDA runs them in eager mode, counted here.
+"""Kernel launches per training step and inference pass of the base models, as CUDA runs them in eager
+mode, counted here.
 
     python scripts/benchmarks/kernel_launches.py [--out scripts/benchmarks/results/kernel_launches]
 
@@ -10,8 +11,9 @@ our eager models behind transformers' BERT on an H200 (gpu.md §2: compiled, the
 not on the device's arithmetic, so the launches can be counted on the CPU.
 
 Counted with a TorchDispatchMode: every operation that reaches a backend during one training step of
-the encoder (bf16-autocast forward, the sum of the last hidden state as the loss, backward), except
-views and allocations, which launch nothing. The count does not depend on the batch or the length
+the encoder (bf16-autocast forward, the sum of the last hidden state as the loss, backward), and of
+one inference forward pass (eval mode, no_grad, bf16 autocast), except views and allocations, which
+launch nothing. The count does not depend on the batch or the length
 (batch 2 × 16 tokens here). The registry is set as CUDA resolves it:
 
 - "reference": as CUDA ran until the fused entries came: the RMS norm, RoPE, the post-norm residual
@@ -151,26 +153,32 @@ def count(name: str, setting: str) -> dict:
     model = build(name)
     ids = torch.randint(104, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
     layers = model.config.num_hidden_layers
-    forward, backward = Launches(), Launches()
+    forward, backward, inference = Launches(), Launches(), Launches()
     with as_on_cuda(setting):
         with torch.autocast("cpu", dtype=torch.bfloat16), forward:
             hidden = model(input_ids=ids).last_hidden_state
         with backward:
             hidden.float().sum().backward()
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), inference:
+            model(input_ids=ids)
     total = forward.counts + backward.counts
     steps = forward.total() + backward.total()
     return {"model": name, "setting": setting, "layers": layers, "forward": forward.total(),
             "backward": backward.total(), "total": steps, "per_layer": steps / layers,
-            "by_operation": dict(total.most_common())}
+            "inference": inference.total(), "by_operation": dict(total.most_common()),
+            "inference_by_operation": dict(inference.counts.most_common())}
 
 
 def report(rows: list[dict]) -> str:
-    bert = next(row["total"] for row in rows if row["model"] == BERT)
-    lines = ["| model | elementwise | forward | backward | step | per layer | × BERT-base |", "|---|---|---|---|---|---|---|"]
+    bert = next(row for row in rows if row["model"] == BERT)
+    lines = ["| model | elementwise | forward | backward | step | per layer | × BERT-base | inference | × BERT-base |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         setting = "–" if row["model"] == BERT else row["setting"]
         lines.append(f"| {row['model']} | {setting} | {row['forward']} | {row['backward']} | {row['total']} | "
-                     f"{row['per_layer']:.1f} | {row['total'] / bert:.2f}× |")
+                     f"{row['per_layer']:.1f} | {row['total'] / bert['total']:.2f}× | {row['inference']} | "
+                     f"{row['inference'] / bert['inference']:.2f}× |")
     return "\n".join(lines)
 
 
@@ -180,15 +188,17 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, (train, infer) = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True, gridspec_kw={"width_ratios": [2, 1]})
     labels = [row["model"] if row["model"] == BERT else f"{row['model']}\n({row['setting']})" for row in rows]
-    ax.barh(labels, [row["forward"] for row in rows], label="forward", color="#4c72b0")
-    ax.barh(labels, [row["backward"] for row in rows], left=[row["forward"] for row in rows], label="backward",
-            color="#dd8452")
-    ax.invert_yaxis()
-    ax.set_xlabel("kernel launches per training step (12 or 24 layers, eager, bf16 autocast)")
-    ax.set_title("Kernel launches per training step as CUDA runs them, counted on the CPU")
-    ax.legend()
+    train.barh(labels, [row["forward"] for row in rows], label="forward", color="#4c72b0")
+    train.barh(labels, [row["backward"] for row in rows], left=[row["forward"] for row in rows], label="backward",
+               color="#dd8452")
+    train.invert_yaxis()
+    train.set_xlabel("per training step (12 or 24 layers, eager, bf16 autocast)")
+    train.legend()
+    infer.barh(labels, [row["inference"] for row in rows], color="#55a868")
+    infer.set_xlabel("per inference forward (eval, no_grad)")
+    fig.suptitle("Kernel launches as CUDA runs them, counted on the CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -59,3 +59,21 @@ def test_gau_scale_pair_counts_one_launch_each_way(monkeypatch):
     layers, ops = fused["layers"], fused["by_operation"]
     assert ops["triton.scale_pair_forward"] == ops["triton.scale_pair_backward"] == layers
     assert ops["triton.residual_norm_forward"] == layers  # one sublayer per GAU layer
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counts on the CPU with Triton's interpreter, which the suite "
+                                                     "switches on only where there is no GPU (tests/conftest.py)")
+def test_deepnet_layer_norm_residual_step_is_one_launch_each_way(monkeypatch):
+    """DeepNet's post-norm steps with LayerNorm: one Triton launch forward and one backward (and one sum
+    of the shares of dγ and dβ) each, where the reference launched dropout, the addition, LayerNorm and
+    its fp32 casts; in inference the same kernel, once per sublayer, and no dropout."""
+    monkeypatch.setitem(kernel_launches.MODELS, "tiny deepnet", "deepnet-tiny")
+    fused = kernel_launches.count("tiny deepnet", "fused")
+    reference = kernel_launches.count("tiny deepnet", "reference")
+    layers, ops = fused["layers"], fused["by_operation"]
+    assert ops["triton.residual_norm_forward"] == ops["triton.residual_layer_norm_backward"] == 2 * layers
+    assert ops["aten.native_layer_norm.default"] == 1  # the embeddings' norm, no residual step
+    assert reference["by_operation"]["aten.native_layer_norm.default"] == 2 * layers + 1
+    assert fused["inference_by_operation"]["triton.residual_norm_forward"] == 2 * layers
+    assert not any("dropout" in name for name in fused["inference_by_operation"])
+    assert fused["inference"] < reference["inference"] and fused["total"] < reference["total"]
