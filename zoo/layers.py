@@ -19,7 +19,7 @@ from .casting import cast_for_products
 from .dropout import Dropout
 from .initialization import dense
 from .norms import ScaleOffset, make_norm, scale_offset_pair
-from .recompute import recompute_elementwise
+from .recompute import output_product, recompute_elementwise
 from .residual import residual_norm
 
 
@@ -72,7 +72,9 @@ class FeedForward(nn.Module):
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """W_2 · act(h) from h = W_1 · x."""
-        return self.fc2(self.act(hidden))
+        activated = self.act(hidden)
+        with output_product():
+            return self.fc2(activated)
 
 
 class GatedAttentionUnit(nn.Module):
@@ -111,7 +113,9 @@ class GatedAttentionUnit(nn.Module):
             q[:, None], k[:, None], v[:, None], normalization=self.normalization, dropout_p=self.dropout_p,
             training=self.training, need_weights=need_weights,
         )
-        return self.o_dense(u * out[:, 0]), probs
+        gated = u * out[:, 0]
+        with output_product():
+            return self.o_dense(gated), probs
 
 
 class EncoderLayer(GradientCheckpointingLayer):

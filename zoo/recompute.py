@@ -10,14 +10,21 @@ gates) and the views of them are made again. Random draws are made again too, fr
 the checkpoint restores first, so the function computed, and its gradients, are the same as without
 recomputation.
 
-With `config.recompute_elementwise` a GAU-α layer keeps the gate's pre-activation x·W_i, the
-attention output and the output projection, instead of also keeping swish's output, q and k after
-scale, offset and RoPE, and u ⊙ A·v; a GELU FFN (DeepNet) keeps W_1·x and W_2's output instead of
-GELU's output (BENCHMARKS.md, activation memory).
+The product that makes `fn`'s output (GAU's W_o, the FFN's W_2), run under `output_product()`, is not
+kept either: nothing in `fn` reads its output again, and the backward pass's run of `fn` stops (torch's
+early stop) once it has made again the tensors the backward formulas saved, which for that product are
+its inputs, so the product itself is not run twice.
+
+With `config.recompute_elementwise` a GAU-α layer keeps the gate's pre-activation x·W_i and the
+attention output, instead of also keeping swish's output, q and k after scale, offset and RoPE,
+u ⊙ A·v and the output projection; a GELU FFN (DeepNet) keeps W_1·x instead of GELU's output and W_2's
+(BENCHMARKS.md, activation memory).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import torch
@@ -70,8 +77,31 @@ def is_elementwise(op) -> bool:
     return torch.Tag.pointwise in getattr(op, "tags", ()) or bool(getattr(op, "is_view", False))
 
 
+# the matrix products a linear layer runs, whatever its bias and the input's rank
+PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+_IN_OUTPUT_PRODUCT = contextvars.ContextVar("zoo_recompute_output_product", default=False)
+
+
+@contextlib.contextmanager
+def output_product():
+    """Marks the product that makes a recomputed function's output (module docstring): under
+    `recompute_elementwise` its output is not kept; elsewhere this does nothing. Under torch.compile
+    it does nothing either (the partitioner keeps only what the backward graph reads; a ContextVar
+    would break the graph)."""
+    if torch.compiler.is_compiling():
+        yield
+        return
+    token = _IN_OUTPUT_PRODUCT.set(True)
+    try:
+        yield
+    finally:
+        _IN_OUTPUT_PRODUCT.reset(token)
+
+
 def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    return CheckpointPolicy.PREFER_RECOMPUTE if is_elementwise(op) else CheckpointPolicy.MUST_SAVE
+    if is_elementwise(op) or (op in PRODUCTS and _IN_OUTPUT_PRODUCT.get()):
+        return CheckpointPolicy.PREFER_RECOMPUTE
+    return CheckpointPolicy.MUST_SAVE
 
 
 # An operation that writes into its input is kept, not run again: run again, it would write into the

@@ -1,16 +1,21 @@
 """Activation memory per token of the base models, as the GPU's implementations keep it, measured here.
 
-    python scripts/benchmarks/activation_memory.py [--lengths 512,2048] [--step-rounds 3]
+    python scripts/benchmarks/activation_memory.py [--lengths 512] [--step-rounds 3]
                                                    [--out scripts/benchmarks/results/activation_memory]
 
 What training keeps between the forward and the backward pass depends on the implementations each
 operation runs, not on the device's arithmetic, so it can be counted on the CPU with the registry
-choosing what CUDA chooses: the CPU kernels switched off (the PyTorch RMS norm, RoPE and dropout,
-whose boolean masks are what CUDA's dropout keeps) and GAU's wide head as heads sharing q/k through
-sdpa (`sdpa_shared_qk`). (CUDA's fused RMS norm and Triton RoPE keep what these references keep:
-the input and 1/rms, the tables; with our CPU operators in their place the count is the same.)
-Attention dropout is off: with dropout torch's CPU sdpa falls back to a
-kernel that keeps the probabilities, while CUDA's flash kernel keeps only a random-number state.
+choosing what CUDA chooses now (cuda_registry.py, "fused"): attention through sdpa, GAU's wide head as
+heads sharing q/k (`sdpa_shared_qk`); torch's `native_dropout` with its boolean mask; the RMS norm
+and RoPE as one operator each way (CUDA's fused RMS norm and Triton RoPE keep what our CPU operators
+keep: the input and 1/rms, the tables); the post-norm residual step and GAU's q/k scale pair through
+their Triton kernels, run in Triton's interpreter (the residual kernel keeps its output and 1/rms,
+or x̂ and 1/std with LayerNorm, and no mask). Attention dropout is off: with dropout torch's CPU sdpa
+falls back to a kernel that keeps the probabilities, while CUDA's flash kernel keeps only a
+random-number state. One CPU artefact is left out: torch's CPU flash kernel returns its output heads
+first, [B, H, S, d] in memory, so merging the heads into [B, S, H·d] copies it, while CUDA's flash
+and memory-efficient kernels return it sequence first and the merge is a view; such a copy of an
+sdpa output is not counted.
 
 Counted: every storage an operation makes during a bf16-autocast forward pass of the encoder (the
 MLM head is the same sparse tied head in every family) that is still alive when the pass returns,
@@ -33,10 +38,16 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+if __name__ == "__main__":
+    # the Triton kernels run in Triton's interpreter, which Triton reads when it and a kernel are defined,
+    # so before anything imports it (imported as a module, by the test suite, tests/conftest.py decides)
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -47,9 +58,9 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from cuda_registry import as_on_cuda  # noqa: E402
+
 import zoo  # noqa: E402
-from zoo.attention import gau_wide_head, shared_qk_attention  # noqa: E402
-from zoo.kernels import registry  # noqa: E402
 
 MODELS = {  # name → (preset or "bert", config overrides)
     "zoo RoFormerV2-base": ("roformer-v2-base", {}),
@@ -64,19 +75,33 @@ VOCAB = 12000
 
 
 class LiveStorages(TorchDispatchMode):
-    """Records every storage an operation makes; `alive_bytes()` sums those still alive (each once)."""
+    """Records every storage an operation makes; `alive_bytes()` sums those still alive (each once).
+    A copy of an sdpa output (the merge of heads, a view on CUDA) is not recorded."""
 
     def __init__(self):
         super().__init__()
         self.made = []
+        self.attention_outputs: dict[int, StorageWeakRef] = {}  # the sdpa outputs' storages by data pointer
+        self.merged_heads: dict[int, StorageWeakRef] = {}  # their copies, and whatever views them
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if "scaled_dot_product" in func.__name__ and not func.__name__.endswith("backward.default"):
+            storage = out[0].untyped_storage()
+            self.attention_outputs[storage.data_ptr()] = StorageWeakRef(storage)
+        elif func is torch.ops.aten.clone.default and self._alive_in(self.attention_outputs, args[0]):
+            storage = out.untyped_storage()
+            self.merged_heads[storage.data_ptr()] = StorageWeakRef(storage)
         for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor):
+            if isinstance(tensor, torch.Tensor) and not self._alive_in(self.merged_heads, tensor):
                 storage = tensor.untyped_storage()
                 self.made.append((storage.data_ptr(), StorageWeakRef(storage), storage.nbytes()))
         return out
+
+    @staticmethod
+    def _alive_in(storages: dict[int, StorageWeakRef], tensor: torch.Tensor) -> bool:
+        ref = storages.get(tensor.untyped_storage().data_ptr())
+        return ref is not None and not ref.expired()
 
     def alive_bytes(self) -> int:
         gc.collect()
@@ -95,19 +120,10 @@ def build(name: str):
                       **overrides).train()
 
 
-def as_on_cuda():
-    """The registry as CUDA resolves it, on this CPU: PyTorch paths, GAU's shared-q/k sdpa, torch's dropout."""
-    stack = registry.disabled("cpu-kernel", "cpu-lanes", "attention", "dropout", "elementwise")
-    shared = registry.registered("softmax_attention", "sdpa-shared-qk-on-cpu", shared_qk_attention,
-                                 accepts=gau_wide_head, before="sdpa-requested")
-    return stack, shared
-
-
 def retained_bytes(model, batch: int, length: int) -> int:
     ids = torch.randint(104, VOCAB, (batch, length), generator=torch.Generator().manual_seed(batch))
-    disabled, shared = as_on_cuda()
     mode = LiveStorages()
-    with disabled, shared, torch.autocast("cpu", dtype=torch.bfloat16), mode:
+    with as_on_cuda("fused"), torch.autocast("cpu", dtype=torch.bfloat16), mode:
         out = model(input_ids=ids).last_hidden_state
     retained = mode.alive_bytes()
     del out
@@ -187,7 +203,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lengths", default="512,2048")
+    # the count per token does not depend on S (no score matrix is kept); other lengths cost interpreter time:
+    # the Triton kernels run one row per program, a few ms each in the interpreter, minutes per model at 512
+    parser.add_argument("--lengths", default="512")
     parser.add_argument("--step-rounds", type=int, default=3, help="ABBA rounds timing recomputation (0: none)")
     parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "benchmarks" / "results" / "activation_memory")
     args = parser.parse_args(argv)

@@ -13,20 +13,18 @@ not on the device's arithmetic, so the launches can be counted on the CPU.
 Counted with a TorchDispatchMode: every operation that reaches a backend during one training step of
 the encoder (bf16-autocast forward, the sum of the last hidden state as the loss, backward), and of
 one inference forward pass (eval mode, no_grad, bf16 autocast), except views and allocations, which
-launch nothing. The count does not depend on the batch or the length
-(batch 2 × 16 tokens here). The registry is set as CUDA resolves it:
+launch nothing. The count does not depend on the batch or the length (batch 2 × 16 tokens here). The
+registry is set as CUDA resolves it (cuda_registry.py), in two settings:
 
 - "reference": as CUDA ran until the fused entries came: the RMS norm, RoPE, the post-norm residual
   step (dropout, α·x +, norm) and GAU's q/k scales as PyTorch operations;
 - "fused": one kernel each way for the RMS norm (torch's fused kernel on CUDA: the embeddings' norm)
   and for RoPE (the Triton kernel, the CUDA side of the operator zoo::rope), each counted here as our
-  CPU operator, which is likewise one operator each way; the post-norm residual step with the RMS norm
-  and GAU's q/k scale pair through their Triton kernels, run here in Triton's interpreter, each launch
-  counted as one;
-- always: the attention through sdpa (GAU-α's wide head as heads sharing q/k), one kernel each way,
-  without attention dropout, which CUDA's fused kernels apply inside that kernel but torch's CPU sdpa
-  only on its unfused path; hidden dropout as torch's `native_dropout`, one kernel each way as on
-  CUDA (F.dropout on the CPU takes three).
+  CPU operator, which is likewise one operator each way; the post-norm residual step and GAU's q/k
+  scale pair through their Triton kernels, run here in Triton's interpreter, each launch counted as
+  one;
+- in both: the attention through sdpa (GAU-α's wide head as heads sharing q/k), one kernel each way,
+  without attention dropout; hidden dropout as torch's `native_dropout`, one kernel each way.
 
 Side by side: our three families, and transformers' BERT-base (sdpa) at the same shape, whose
 LayerNorm, GELU, biases and dropout are one kernel each. The optimizer step (the same fused step for
@@ -37,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import sys
@@ -51,19 +48,16 @@ if __name__ == "__main__":
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from cuda_registry import SETTINGS, as_on_cuda  # noqa: E402
+
 import zoo  # noqa: E402
 import zoo.kernels  # noqa: E402
-from zoo.attention import gau_wide_head, shared_qk_attention  # noqa: E402
-from zoo.kernels import available, registry  # noqa: E402
-from zoo.norms import triton_scale_pair, triton_scale_pair_applies  # noqa: E402
-from zoo.residual import triton_residual_norm, triton_residual_norm_applies  # noqa: E402
 
 MODELS = {  # name → preset, or "bert"
     "zoo RoFormerV2-base": "roformer-v2-base",
@@ -71,10 +65,6 @@ MODELS = {  # name → preset, or "bert"
     "zoo DeepNet-12": "deepnet-12",
     "transformers BERT-base (sdpa)": "bert",
 }
-# the CUDA entries in Triton that are autograd Functions, registered for the CPU too in the "fused" count
-TRITON_ENTRIES = [("scale_offset_pair", triton_scale_pair, triton_scale_pair_applies),
-                  ("residual_norm", triton_residual_norm, triton_residual_norm_applies)]
-SETTINGS = ("reference", "fused")  # how the RMS norm, RoPE (and GAU's scale pair) run
 BERT = "transformers BERT-base (sdpa)"
 VOCAB = 12000
 # launch nothing, though not marked as views (_unsafe_view is reshape's view of a fresh copy); the last
@@ -111,31 +101,6 @@ def build(name: str) -> torch.nn.Module:
     return zoo.create(MODELS[name], task="base", attention_backend="sdpa", attention_probs_dropout_prob=0.0).train()
 
 
-def native_dropout(x, p=0.5, training=True, inplace=False):
-    """F.dropout as CUDA runs it: one `native_dropout` kernel (and one `native_dropout_backward`)."""
-    return torch.ops.aten.native_dropout(x, p, training)[0] if training and p > 0 else x
-
-
-@contextlib.contextmanager
-def as_on_cuda(setting: str):
-    """The registry as CUDA resolves it (see the module docstring), for the block."""
-    references = ("rms_norm:cpu-kernel", "rope:cpu-kernel") if setting == "reference" else ()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(registry.disabled("attention", "dropout:cpu-kernel", "cpu-lanes", *references))
-        stack.enter_context(registry.registered("softmax_attention", "sdpa-shared-qk-on-cpu", shared_qk_attention,
-                                                accepts=gau_wide_head, before="sdpa-requested"))
-        stack.enter_context(mock.patch.object(F, "dropout", native_dropout))
-        if setting == "fused":
-            if not available("triton"):
-                raise SystemExit("kernel_launches.py: Triton is needed for the fused residual norm and GAU's "
-                                 "scale pair (pip install -e .[test])")
-            for op, fn, applies in TRITON_ENTRIES:
-                stack.enter_context(registry.registered(op, "triton-on-cpu", fn, device_types=("cpu",), accepts=applies,
-                                                        before="reference"))
-            stack.enter_context(mock.patch.object(zoo.kernels, "triton_launch", counted_launch(zoo.kernels.triton_launch)))
-        yield
-
-
 def counted_launch(launch_context):
     """`zoo.kernels.triton_launch`, also counting one launch, "triton.<kernel>", in the active `Launches`
     mode (a Triton kernel is no ATen operation, so the mode would not see it)."""
@@ -154,7 +119,8 @@ def count(name: str, setting: str) -> dict:
     ids = torch.randint(104, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
     layers = model.config.num_hidden_layers
     forward, backward, inference = Launches(), Launches(), Launches()
-    with as_on_cuda(setting):
+    counting = mock.patch.object(zoo.kernels, "triton_launch", counted_launch(zoo.kernels.triton_launch))
+    with as_on_cuda(setting), counting:
         with torch.autocast("cpu", dtype=torch.bfloat16), forward:
             hidden = model(input_ids=ids).last_hidden_state
         with backward:

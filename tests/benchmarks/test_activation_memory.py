@@ -26,6 +26,19 @@ def test_the_count_is_what_outlives_the_pass():
     assert mode.alive_bytes() == 0
 
 
+def test_a_copy_of_an_attention_output_is_not_counted():
+    """torch's CPU sdpa returns [B, H, S, d] heads first, so merging the heads copies; CUDA's kernels
+    return it sequence first and the merge is a view: that copy is left out, other copies are not."""
+    mode = activation_memory.LiveStorages()
+    with mode:
+        q = torch.randn(1, 2, 8, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        merged = out.transpose(1, 2).reshape(1, 8, 8)
+        copied = q.transpose(1, 2).reshape(1, 8, 8)
+    assert merged.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()  # a copy on the CPU
+    assert mode.alive_bytes() == q.nbytes + out.nbytes + copied.nbytes
+
+
 SMALL = {  # preset → small shape (the base models' proportions), the bound on kept bytes with/without
     "gau-alpha-base": (dict(hidden_size=64, num_hidden_layers=4, intermediate_size=128, attention_key_size=32), 0.65),
     "deepnet-12": (dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256), 0.9),

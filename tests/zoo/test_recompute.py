@@ -3,10 +3,16 @@ the same function and gradients, less kept for the backward pass, and which oper
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
+import zoo.layers
+import zoo.recompute
 from zoo.recompute import is_elementwise
 
 from .kernel_switch import kernels_off
@@ -92,3 +98,60 @@ def test_cheap_operations_are_recomputed_and_the_rest_kept():
             aten.mul_.Tensor, aten.add_.Tensor, aten.zero_.default)  # in place: never written twice
     assert [op for op in recomputed if not is_elementwise(op)] == []
     assert [op for op in kept if is_elementwise(op)] == []
+
+
+class KeptStorages(TorchDispatchMode):
+    """The storages operations make inside the block; `bytes()` sums those still alive after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in torch.utils._pytree.tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                self.made.append((storage.data_ptr(), StorageWeakRef(storage), storage.nbytes()))
+        return out
+
+    def bytes(self) -> int:
+        return sum({ptr: size for ptr, ref, size in self.made if not ref.expired()}.values())
+
+
+class Products(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in zoo.recompute.PRODUCTS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("preset", ["gau-alpha-tiny", "deepnet-tiny"])
+def test_the_output_product_is_neither_kept_nor_run_again(preset, monkeypatch):
+    """Under recomputation the product that makes a layer's branch output (GAU's W_o, the FFN's W_2) is not
+    kept: the forward pass keeps exactly one bf16 [B, S, hidden] per layer less than with that product
+    kept like the others (the marker switched off); and the backward pass runs as many matrix products as
+    without recomputation, since its run of the layer stops before that product."""
+    ids = torch.randint(104, 12000, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def run(recompute: bool):
+        torch.manual_seed(0)
+        model = zoo.create(preset, task="base", recompute_elementwise=recompute, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0).train()
+        kept, products = KeptStorages(), Products()
+        with torch.autocast("cpu", dtype=torch.bfloat16), kept:
+            hidden = model(input_ids=ids).last_hidden_state
+        kept_bytes = kept.bytes()  # before the backward pass frees what it kept
+        with products:
+            hidden.float().sum().backward()
+        return kept_bytes, products.count, model.config
+
+    kept, backward_products, config = run(recompute=True)
+    _, plain_backward_products, _ = run(recompute=False)
+    monkeypatch.setattr(zoo.layers, "output_product", contextlib.nullcontext)
+    kept_with_output, _, _ = run(recompute=True)
+    assert kept_with_output - kept == config.num_hidden_layers * ids.numel() * config.hidden_size * 2
+    assert backward_products == plain_backward_products
