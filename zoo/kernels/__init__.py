@@ -9,7 +9,8 @@
 - `triton_rope.py`, `triton_scale_pair.py`, `triton_residual_norm.py`: CUDA kernels in Triton, RoPE
   (the CUDA implementation of the same operator), GAU's q/k scale pair and the post-norm residual step
   Norm(α·x + Dropout(F(x))) with the RMS norm or LayerNorm, one launch each way instead of a chain of
-  PyTorch operations (Triton comes with torch's CUDA builds; the modules are imported on first use).
+  PyTorch operations (Triton comes with torch's CUDA builds; the modules are imported on first use);
+  `triton_aot.py` compiles them for CUDA GPUs on a machine without one, to check their code.
 
 Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
 when it is not possible, the loader returns None and callers use their PyTorch path.
@@ -148,6 +149,14 @@ def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     """t itself when its last dimension is read at unit stride, else a contiguous copy: the RoPE
     kernel takes any strides across rows (q and k arrive as transposed views) but not within one."""
     return t if t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def resident_programs(work: int, device: torch.device) -> int:
+    """How many programs walk `work` items (rows, blocks of rows) in a Triton kernel that keeps a
+    per-program share of a sum (a norm's or a scale's gradient): four per multiprocessor on CUDA, enough
+    to fill the GPU with few shares to add up afterwards; four in Triton's interpreter."""
+    per_device = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(work, per_device))
 
 
 def threshold_for(p: float) -> int:

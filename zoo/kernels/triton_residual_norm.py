@@ -31,9 +31,12 @@ import triton.language as tl
 import zoo.kernels
 
 MAX_WIDTH = 16384  # one row per program: wider rows take the PyTorch path
+# the mask's seed is a fresh integer each step: not specialised, or one in 16 (divisible by 16) and
+# seed 1 would each compile the kernel again in the middle of training
+per_step_seed = triton.jit(do_not_specialize=["seed"])
 
 
-@triton.jit
+@per_step_seed
 def _residual_norm_forward(branch, residual, weight, bias, y, normed, rstd, size, branch_stride, residual_stride, alpha,
                            p, scale, eps, seed, DROPOUT: tl.constexpr, LAYER_NORM: tl.constexpr, SIZE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -58,7 +61,7 @@ def _residual_norm_forward(branch, residual, weight, bias, y, normed, rstd, size
         tl.store(y + row * size + col, (s * inverse).to(y.dtype.element_ty), mask=live)
 
 
-@triton.jit
+@per_step_seed
 def _residual_norm_backward(grad_y, y, rstd, grad_branch, grad_residual, size, grad_stride, alpha, p, scale, seed,
                             DROPOUT: tl.constexpr, SIZE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -75,7 +78,7 @@ def _residual_norm_backward(grad_y, y, rstd, grad_branch, grad_residual, size, g
     tl.store(grad_branch + row * size + col, ds.to(grad_branch.dtype.element_ty), mask=live)
 
 
-@triton.jit
+@per_step_seed
 def _residual_layer_norm_backward(grad_y, normed, rstd, weight, grad_branch, grad_residual, partial, rows, size,
                                   grad_stride, rows_per_program, alpha, p, scale, seed, DROPOUT: tl.constexpr,
                                   SIZE: tl.constexpr):
@@ -104,13 +107,6 @@ def _residual_layer_norm_backward(grad_y, normed, rstd, weight, grad_branch, gra
     # this program's share of dγ and dβ: partial[program, 0 or 1, :]
     tl.store(partial + program * 2 * size + col, grad_gamma, mask=live)
     tl.store(partial + program * 2 * size + size + col, grad_beta, mask=live)
-
-
-def _programs_for(rows: int, device: torch.device) -> int:
-    """How many programs walk the rows of the LayerNorm backward pass: four per multiprocessor on CUDA
-    (enough to fill the GPU, few shares of dγ and dβ to sum), four in Triton's interpreter."""
-    per_device = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(rows, per_device))
 
 
 def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -161,7 +157,7 @@ class ResidualNorm(torch.autograd.Function):
                         grad_rows, normed, rstd, grad_branch, grad_residual, size, grad_stride, alpha, p, scale, seed,
                         DROPOUT=p > 0.0, SIZE=triton.next_power_of_2(size))
             return grad_branch, grad_residual, None, None, None, None, None, None
-        programs = _programs_for(rows, normed.device)
+        programs = zoo.kernels.resident_programs(rows, normed.device)
         fresh = torch.empty if rows else torch.zeros  # with rows, each program writes its share
         partial = fresh((programs, 2, size), dtype=torch.float32, device=normed.device)
         if rows:
