@@ -32,13 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from zoo.attention import gau_wide_head, shared_qk_attention  # noqa: E402
 from zoo.kernels import available, registry  # noqa: E402
-from zoo.norms import triton_scale_pair, triton_scale_pair_applies  # noqa: E402
-from zoo.residual import triton_residual_norm, triton_residual_norm_applies  # noqa: E402
 
 SETTINGS = ("reference", "fused")
-# the CUDA entries in Triton that are autograd Functions, registered for the CPU too in the "fused" setting
-TRITON_ENTRIES = [("scale_offset_pair", triton_scale_pair, triton_scale_pair_applies),
-                  ("residual_norm", triton_residual_norm, triton_residual_norm_applies)]
 
 
 def native_dropout(x, p=0.5, training=True, inplace=False):
@@ -61,7 +56,6 @@ def as_on_cuda(setting: str = "fused"):
             if not available("triton"):
                 raise SystemExit("the CUDA registry on the CPU needs Triton for the fused residual norm and GAU's "
                                  "scale pair, run in its interpreter (pip install -e .[test])")
-            for op, fn, applies in TRITON_ENTRIES:
-                stack.enter_context(registry.registered(op, "triton-on-cpu", fn, device_types=("cpu",), accepts=applies,
-                                                        before="reference"))
+            # the Triton entries registered for the CPU too (RoPE's still goes to the CPU operator first)
+            stack.enter_context(registry.extended("triton", "cpu"))
         yield

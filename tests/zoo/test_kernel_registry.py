@@ -87,6 +87,25 @@ def test_a_new_entry_slots_in_before_another_and_is_gone_after_the_block():
     assert [k.name for k in registry.implementations("rms_norm")] == ["cpu-kernel", "torch-fused", "reference"]
 
 
+def test_extended_lets_the_cuda_entries_of_a_name_take_cpu_tensors_for_the_block():
+    before = {op: [k.name for k in registry.implementations(op)] for op in ("residual_norm", "scale_offset_pair", "rope")}
+    z = torch.zeros(2, 3, 8)
+    plain = zoo.norms.ScaleOffset(8, offset=False)
+    with registry.extended("triton", "cpu"):
+        names = [k.name for k in registry.implementations("scale_offset_pair")]
+        assert names == ["triton", "triton-on-cpu", "reference"]
+        entry = registry.select("scale_offset_pair", z, plain, plain)
+        assert entry.name == "triton-on-cpu" and entry.fn is zoo.norms.triton_scale_pair
+        assert not entry.takes("cuda", torch.float32) and entry.takes("cpu", torch.bfloat16)
+        assert registry.select("scale_offset_pair", z.double(), plain, plain).name == "reference"  # dtypes kept
+        assert registry.select("scale_offset_pair", z[0], plain, plain).name == "reference"  # and the predicate
+        # the CPU's own kernel stays first where an op has one
+        assert [k.name for k in registry.implementations("rope")][:2] == ["cpu-kernel", "triton"]
+        with registry.disabled("triton"):
+            assert registry.select("scale_offset_pair", z, plain, plain).name == "reference"
+    assert {op: [k.name for k in registry.implementations(op)] for op in before} == before
+
+
 def test_disabled_switches_off_an_entry_a_name_or_a_module_for_the_block():
     x = torch.zeros(2, 8)
     with registry.disabled("rms_norm:cpu-kernel"):

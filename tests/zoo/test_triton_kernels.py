@@ -173,22 +173,15 @@ def test_triton_scale_pair_of_no_rows():
     assert torch.equal(gq.grad.cpu(), torch.zeros(128))
 
 
-# the model-level Triton entries: (op, entry function, its predicate)
-MODEL_ENTRIES = [("scale_offset_pair", zoo.norms.triton_scale_pair, zoo.norms.triton_scale_pair_applies),
-                 ("residual_norm", zoo.residual.triton_residual_norm, zoo.residual.triton_residual_norm_applies)]
-
-
 @contextlib.contextmanager
 def triton_entries(on: bool):
-    """The Triton scale pair and residual norm on or off for the block: on CUDA their own entries;
-    without a GPU the same functions registered for the CPU too (the kernels run in the interpreter)."""
+    """The Triton entries on or off for the block: on CUDA their own entries; without a GPU the same
+    functions registered for the CPU too (the kernels run in the interpreter)."""
     with contextlib.ExitStack() as stack:
         if not on:
-            stack.enter_context(registry.disabled(*(f"{op}:triton" for op, _, _ in MODEL_ENTRIES)))
+            stack.enter_context(registry.disabled("triton"))
         elif DEVICE == "cpu":
-            for op, fn, applies in MODEL_ENTRIES:
-                stack.enter_context(registry.registered(op, "triton-on-cpu", fn, device_types=("cpu",), accepts=applies,
-                                                        before="reference"))
+            stack.enter_context(registry.extended("triton", "cpu"))
         yield
 
 

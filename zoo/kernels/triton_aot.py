@@ -200,12 +200,13 @@ class _CompileOnlyDriver(DriverBase):
 
 @contextlib.contextmanager
 def _target(arch: int) -> Iterator[None]:
-    previous = driver._active
+    state = dict(vars(driver))  # which driver is active, as this Triton version keeps it (none made yet here)
     driver.set_active(_CompileOnlyDriver(GPUTarget("cuda", arch, 32)))
     try:
         yield
     finally:
-        driver._active = previous
+        vars(driver).clear()
+        vars(driver).update(state)
 
 
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
