@@ -2,7 +2,7 @@
 # Every GPU check of a session in one call, for a machine lent for minutes (gpu.md §3): install what the
 # image lacks from .gpu/wheels (pip download / pip wheel them beforehand, see gpu.md §3), then, each
 # section under a time limit inside one overall deadline, most important first:
-#   the `cuda` tests; the published base recipes for a few steps each with the README's GPU commands
+#   the `cuda` tests; the Triton kernel tests, compiled; the published base recipes for a few steps each with the README's GPU commands
 #   (RoFormerV2-base also with training.compile=true);
 #   the GPU benchmark (scripts/benchmarks/gpu.py); the quickstart recipe.
 # Every log, metrics.jsonl and the benchmark's JSON land in $OUT; summary.txt has one line per section.
@@ -53,6 +53,9 @@ short_run() {  # short_run NAME RECIPE STEPS [override ...]: the published recip
 }
 
 section cuda-tests 240 python -m pytest -q -m cuda tests/cuda -p no:cacheprovider -rs
+# the Triton kernels against fp64 and the reference path, compiled on the GPU (the suite runs them in the
+# interpreter; not marked `cuda`, as they run wherever Triton does)
+section triton-kernels 120 python -m pytest -q tests/zoo/test_triton_kernels.py -p no:cacheprovider -rs
 short_run roformer-v2-base roformer-v2-base 10
 short_run gau-alpha-base gau-alpha-base 6
 section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}

@@ -33,6 +33,7 @@ from .dropout import keep_mask
 from .kernels import dropout_kernels, new_seed, ops, threshold_for
 from .kernels import keep_scale as kernel_keep_scale
 from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register, select
+from .norms import scale_offset_pair
 from .rope import apply_rope
 
 
@@ -383,9 +384,10 @@ class AttentionContext:
         dropout_p: float,
         training: bool,
         need_weights: bool = False,
+        rotated: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rotate q and k (RoPE), then attend."""
-        if self.cos is not None:
+        """Rotate q and k (RoPE) unless they come `rotated` by this context's tables, then attend."""
+        if self.cos is not None and not rotated:
             q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)
         return attention(
             q,
@@ -399,3 +401,15 @@ class AttentionContext:
             backend=self.backend,
             need_weights=need_weights,
         )
+
+    def attend_scale_offsets(self, z: torch.Tensor, first, second, v: torch.Tensor, **options):
+        """GAU's attention: q = first(z) and k = second(z), two scale-offsets of one projection z [B, S, s],
+        rotated by the tables, then attention over v [B, 1, S, e]. The pair and the rotation are one
+        registry call ("scale_offset_pair" with the tables: on CUDA one Triton kernel each way). A
+        context with its own `attend` (position variants: ReRoPE rotates by its own tables) gets q and k
+        unrotated, as every layer hands them to `attend`."""
+        if self.cos is None or type(self).attend is not AttentionContext.attend:
+            q, k = scale_offset_pair(z, first, second)
+            return self.attend(q[:, None], k[:, None], v, **options)
+        q, k = scale_offset_pair(z, first, second, self.cos, self.sin)
+        return self.attend(q[:, None], k[:, None], v, rotated=True, **options)

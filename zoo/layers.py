@@ -18,7 +18,7 @@ from .attention import AttentionContext
 from .casting import cast_for_products
 from .dropout import Dropout
 from .initialization import dense
-from .norms import ScaleOffset, make_norm, scale_offset_pair
+from .norms import ScaleOffset, make_norm
 from .recompute import output_product, recompute_elementwise
 from .residual import residual_norm
 
@@ -108,10 +108,9 @@ class GatedAttentionUnit(nn.Module):
     def gated_attention(self, gate: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
         """(u ⊙ A·v)·W_o from the gate's pre-activation x·W_i, and A (with `need_weights`)."""
         u, v, z = F.silu(gate).split([self.expansion_size, self.expansion_size, self.key_size], dim=-1)
-        q, k = scale_offset_pair(z, self.q_scaleoffset, self.k_scaleoffset)
-        out, probs = ctx.attend(
-            q[:, None], k[:, None], v[:, None], normalization=self.normalization, dropout_p=self.dropout_p,
-            training=self.training, need_weights=need_weights,
+        out, probs = ctx.attend_scale_offsets(
+            z, self.q_scaleoffset, self.k_scaleoffset, v[:, None], normalization=self.normalization,
+            dropout_p=self.dropout_p, training=self.training, need_weights=need_weights,
         )
         gated = u * out[:, 0]
         with output_product():

@@ -8,6 +8,7 @@ from torch import nn
 
 from .kernels import ops
 from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register
+from .rope import apply_rope, fused_rope_applies
 
 
 class RMSNorm(nn.Module):
@@ -110,30 +111,41 @@ def make_norm(config, eps: float | None = None) -> nn.Module:
     return LayerNorm(config.hidden_size, eps=eps)
 
 
-def scale_offset_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first(z), second(z)): two scale-offsets of one input, GAU's q and k, through the kernel registry
-    ("scale_offset_pair")."""
-    return dispatch("scale_offset_pair", z, first, second)
+def scale_offset_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos: torch.Tensor | None = None,
+                      sin: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first(z), second(z)): two scale-offsets of one input, GAU's q and k from z [B, S, s], each
+    rotated by RoPE's tables cos, sin [B or 1, 1, S, s/2] when they are given; through the kernel
+    registry ("scale_offset_pair")."""
+    return dispatch("scale_offset_pair", z, first, second, cos, sin)
 
 
-def triton_scale_pair_applies(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset) -> bool:
-    """The Triton kernel's calls: z [B, S, s], scales without offsets, in eager mode (under torch.compile
-    inductor fuses the reference with its neighbours itself)."""
+def triton_scale_pair_applies(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None, sin=None) -> bool:
+    """The Triton kernel's calls: z [B, S, s], scales without offsets, tables (if any) as the RoPE kernels
+    take them, in eager mode (under torch.compile inductor fuses the reference with its neighbours itself)."""
     return (not torch.compiler.is_compiling() and z.dim() == 3 and first.bias is None and second.bias is None
-            and first.weight.shape == second.weight.shape == z.shape[-1:])
+            and first.weight.shape == second.weight.shape == z.shape[-1:]
+            and (cos is None or fused_rope_applies(z[:, None], cos, sin)))
 
 
 @register("scale_offset_pair", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
           needs="triton", accepts=triton_scale_pair_applies)
-def triton_scale_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both products in one Triton kernel each way (zoo/kernels/triton_scale_pair.py): three launches for
-    the pair instead of thirteen under autocast; the same values forward (the scales rounded to z's
-    dtype first, as the reference casts them), gradients summed in fp32."""
+def triton_scale_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None, sin=None):
+    """Both products, and RoPE when tables are given, in one Triton kernel each way
+    (zoo/kernels/triton_scale_pair.py): one launch forward instead of three (the pair, then RoPE on q
+    and on k) and two backward (the kernel and the sum of the scales' shares) instead of four, q and k
+    written once; the reference pair alone takes thirteen under autocast. The same values forward
+    (the scales rounded to z's dtype first, as the reference casts them, the products rounded before
+    they are rotated), gradients in fp32 to one rounding."""
     from .kernels.triton_scale_pair import ScalePair
 
-    return ScalePair.apply(z, first.weight, second.weight)
+    return ScalePair.apply(z, first.weight, second.weight, cos, sin)
 
 
 @register("scale_offset_pair", "reference")
-def scale_offset_pair_reference(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset) -> tuple[torch.Tensor, torch.Tensor]:
-    return first(z), second(z)
+def scale_offset_pair_reference(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None,
+                                sin=None) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k = first(z), second(z)
+    if cos is not None:
+        # (squeeze, not [:, 0]: its backward is a view, where select's writes zeros and the gradient)
+        q, k = apply_rope(q[:, None], cos, sin).squeeze(1), apply_rope(k[:, None], cos, sin).squeeze(1)
+    return q, k

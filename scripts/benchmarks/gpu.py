@@ -10,7 +10,8 @@ fused AdamW step, bf16 autocast over fp32 weights, hidden and attention dropout 
 models compute every position's logits, as their users get them. Model FLOPs use one formula for every
 model of a shape (zoo's `train_flops_per_token`: 6 × matmul weights + attention scores + the head on
 15%), and MFU is against the GPU's dense bf16 datasheet peak (pretrain.metrics); the measured 8192³
-bf16 matmul is reported beside it. Inference is a forward pass in eval mode, logits at every position.
+bf16 matmul is reported beside it. Inference is a forward pass in eval mode, logits at every position,
+under the same autocast, and again with the weights in bf16 (no autocast: no per-pass weight casts).
 Each cell: 3 warm-up steps, then `--steps` timed steps between device synchronisations; peak memory is
 the CUDA allocator's peak over the cell. Also: GAU-α's attention alone (one wide head through sdpa vs
 heads sharing q/k), and the bare loop at the published recipe's micro-batch (64 × 512, LAMB every 8
@@ -48,6 +49,10 @@ VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"reco
 KERNELS_OFF = {"zoo RoFormerV2-base, unfused elementwise": ("torch-fused", "triton"),
                "zoo GAU-α-base, unfused elementwise": ("torch-fused", "triton")}
 PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)": "roformer"}
+# inference with the weights in bf16 (a model loaded with torch_dtype=bf16), no autocast: nothing is cast
+# per forward pass, where autocast casts every fp32 weight each pass (120 of RoFormerV2-base's 279 launches)
+BF16_WEIGHTS = ", bf16 weights"
+INFER_MODELS = list(OURS) + ["transformers BERT-base (sdpa)"]
 TRAIN_SHAPES = {512: 32, 2048: 8}  # sequence length → batch
 INFER_SHAPES = {128: 128, 512: 32, 2048: 8}
 MASK_RATE = 0.15
@@ -127,13 +132,19 @@ def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
 
 
 def infer_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool) -> dict:
+    """Inference under bf16 autocast over fp32 weights, or, for a name ending in BF16_WEIGHTS, with the
+    weights in bf16 and no autocast."""
     torch.manual_seed(0)
+    bf16_weights = name.endswith(BF16_WEIGHTS)
+    name = name.removesuffix(BF16_WEIGHTS)
     model = build(name, dry).to(runtime.device).eval()
+    if bf16_weights:
+        model = model.to(torch.bfloat16)
     ids, _, _ = make_batch(batch, length, runtime.device)
 
     @torch.no_grad()
     def step():
-        with runtime.autocast():
+        with contextlib.nullcontext() if bf16_weights else runtime.autocast():
             model(input_ids=ids).logits
 
     seconds, peak = timed(runtime, step, steps)
@@ -227,7 +238,7 @@ def plan(args) -> list[tuple[str, str, int, int, dict]]:
             cells.append(("gau_attention", variant, length, batch, {}))
     cells.append(("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 64 if args.dry else 512, 64, {}))
     for length, batch in infer.items():
-        for name in list(OURS) + ["transformers BERT-base (sdpa)"]:
+        for name in INFER_MODELS + [name + BF16_WEIGHTS for name in INFER_MODELS]:
             cells.append(("infer", name, length, batch, {}))
     return cells
 
@@ -347,6 +358,14 @@ def ratio_lines(payload: dict) -> list[str]:
                 out.append(f"- S={length}: {label} / RoFormerV2 tokens/s = {cell['tokens_per_s'] / rof['tokens_per_s']:.2f}×, "
                            f"MFU ratio {cell['model_tflops'] / rof['model_tflops']:.2f}×, "
                            f"peak memory {cell['peak_mb'] / rof['peak_mb']:.2f}×")
+    for length in sorted({c["seq_len"] for c in payload["cells"] if c["section"] == "infer"}):
+        for weights in ("", BF16_WEIGHTS):
+            bert = _cell(payload, "infer", "transformers BERT-base (sdpa)" + weights, length)
+            for name in OURS:
+                ours = _cell(payload, "infer", name + weights, length)
+                if ours and bert:
+                    out.append(f"- inference S={length}: {name}{weights} / BERT-base{weights} = "
+                               f"{ours['tokens_per_s'] / bert['tokens_per_s']:.2f}× tokens/s")
     return out
 
 

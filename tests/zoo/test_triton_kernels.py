@@ -143,7 +143,7 @@ def fp32_leaf_on_device(t: torch.Tensor) -> torch.Tensor:
     return on_device(t.float()).requires_grad_()
 
 
-@pytest.mark.parametrize("size", [128, 24])
+@pytest.mark.parametrize("size", [128, 24, 23])
 def test_triton_scale_pair_and_its_gradients_equal_fp64(size):
     wide, (gq, gk) = pair_inputs(size)
     z = wide[..., -size:]
@@ -162,6 +162,58 @@ def test_triton_scale_pair_and_its_gradients_equal_fp64(size):
     assert (z32.grad.double().cpu() - z64.grad).abs().max() <= 1e-6 * z64.grad.abs().max()
     for got, exact in ((gq32.grad, gq64.grad), (gk32.grad, gk64.grad)):
         assert (got.double().cpu() - exact).abs().max() <= 1e-5 * exact.abs().max()
+
+
+def rotate_fp64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of x [B, S, s] by tables [B or 1, 1, S, s/2], in fp64."""
+    return rope_reference(x[:, None], cos, sin)[:, 0]
+
+
+@pytest.mark.parametrize("table_batch", [1, 2])
+@pytest.mark.parametrize("size", [128, 24])
+def test_triton_scale_pair_with_rope_and_its_gradients_equal_fp64(size, table_batch):
+    """q = RoPE(z ⊙ γ_q), k = RoPE(z ⊙ γ_k) in one kernel each way (size 128: 19 blocks of 4 rows over
+    the interpreter's 4 programs, the last block partly and one wholly past the end). Forward, the product rounds
+    to fp32 and the rotation (two products and a sum) adds a few units of 2⁻²⁴ of max|q|; backward, the
+    gradient rotated back, then dz and the sums over 74 rows of dγ, as in the test without rotation."""
+    wide, (gq, gk) = pair_inputs(size)
+    z = wide[..., -size:]
+    g = torch.Generator().manual_seed(size + table_batch)
+    angles = torch.rand(table_batch, 1, z.shape[1], size // 2, generator=g, dtype=torch.float64) * 2 * torch.pi
+    cos, sin = angles.cos(), angles.sin()
+    grad_q, grad_k = torch.randn(2, z.shape[0], z.shape[1], size, generator=g).double()
+    z64, gq64, gk64 = (t.clone().requires_grad_() for t in (z, gq, gk))
+    q64, k64 = rotate_fp64(z64 * gq64, cos, sin), rotate_fp64(z64 * gk64, cos, sin)
+    torch.autograd.backward([q64, k64], [grad_q, grad_k])
+    z32 = on_device(wide.float())[..., -size:].requires_grad_()
+    gq32, gk32 = fp32_leaf_on_device(gq), fp32_leaf_on_device(gk)
+    q, k = scale_pair.ScalePair.apply(z32, gq32, gk32, on_device(cos.float()), on_device(sin.float()))
+    assert q.is_contiguous() and k.dtype == torch.float32 and q.shape == z.shape
+    for got, exact in ((q, q64), (k, k64)):
+        assert (got.double().cpu() - exact.detach()).abs().max() <= 4e-7 * exact.abs().max()
+    torch.autograd.backward([q, k], [on_device(grad_q.float()), on_device(grad_k.float())])
+    assert (z32.grad.double().cpu() - z64.grad).abs().max() <= 1e-6 * z64.grad.abs().max()
+    for got, exact in ((gq32.grad, gq64.grad), (gk32.grad, gk64.grad)):
+        assert (got.double().cpu() - exact).abs().max() <= 1e-5 * exact.abs().max()
+
+
+def test_triton_scale_pair_with_rope_in_bf16_is_the_two_kernel_path():
+    """bf16: the fused kernel rounds the products to bf16, as the pair's kernel writes them, and rotates
+    those in fp32 with one rounding, as the RoPE kernel does: its q and k are the pair's kernel followed
+    by the RoPE kernel's, to one bf16 unit (the two kernels may contract the rotation's products and
+    sum differently), and within two units of that rotation done in fp64."""
+    wide, (gq, gk) = pair_inputs(64, seq=300)
+    z = on_device(wide[..., -64:].to(torch.bfloat16))
+    angles = torch.rand(1, 1, 300, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 6.3
+    cos, sin = on_device(angles.cos().to(torch.bfloat16)), on_device(angles.sin().to(torch.bfloat16))
+    gq, gk = on_device(gq.float()), on_device(gk.float())
+    q, k = scale_pair.ScalePair.apply(z, gq, gk, cos, sin)
+    for got, plain in zip((q, k), scale_pair.ScalePair.apply(z, gq, gk)):
+        two_kernels = triton_rope.rope(plain[:, None], cos, sin, 1.0)[:, 0]
+        exact = rotate_fp64(plain.double(), cos.double(), sin.double())
+        assert got.dtype == torch.bfloat16
+        assert ((got.double() - two_kernels.double()).abs() <= bf16_ulp(two_kernels.double())).all()
+        assert ((got.double() - exact).abs() <= 2 * bf16_ulp(exact)).all()
 
 
 def test_triton_scale_pair_of_no_rows():
@@ -247,6 +299,12 @@ def test_the_cuda_entry_for_the_scale_pair():
     assert not zoo.norms.triton_scale_pair_applies(z, zoo.norms.ScaleOffset(8, offset=True), other)
     assert not zoo.norms.triton_scale_pair_applies(z[0], plain, other)  # not [B, S, s]
     assert not zoo.norms.triton_scale_pair_applies(torch.zeros(2, 5, 4), plain, other)
+    cos = sin = torch.zeros(1, 1, 5, 4)
+    assert zoo.norms.triton_scale_pair_applies(z, plain, other, cos, sin)
+    assert zoo.norms.triton_scale_pair_applies(z, plain, other, cos.expand(2, 1, 5, 4), sin.expand(2, 1, 5, 4))
+    assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos.double(), sin.double())  # not z's dtype
+    assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos[..., :2], sin[..., :2])  # not s/2 pairs
+    assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos.requires_grad_(), sin)  # tables differentiated
     traced = torch.compile(zoo.norms.triton_scale_pair_applies, backend="eager", fullgraph=True)
     assert not traced(z, plain, other)
 

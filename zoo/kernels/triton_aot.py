@@ -140,11 +140,16 @@ def _residual_norm_launches(size: int, branch_dtype, residual_dtype, layer_norm:
 
 
 def _scale_pair_launches(config, dtype: torch.dtype) -> None:
-    width = 2 * config.intermediate_size + config.attention_key_size  # the gate x·W_i; z its last s columns
-    z = torch.empty(BATCH, SEQ, width, dtype=dtype)[..., -config.attention_key_size:].requires_grad_()
-    gamma = torch.empty(config.attention_key_size, requires_grad=True)
-    q, k = triton_scale_pair.ScalePair.apply(z, gamma, gamma)
-    torch.autograd.backward((q, k), (torch.empty_like(q), torch.empty_like(k)))
+    """GAU's q and k: rotated by the tables in the same kernel (RoPE, a plain attention context), and
+    not (no RoPE, or a position variant's context, which rotates them itself)."""
+    size = config.attention_key_size
+    width = 2 * config.intermediate_size + size  # the gate x·W_i; z its last s columns
+    z = torch.empty(BATCH, SEQ, width, dtype=dtype)[..., -size:].requires_grad_()
+    gamma = torch.empty(size, requires_grad=True)
+    cos = sin = torch.empty(1, 1, SEQ, size // 2, dtype=dtype)
+    for tables in ((cos, sin), ()) if config.position_embedding_type == "rope" else ((),):
+        q, k = triton_scale_pair.ScalePair.apply(z, gamma, gamma, *tables)
+        torch.autograd.backward((q, k), (torch.empty_like(q), torch.empty_like(k)))
 
 
 def model_launches(config, precision: str) -> list[Launch]:
@@ -154,7 +159,7 @@ def model_launches(config, precision: str) -> list[Launch]:
     with recording() as launches:
         gau = config.block_type == "gau"
         if config.position_embedding_type == "rope":
-            if gau:
+            if gau:  # (a position variant's context: the plain one rotates in the scale pair's kernel)
                 _rope_launches(1, config.attention_key_size, branch_dtype, transposed=False)
             else:
                 head = config.hidden_size // config.num_attention_heads

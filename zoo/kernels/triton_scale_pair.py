@@ -26,109 +26,170 @@ import triton.language as tl
 
 import zoo.kernels
 
-# elements per program forward, per block of rows backward: 16 and 8 per thread of 4 warps, which
-# compile to at most 48 and 80 registers per thread on sm_80/sm_90 (`python -m zoo.kernels.triton_aot`);
-# 8192 per program took 128 and up to 255, the most there is: two programs' worth of an SM's registers
+# elements per program forward, per block of rows backward (16 and 4 per thread of 4 warps): with the
+# rotation they compile to at most 80 and 72 registers per thread on sm_80/sm_90 (Triton 3.4 to 3.9;
+# `python -m zoo.kernels.triton_aot`). 8192 per program took up to 255, the most there is, without it
 FORWARD_ELEMENTS = 2048
-BACKWARD_ELEMENTS = 1024
+BACKWARD_ELEMENTS = 512
 
 
 @triton.jit
-def _scale_pair_forward(z, gamma_q, gamma_k, q, k, rows, seq, size, z_stride_b, z_stride_s,
-                        ROWS: tl.constexpr, SIZE: tl.constexpr):
+def _scale_pair_forward(z, gamma_q, gamma_k, cos, sin, q, k, rows, seq, size, z_stride_b, z_stride_s,
+                        cos_stride_b, cos_stride_s, sin_stride_b, sin_stride_s,
+                        ROWS: tl.constexpr, HALF: tl.constexpr, ROTATE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    col = tl.arange(0, SIZE)
-    live = (row < rows)[:, None] & (col < size)[None, :]
-    z_at = (row // seq * z_stride_b + row % seq * z_stride_s)[:, None] + col[None, :]
-    x = tl.load(z + z_at, mask=live, other=0.0).to(tl.float32)
-    gq = tl.load(gamma_q + col, mask=col < size, other=0.0).to(z.dtype.element_ty).to(tl.float32)
-    gk = tl.load(gamma_k + col, mask=col < size, other=0.0).to(z.dtype.element_ty).to(tl.float32)
-    out_at = (row * size)[:, None] + col[None, :]
-    tl.store(q + out_at, (x * gq[None, :]).to(q.dtype.element_ty), mask=live)
-    tl.store(k + out_at, (x * gk[None, :]).to(k.dtype.element_ty), mask=live)
+    pair = tl.arange(0, HALF)
+    even, odd = 2 * pair, 2 * pair + 1
+    live = (row < rows)[:, None] & (pair < (size + 1) // 2)[None, :]
+    live_odd = live & (odd < size)[None, :]
+    batch, position = row // seq, row % seq
+    z_at = (batch * z_stride_b + position * z_stride_s)[:, None]
+    x_even = tl.load(z + z_at + even[None, :], mask=live, other=0.0).to(tl.float32)
+    x_odd = tl.load(z + z_at + odd[None, :], mask=live_odd, other=0.0).to(tl.float32)
+    dtype = z.dtype.element_ty
+    # the products rounded to z's dtype, as the reference's scale-offsets give them to the rotation
+    q_even = (x_even * tl.load(gamma_q + even, mask=even < size, other=0.0).to(dtype).to(tl.float32)[None, :])
+    q_odd = (x_odd * tl.load(gamma_q + odd, mask=odd < size, other=0.0).to(dtype).to(tl.float32)[None, :])
+    k_even = (x_even * tl.load(gamma_k + even, mask=even < size, other=0.0).to(dtype).to(tl.float32)[None, :])
+    k_odd = (x_odd * tl.load(gamma_k + odd, mask=odd < size, other=0.0).to(dtype).to(tl.float32)[None, :])
+    if ROTATE:
+        c = tl.load(cos + (batch * cos_stride_b + position * cos_stride_s)[:, None] + pair[None, :], mask=live,
+                    other=0.0).to(tl.float32)
+        s = tl.load(sin + (batch * sin_stride_b + position * sin_stride_s)[:, None] + pair[None, :], mask=live,
+                    other=0.0).to(tl.float32)
+        q_even, q_odd = q_even.to(dtype).to(tl.float32), q_odd.to(dtype).to(tl.float32)
+        k_even, k_odd = k_even.to(dtype).to(tl.float32), k_odd.to(dtype).to(tl.float32)
+        q_even, q_odd = q_even * c - q_odd * s, q_odd * c + q_even * s
+        k_even, k_odd = k_even * c - k_odd * s, k_odd * c + k_even * s
+    out_at = (row * size)[:, None]
+    tl.store(q + out_at + even[None, :], q_even.to(q.dtype.element_ty), mask=live)
+    tl.store(q + out_at + odd[None, :], q_odd.to(q.dtype.element_ty), mask=live_odd)
+    tl.store(k + out_at + even[None, :], k_even.to(k.dtype.element_ty), mask=live)
+    tl.store(k + out_at + odd[None, :], k_odd.to(k.dtype.element_ty), mask=live_odd)
 
 
 @triton.jit
-def _scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, grad_z, partial, rows, seq, size,
-                         gq_stride_b, gq_stride_s, gk_stride_b, gk_stride_s, z_stride_b, z_stride_s, blocks_per_program,
-                         ROWS: tl.constexpr, SIZE: tl.constexpr):
+def _scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos, sin, grad_z, partial, rows, seq, size,
+                         gq_stride_b, gq_stride_s, gk_stride_b, gk_stride_s, z_stride_b, z_stride_s,
+                         cos_stride_b, cos_stride_s, sin_stride_b, sin_stride_s, blocks_per_program,
+                         ROWS: tl.constexpr, HALF: tl.constexpr, ROTATE: tl.constexpr):
     program = tl.program_id(0)
-    col = tl.arange(0, SIZE)
-    gq = tl.load(gamma_q + col, mask=col < size, other=0.0).to(z.dtype.element_ty).to(tl.float32)
-    gk = tl.load(gamma_k + col, mask=col < size, other=0.0).to(z.dtype.element_ty).to(tl.float32)
-    grad_gq = tl.zeros([ROWS, SIZE], dtype=tl.float32)
-    grad_gk = tl.zeros([ROWS, SIZE], dtype=tl.float32)
+    pair = tl.arange(0, HALF)
+    even, odd = 2 * pair, 2 * pair + 1
+    dtype = z.dtype.element_ty
+    gq_even = tl.load(gamma_q + even, mask=even < size, other=0.0).to(dtype).to(tl.float32)[None, :]
+    gq_odd = tl.load(gamma_q + odd, mask=odd < size, other=0.0).to(dtype).to(tl.float32)[None, :]
+    gk_even = tl.load(gamma_k + even, mask=even < size, other=0.0).to(dtype).to(tl.float32)[None, :]
+    gk_odd = tl.load(gamma_k + odd, mask=odd < size, other=0.0).to(dtype).to(tl.float32)[None, :]
+    grad_gq_even = tl.zeros([ROWS, HALF], dtype=tl.float32)
+    grad_gq_odd = tl.zeros([ROWS, HALF], dtype=tl.float32)
+    grad_gk_even = tl.zeros([ROWS, HALF], dtype=tl.float32)
+    grad_gk_odd = tl.zeros([ROWS, HALF], dtype=tl.float32)
     for block in range(0, blocks_per_program):  # this program's run of blocks of ROWS rows
         row = (program.to(tl.int64) * blocks_per_program + block) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-        live = (row < rows)[:, None] & (col < size)[None, :]
+        live = (row < rows)[:, None] & (pair < (size + 1) // 2)[None, :]
+        live_odd = live & (odd < size)[None, :]
         batch, position = row // seq, row % seq
-        dq = tl.load(grad_q + (batch * gq_stride_b + position * gq_stride_s)[:, None] + col[None, :],
-                     mask=live, other=0.0).to(tl.float32)
-        dk = tl.load(grad_k + (batch * gk_stride_b + position * gk_stride_s)[:, None] + col[None, :],
-                     mask=live, other=0.0).to(tl.float32)
-        x = tl.load(z + (batch * z_stride_b + position * z_stride_s)[:, None] + col[None, :],
-                    mask=live, other=0.0).to(tl.float32)
-        dz = dq * gq[None, :] + dk * gk[None, :]
-        tl.store(grad_z + (row * size)[:, None] + col[None, :], dz.to(grad_z.dtype.element_ty), mask=live)
-        grad_gq += dq * x
-        grad_gk += dk * x
+        gq_at = (batch * gq_stride_b + position * gq_stride_s)[:, None]
+        gk_at = (batch * gk_stride_b + position * gk_stride_s)[:, None]
+        z_at = (batch * z_stride_b + position * z_stride_s)[:, None]
+        dq_even = tl.load(grad_q + gq_at + even[None, :], mask=live, other=0.0).to(tl.float32)
+        dq_odd = tl.load(grad_q + gq_at + odd[None, :], mask=live_odd, other=0.0).to(tl.float32)
+        dk_even = tl.load(grad_k + gk_at + even[None, :], mask=live, other=0.0).to(tl.float32)
+        dk_odd = tl.load(grad_k + gk_at + odd[None, :], mask=live_odd, other=0.0).to(tl.float32)
+        if ROTATE:  # the gradient rotated back: the transpose of the rotation
+            c = tl.load(cos + (batch * cos_stride_b + position * cos_stride_s)[:, None] + pair[None, :], mask=live,
+                        other=0.0).to(tl.float32)
+            s = tl.load(sin + (batch * sin_stride_b + position * sin_stride_s)[:, None] + pair[None, :], mask=live,
+                        other=0.0).to(tl.float32)
+            dq_even, dq_odd = dq_even * c + dq_odd * s, dq_odd * c - dq_even * s
+            dk_even, dk_odd = dk_even * c + dk_odd * s, dk_odd * c - dk_even * s
+        x_even = tl.load(z + z_at + even[None, :], mask=live, other=0.0).to(tl.float32)
+        x_odd = tl.load(z + z_at + odd[None, :], mask=live_odd, other=0.0).to(tl.float32)
+        out_at = (row * size)[:, None]
+        tl.store(grad_z + out_at + even[None, :], (dq_even * gq_even + dk_even * gk_even).to(grad_z.dtype.element_ty),
+                 mask=live)
+        tl.store(grad_z + out_at + odd[None, :], (dq_odd * gq_odd + dk_odd * gk_odd).to(grad_z.dtype.element_ty),
+                 mask=live_odd)
+        grad_gq_even += dq_even * x_even
+        grad_gq_odd += dq_odd * x_odd
+        grad_gk_even += dk_even * x_even
+        grad_gk_odd += dk_odd * x_odd
     # this program's share of dγ_q and dγ_k: partial[program, 0 or 1, :]
-    tl.store(partial + program * 2 * size + col, tl.sum(grad_gq, axis=0), mask=col < size)
-    tl.store(partial + program * 2 * size + size + col, tl.sum(grad_gk, axis=0), mask=col < size)
+    share = partial + program * 2 * size
+    tl.store(share + even, tl.sum(grad_gq_even, axis=0), mask=even < size)
+    tl.store(share + odd, tl.sum(grad_gq_odd, axis=0), mask=odd < size)
+    tl.store(share + size + even, tl.sum(grad_gk_even, axis=0), mask=even < size)
+    tl.store(share + size + odd, tl.sum(grad_gk_odd, axis=0), mask=odd < size)
 
 
 def _launch_shape(size: int, elements: int) -> tuple[int, int]:
-    """(padded row width, rows per block) for rows `size` wide and blocks of about `elements`."""
-    padded = triton.next_power_of_2(max(size, 1))
-    return padded, max(1, elements // padded)
+    """(padded number of pairs, rows per block) for rows `size` wide and blocks of about `elements`."""
+    pairs = triton.next_power_of_2(max((size + 1) // 2, 1))
+    return pairs, max(1, elements // (2 * pairs))
 
 
-def scale_pair_forward(z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor):
-    """(z ⊙ γ_q, z ⊙ γ_k) for z [B, S, s] with unit stride in s; new contiguous tensors of z's dtype."""
+def _table_strides(table: torch.Tensor | None) -> tuple[int, int]:
+    """(batch stride, position stride) of a [B or 1, 1, S, s/2] table; the batch stride 0 where it is shared."""
+    if table is None:
+        return 0, 0
+    return (0 if table.shape[0] == 1 else table.stride(0)), table.stride(2)
+
+
+def scale_pair_forward(z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor, cos=None, sin=None):
+    """(z ⊙ γ_q, z ⊙ γ_k) for z [B, S, s] with unit stride in s, each rotated by the tables [B or 1, 1, S,
+    s/2] (unit stride in s/2) when they are given; new contiguous tensors of z's dtype."""
     batch, seq, size = z.shape
     q, k = (torch.empty((batch, seq, size), dtype=z.dtype, device=z.device) for _ in range(2))
     rows = batch * seq
     if rows and size:
-        padded, per_program = _launch_shape(size, FORWARD_ELEMENTS)
+        pairs, per_program = _launch_shape(size, FORWARD_ELEMENTS)
         with zoo.kernels.triton_launch("scale_pair_forward"):
             _scale_pair_forward[(triton.cdiv(rows, per_program),)](
-                z, gamma_q, gamma_k, q, k, rows, seq, size, z.stride(0), z.stride(1), ROWS=per_program, SIZE=padded)
+                z, gamma_q, gamma_k, z if cos is None else cos, z if sin is None else sin, q, k, rows, seq, size,
+                z.stride(0), z.stride(1), *_table_strides(cos), *_table_strides(sin),
+                ROWS=per_program, HALF=pairs, ROTATE=cos is not None)
     return q, k
 
 
-def scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k):
-    """(dz, dγ_q, dγ_k): dz in z's dtype, the scales' gradients in fp32 then in their own dtype."""
+def scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos=None, sin=None):
+    """(dz, dγ_q, dγ_k): dz in z's dtype, the scales' gradients in fp32 then in their own dtype; with
+    tables, dq and dk are the gradients of the rotated q and k."""
     batch, seq, size = z.shape
     rows = batch * seq
     grad_z = torch.empty((batch, seq, size), dtype=z.dtype, device=z.device)
     if not rows or not size:
         zeros = torch.zeros(size, dtype=torch.float32, device=z.device)
         return grad_z, zeros.to(gamma_q.dtype), zeros.to(gamma_k.dtype)
-    padded, per_block = _launch_shape(size, BACKWARD_ELEMENTS)
+    pairs, per_block = _launch_shape(size, BACKWARD_ELEMENTS)
     blocks = triton.cdiv(rows, per_block)
     programs = zoo.kernels.resident_programs(blocks, z.device)
     partial = torch.empty((programs, 2, size), dtype=torch.float32, device=z.device)
     with zoo.kernels.triton_launch("scale_pair_backward"):
         _scale_pair_backward[(programs,)](
-            grad_q, grad_k, z, gamma_q, gamma_k, grad_z, partial, rows, seq, size,
-            grad_q.stride(0), grad_q.stride(1), grad_k.stride(0), grad_k.stride(1), z.stride(0), z.stride(1),
-            triton.cdiv(blocks, programs), ROWS=per_block, SIZE=padded)
+            grad_q, grad_k, z, gamma_q, gamma_k, z if cos is None else cos, z if sin is None else sin, grad_z, partial,
+            rows, seq, size, grad_q.stride(0), grad_q.stride(1), grad_k.stride(0), grad_k.stride(1),
+            z.stride(0), z.stride(1), *_table_strides(cos), *_table_strides(sin), triton.cdiv(blocks, programs),
+            ROWS=per_block, HALF=pairs, ROTATE=cos is not None)
     grad_gamma = partial.sum(0)
     return grad_z, grad_gamma[0].to(gamma_q.dtype), grad_gamma[1].to(gamma_k.dtype)
 
 
 class ScalePair(torch.autograd.Function):
-    """(z ⊙ γ_q, z ⊙ γ_k) with the one-pass kernels each way; differentiates z and both scales."""
+    """(z ⊙ γ_q, z ⊙ γ_k), rotated by RoPE's tables cos and sin when given (not differentiated), with the
+    one-pass kernels each way; differentiates z and both scales."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor):
+    def forward(ctx, z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor, cos: torch.Tensor | None = None,
+                sin: torch.Tensor | None = None):
         z = zoo.kernels.unit_last_stride(z)
-        ctx.save_for_backward(z, gamma_q, gamma_k)
-        return scale_pair_forward(z, gamma_q.contiguous(), gamma_k.contiguous())
+        tables = () if cos is None else (zoo.kernels.unit_last_stride(cos), zoo.kernels.unit_last_stride(sin))
+        ctx.save_for_backward(z, gamma_q, gamma_k, *tables)
+        return scale_pair_forward(z, gamma_q.contiguous(), gamma_k.contiguous(), *tables)
 
     @staticmethod
     def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor):
-        z, gamma_q, gamma_k = ctx.saved_tensors
+        z, gamma_q, gamma_k, *tables = ctx.saved_tensors
         grad_q = torch.zeros_like(z) if grad_q is None else zoo.kernels.unit_last_stride(grad_q.to(z.dtype))
         grad_k = torch.zeros_like(z) if grad_k is None else zoo.kernels.unit_last_stride(grad_k.to(z.dtype))
-        return scale_pair_backward(grad_q, grad_k, z, gamma_q.contiguous(), gamma_k.contiguous())
+        return *scale_pair_backward(grad_q, grad_k, z, gamma_q.contiguous(), gamma_k.contiguous(), *tables), None, None

@@ -1,0 +1,30 @@
+"""scripts/benchmarks/gpu.py end to end in its CPU dry mode: every cell a lent GPU would run (the
+compiled cells, GAU-α's attention variants, the bare DeepSpeed loop, inference under autocast and with
+bf16 weights) runs at tiny shapes and reaches the table, the ratios and the plot, so the script does not
+fail for the first time in a GPU session's few minutes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_benchmark_runs_every_cell_in_its_dry_mode(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/benchmarks/gpu.py", "--dry", "--steps", "2", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    payload = json.loads((tmp_path / "gpu.json").read_text())
+    assert payload["dry"] and payload["measured_matmul_tflops"] > 0
+    failed = [(c["section"], c["model"], c["error"]) for c in payload["cells"] if "error" in c]
+    assert not failed
+    cells = {(c["section"], c["model"]) for c in payload["cells"]}
+    assert {section for section, _ in cells} == {"train", "gau_attention", "bare_loop", "infer"}
+    assert ("train", "zoo RoFormerV2-base compiled") in cells
+    for model in ("zoo RoFormerV2-base", "zoo GAU-α-base", "zoo DeepNet-12", "transformers BERT-base (sdpa)"):
+        assert ("infer", model) in cells and ("infer", model + ", bf16 weights") in cells
+    report = (tmp_path / "gpu.md").read_text()
+    assert "- S=64: GAU-α / RoFormerV2 tokens/s = " in report
+    assert "- inference S=128: zoo GAU-α-base, bf16 weights / BERT-base, bf16 weights = " in report
+    assert (tmp_path / "gpu.png").stat().st_size > 0
