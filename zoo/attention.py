@@ -95,14 +95,16 @@ def attention(
     training: bool = False,
     backend: str = "auto",
     need_weights: bool = False,
+    logit_scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention of q [B, A, Sq, d] over k [B, A, Sk, d], v [B, A, Sk, dv] → [B, A, Sq, dv].
 
-    `row_scale` [B or 1, 1, Sq, 1] multiplies the 1/√d logit scale per query row (softmax_plus,
-    log-n scaling). Returns the output and, with `need_weights`, the probabilities (before dropout).
+    `row_scale` [B or 1, 1, Sq, 1] multiplies the logit scale per query row (softmax_plus, log-n
+    scaling); the logit scale is 1/√d unless `logit_scale` says otherwise (1.0 for a q that already
+    carries it). Returns the output and, with `need_weights`, the probabilities (before dropout).
     """
     q_len, k_len, device = q.shape[-2], k.shape[-2], q.device
-    scale = q.shape[-1] ** -0.5
+    scale = q.shape[-1] ** -0.5 if logit_scale is None else logit_scale
     if row_scale is not None:
         q = q * (row_scale * scale).to(q.dtype)
         scale = 1.0
@@ -384,10 +386,9 @@ class AttentionContext:
         dropout_p: float,
         training: bool,
         need_weights: bool = False,
-        rotated: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rotate q and k (RoPE) unless they come `rotated` by this context's tables, then attend."""
-        if self.cos is not None and not rotated:
+        """Rotate q and k (RoPE), then attend."""
+        if self.cos is not None:
             q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)
         return attention(
             q,
@@ -402,14 +403,17 @@ class AttentionContext:
             need_weights=need_weights,
         )
 
-    def attend_scale_offsets(self, z: torch.Tensor, first, second, v: torch.Tensor, **options):
+    def attend_scale_offsets(self, z: torch.Tensor, first, second, v: torch.Tensor, *, normalization: str,
+                             dropout_p: float, training: bool, need_weights: bool = False):
         """GAU's attention: q = first(z) and k = second(z), two scale-offsets of one projection z [B, S, s],
-        rotated by the tables, then attention over v [B, 1, S, e]. The pair and the rotation are one
-        registry call ("scale_offset_pair" with the tables: on CUDA one Triton kernel each way). A
-        context with its own `attend` (position variants: ReRoPE rotates by its own tables) gets q and k
-        unrotated, as every layer hands them to `attend`."""
-        if self.cos is None or type(self).attend is not AttentionContext.attend:
+        rotated by the tables, q times its row scale and 1/√s, then attention over v [B, 1, S, e]. The
+        pair, the rotation and q's factor are one registry call ("scale_offset_pair": on CUDA one Triton
+        kernel each way). A context with its own `attend` (position variants: ReRoPE rotates by its own
+        tables) gets q and k unrotated, as every layer hands them to `attend`."""
+        options = dict(normalization=normalization, dropout_p=dropout_p, training=training, need_weights=need_weights)
+        if type(self).attend is not AttentionContext.attend:
             q, k = scale_offset_pair(z, first, second)
             return self.attend(q[:, None], k[:, None], v, **options)
-        q, k = scale_offset_pair(z, first, second, self.cos, self.sin)
-        return self.attend(q[:, None], k[:, None], v, rotated=True, **options)
+        q, k = scale_offset_pair(z, first, second, self.cos, self.sin, self.row_scale, z.shape[-1] ** -0.5)
+        return attention(q[:, None], k[:, None], v, self.mask, backend=self.backend,
+                         logit_scale=None if self.row_scale is None else 1.0, **options)

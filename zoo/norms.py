@@ -112,40 +112,53 @@ def make_norm(config, eps: float | None = None) -> nn.Module:
 
 
 def scale_offset_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos: torch.Tensor | None = None,
-                      sin: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first(z), second(z)): two scale-offsets of one input, GAU's q and k from z [B, S, s], each
-    rotated by RoPE's tables cos, sin [B or 1, 1, S, s/2] when they are given; through the kernel
-    registry ("scale_offset_pair")."""
-    return dispatch("scale_offset_pair", z, first, second, cos, sin)
+                      sin: torch.Tensor | None = None, row_scale: torch.Tensor | None = None,
+                      q_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first(z), second(z)): two scale-offsets of one input, GAU's q and k from z [B, S, s]; each rotated
+    by RoPE's tables cos, sin [B or 1, 1, S, s/2] when they are given, and q multiplied by its per-row
+    logit factor row_scale [B or 1, 1, S or 1, 1] · q_scale when that is given (softmax_plus's log n / log
+    512 times 1/√s, as `zoo.attention.attention` would apply it); through the kernel registry
+    ("scale_offset_pair")."""
+    return dispatch("scale_offset_pair", z, first, second, cos, sin, row_scale, q_scale)
 
 
-def triton_scale_pair_applies(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None, sin=None) -> bool:
+def triton_scale_pair_applies(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None, sin=None,
+                              row_scale=None, q_scale=1.0) -> bool:
     """The Triton kernel's calls: z [B, S, s], scales without offsets, tables (if any) as the RoPE kernels
-    take them, in eager mode (under torch.compile inductor fuses the reference with its neighbours itself)."""
+    take them, a row scale (if any) of one value per row or per sequence, in eager mode (under torch.compile inductor
+    fuses the reference with its neighbours itself)."""
     return (not torch.compiler.is_compiling() and z.dim() == 3 and first.bias is None and second.bias is None
             and first.weight.shape == second.weight.shape == z.shape[-1:]
-            and (cos is None or fused_rope_applies(z[:, None], cos, sin)))
+            and (cos is None or fused_rope_applies(z[:, None], cos, sin))
+            and (row_scale is None or (row_scale.dim() == 4 and row_scale.shape[0] in (1, z.shape[0])
+                                       and row_scale.shape[1] == row_scale.shape[3] == 1
+                                       and row_scale.shape[2] in (1, z.shape[1]) and not row_scale.requires_grad
+                                       and row_scale.is_floating_point())))
 
 
 @register("scale_offset_pair", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
           needs="triton", accepts=triton_scale_pair_applies)
-def triton_scale_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None, sin=None):
-    """Both products, and RoPE when tables are given, in one Triton kernel each way
-    (zoo/kernels/triton_scale_pair.py): one launch forward instead of three (the pair, then RoPE on q
-    and on k) and two backward (the kernel and the sum of the scales' shares) instead of four, q and k
-    written once; the reference pair alone takes thirteen under autocast. The same values forward
-    (the scales rounded to z's dtype first, as the reference casts them, the products rounded before
-    they are rotated), gradients in fp32 to one rounding."""
+def triton_scale_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None, sin=None, row_scale=None,
+                      q_scale=1.0):
+    """Both products, RoPE and q's row scale when given, in one Triton kernel each way
+    (zoo/kernels/triton_scale_pair.py): for GAU-α one launch forward instead of six (the pair, RoPE on
+    q and on k, the row factor, its cast and the product with q) and two backward (the kernel and the
+    sum of the scales' shares) instead of five, q and k written once; the reference pair alone takes
+    thirteen under autocast. The same values forward to rounding (the scales rounded to z's dtype, the
+    products rounded before they are rotated, as the reference; the row factor kept in fp32, where the
+    reference rounds it to z's dtype), gradients in fp32 to one rounding."""
     from .kernels.triton_scale_pair import ScalePair
 
-    return ScalePair.apply(z, first.weight, second.weight, cos, sin)
+    return ScalePair.apply(z, first.weight, second.weight, cos, sin, row_scale, q_scale)
 
 
 @register("scale_offset_pair", "reference")
-def scale_offset_pair_reference(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None,
-                                sin=None) -> tuple[torch.Tensor, torch.Tensor]:
+def scale_offset_pair_reference(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None, sin=None,
+                                row_scale=None, q_scale=1.0) -> tuple[torch.Tensor, torch.Tensor]:
     q, k = first(z), second(z)
     if cos is not None:
         # (squeeze, not [:, 0]: its backward is a view, where select's writes zeros and the gradient)
         q, k = apply_rope(q[:, None], cos, sin).squeeze(1), apply_rope(k[:, None], cos, sin).squeeze(1)
+    if row_scale is not None:
+        q = q * (row_scale * q_scale).to(q.dtype).squeeze(1)
     return q, k

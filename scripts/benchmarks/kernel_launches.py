@@ -21,8 +21,8 @@ registry is set as CUDA resolves it (cuda_registry.py), in two settings:
 - "fused": one kernel each way for the RMS norm (torch's fused kernel on CUDA: the embeddings' norm)
   and for RoPE (the Triton kernel, the CUDA side of the operator zoo::rope), each counted here as our
   CPU operator, which is likewise one operator each way; the post-norm residual step and GAU's q/k
-  scale pair (with RoPE's rotation in the same kernel) through their Triton kernels, run here in
-  Triton's interpreter, each launch counted as one;
+  scale pair (with RoPE's rotation and q's row factor in the same kernel) through their Triton kernels,
+  run here in Triton's interpreter, each launch counted as one;
 - in both: the attention through sdpa (GAU-α's wide head as heads sharing q/k), one kernel each way,
   without attention dropout; hidden dropout as torch's `native_dropout`, one kernel each way.
 

@@ -52,14 +52,19 @@ def test_the_fused_kernels_are_one_launch_each_way(tiny):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="counts on the CPU with Triton's interpreter, which the suite "
                                                      "switches on only where there is no GPU (tests/conftest.py)")
 def test_gau_scale_pair_counts_one_launch_each_way(monkeypatch):
-    """GAU's q/k scale pair with RoPE's rotation: one Triton launch forward, one backward (and the sum of
-    its partial dγ), in place of the reference's casts, products and sums and the two RoPE calls."""
+    """GAU's q/k scale pair with RoPE's rotation and q's row factor: one Triton launch forward, one
+    backward (and the sum of its partial dγ), in place of the reference's casts, products and sums, the
+    two RoPE calls and the factor's product with q."""
     monkeypatch.setitem(kernel_launches.MODELS, "tiny gau", "gau-alpha-tiny")
     fused = kernel_launches.count("tiny gau", "fused")
     layers, ops = fused["layers"], fused["by_operation"]
     assert ops["triton.scale_pair_forward"] == ops["triton.scale_pair_backward"] == layers
     assert "zoo.rope.default" not in ops  # rotated inside the pair's kernel
-    assert fused["inference_by_operation"]["triton.scale_pair_forward"] == layers
+    inference = fused["inference_by_operation"]
+    assert inference["triton.scale_pair_forward"] == layers
+    # softmax_plus's row factor is applied to q in the pair's kernel too: the one product left per layer
+    # is the gate u ⊙ A·v
+    assert inference["aten.mul.Tensor"] == layers
     assert ops["triton.residual_norm_forward"] == layers  # one sublayer per GAU layer
 
 

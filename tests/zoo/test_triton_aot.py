@@ -96,8 +96,10 @@ def test_launches_follow_the_model_config():
     # RoPE on q and k of width s = 128, forward and backward (sign −1); the scale pair over s
     assert {launch.constexprs()["HALF"] for launch in by_kernel["_rope_rows"]} == {64}
     assert [launch.args[-1] for launch in by_kernel["_rope_rows"]] == [1.0, -1.0]
-    pair = by_kernel["_scale_pair_forward"]  # with RoPE's rotation (a plain context) and without
-    assert [(f.constexprs()["HALF"], f.constexprs()["ROTATE"]) for f in pair] == [(64, True), (64, False)]
+    # rotated and q times softmax_plus's row factor (a plain context), and neither (a position variant's)
+    pair = by_kernel["_scale_pair_forward"]
+    assert [(f.constexprs()["HALF"], f.constexprs()["ROTATE"], f.constexprs()["SCALE_Q"]) for f in pair] == [
+        (64, True, True), (64, False, False)]
     # the residual step over the 768-wide stream (padded to 1024), with dropout in training and without
     # in evaluation; a bf16 branch onto the fp32 residual stream
     forward = by_kernel["_residual_norm_forward"]

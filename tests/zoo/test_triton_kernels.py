@@ -169,25 +169,34 @@ def rotate_fp64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return rope_reference(x[:, None], cos, sin)[:, 0]
 
 
+@pytest.mark.parametrize("row_scaled", [False, True])
 @pytest.mark.parametrize("table_batch", [1, 2])
 @pytest.mark.parametrize("size", [128, 24])
-def test_triton_scale_pair_with_rope_and_its_gradients_equal_fp64(size, table_batch):
-    """q = RoPE(z ⊙ γ_q), k = RoPE(z ⊙ γ_k) in one kernel each way (size 128: 19 blocks of 4 rows over
-    the interpreter's 4 programs, the last block partly and one wholly past the end). Forward, the product rounds
-    to fp32 and the rotation (two products and a sum) adds a few units of 2⁻²⁴ of max|q|; backward, the
-    gradient rotated back, then dz and the sums over 74 rows of dγ, as in the test without rotation."""
+def test_triton_scale_pair_with_rope_and_its_gradients_equal_fp64(size, table_batch, row_scaled):
+    """q = RoPE(z ⊙ γ_q) (times its row factor ρ_i·c, softmax_plus's), k = RoPE(z ⊙ γ_k) in one kernel
+    each way (size 128: 19 blocks of 4 rows over the interpreter's 4 programs, the last block partly and
+    one wholly past the end). Forward, the product rounds to fp32 and the rotation (two products and a
+    sum) and the factor add a few units of 2⁻²⁴ of max|q|; backward, the gradient scaled and rotated
+    back, then dz and the sums over 74 rows of dγ, as in the test without rotation."""
     wide, (gq, gk) = pair_inputs(size)
     z = wide[..., -size:]
     g = torch.Generator().manual_seed(size + table_batch)
     angles = torch.rand(table_batch, 1, z.shape[1], size // 2, generator=g, dtype=torch.float64) * 2 * torch.pi
     cos, sin = angles.cos(), angles.sin()
     grad_q, grad_k = torch.randn(2, z.shape[0], z.shape[1], size, generator=g).double()
+    # log n / log 512 ∈ [1, 1.2]: one per row shared by the batch, or (with per-sequence tables) one per
+    # sequence for all its rows, as a padded batch without a window has it
+    shape = (1, 1, z.shape[1], 1) if table_batch == 1 else (2, 1, 1, 1)
+    row_scale = 1 + torch.rand(shape, generator=g, dtype=torch.float64) / 5
     z64, gq64, gk64 = (t.clone().requires_grad_() for t in (z, gq, gk))
     q64, k64 = rotate_fp64(z64 * gq64, cos, sin), rotate_fp64(z64 * gk64, cos, sin)
+    if row_scaled:
+        q64 = q64 * row_scale[:, 0] * size**-0.5
     torch.autograd.backward([q64, k64], [grad_q, grad_k])
     z32 = on_device(wide.float())[..., -size:].requires_grad_()
     gq32, gk32 = fp32_leaf_on_device(gq), fp32_leaf_on_device(gk)
-    q, k = scale_pair.ScalePair.apply(z32, gq32, gk32, on_device(cos.float()), on_device(sin.float()))
+    scaled = (on_device(row_scale.float()), size**-0.5) if row_scaled else ()
+    q, k = scale_pair.ScalePair.apply(z32, gq32, gk32, on_device(cos.float()), on_device(sin.float()), *scaled)
     assert q.is_contiguous() and k.dtype == torch.float32 and q.shape == z.shape
     for got, exact in ((q, q64), (k, k64)):
         assert (got.double().cpu() - exact.detach()).abs().max() <= 4e-7 * exact.abs().max()
@@ -276,6 +285,22 @@ def test_a_model_with_the_triton_kernels_trains_like_the_reference(preset):
     assert relative_error(fused_bf16_grads, bf16_grads) <= 2e-2
 
 
+def test_gau_takes_the_fused_pair_with_rope_and_row_scale_on_a_padded_batch():
+    """GAU-α's softmax_plus row factor on a padded batch is one value per sequence ([B, 1, 1, 1]): the
+    Triton entry takes it with the tables, so the model step above runs the fused kernel."""
+    taken = []
+
+    def spy(z, first, second, cos, sin, row_scale, q_scale):
+        given = cos is not None and row_scale is not None and tuple(row_scale.shape) == (2, 1, 1, 1)
+        taken.append((given, zoo.norms.triton_scale_pair_applies(z, first, second, cos, sin, row_scale, q_scale)))
+        return False
+
+    with registry.registered("scale_offset_pair", "spy", lambda *args: None, accepts=spy, before="triton"):
+        training_step("gau-alpha-tiny", triton=True)
+    layers = zoo.preset_config("gau-alpha-tiny").num_hidden_layers
+    assert taken == [(True, True)] * layers  # tables and a row factor per sequence given, and taken
+
+
 def test_selective_recomputation_runs_the_triton_scale_pair_again_to_the_same_gradients():
     """GAU-α with `recompute_elementwise`: the scale pair runs again in the backward pass; the same loss,
     and the same gradients, bit for bit on the CPU (to 1e-6 on CUDA, whose attention backward may add in
@@ -304,6 +329,15 @@ def test_the_cuda_entry_for_the_scale_pair():
     assert zoo.norms.triton_scale_pair_applies(z, plain, other, cos.expand(2, 1, 5, 4), sin.expand(2, 1, 5, 4))
     assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos.double(), sin.double())  # not z's dtype
     assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos[..., :2], sin[..., :2])  # not s/2 pairs
+    rows = torch.ones(2, 1, 5, 1)
+    assert zoo.norms.triton_scale_pair_applies(z, plain, other, cos, sin, rows, 0.5)
+    assert zoo.norms.triton_scale_pair_applies(z, plain, other, None, None, rows[:1].double(), 0.5)
+    # one factor per sequence (a padded batch without a window), or one for all
+    assert zoo.norms.triton_scale_pair_applies(z, plain, other, cos, sin, rows[..., :1, :], 0.5)
+    assert zoo.norms.triton_scale_pair_applies(z, plain, other, cos, sin, rows[:1, :, :1], 0.5)
+    assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos, sin, rows[..., :2, :], 0.5)
+    assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos, sin, rows.expand(2, 1, 5, 3), 0.5)
+    assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos, sin, rows.requires_grad_(), 0.5)
     assert not zoo.norms.triton_scale_pair_applies(z, plain, other, cos.requires_grad_(), sin)  # tables differentiated
     traced = torch.compile(zoo.norms.triton_scale_pair_applies, backend="eager", fullgraph=True)
     assert not traced(z, plain, other)

@@ -7,11 +7,11 @@
   exp, the same dropout mask), used by `zoo.attention` on the CPU;
 - `elementwise_cpu.cpp`: the RMS norm and RoPE as one pass each way (`zoo.norms`, `zoo.rope`);
 - `triton_rope.py`, `triton_scale_pair.py`, `triton_residual_norm.py`: CUDA kernels in Triton, RoPE
-  (the CUDA implementation of the same operator), GAU's q/k scale pair (rotated by RoPE in the same
-  kernel) and the post-norm residual step Norm(α·x + Dropout(F(x))) with the RMS norm or LayerNorm,
-  one launch each way instead of a chain of PyTorch operations (Triton comes with torch's CUDA
-  builds; the modules are imported on first use); `triton_aot.py` compiles them for CUDA GPUs on a
-  machine without one, to check their code.
+  (the CUDA implementation of the same operator), GAU's q/k scale pair (rotated by RoPE, q times its
+  row factor, in the same kernel) and the post-norm residual step Norm(α·x + Dropout(F(x))) with the
+  RMS norm or LayerNorm, one launch each way instead of a chain of PyTorch operations (Triton comes
+  with torch's CUDA builds; the modules are imported on first use); `triton_aot.py` compiles them for
+  CUDA GPUs on a machine without one, to check their code.
 
 Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
 when it is not possible, the loader returns None and callers use their PyTorch path.

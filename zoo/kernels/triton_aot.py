@@ -140,15 +140,20 @@ def _residual_norm_launches(size: int, branch_dtype, residual_dtype, layer_norm:
 
 
 def _scale_pair_launches(config, dtype: torch.dtype) -> None:
-    """GAU's q and k: rotated by the tables in the same kernel (RoPE, a plain attention context), and
-    not (no RoPE, or a position variant's context, which rotates them itself)."""
+    """GAU's q and k as a plain attention context has them made: rotated by the tables (RoPE) and q
+    times its row factor (softmax_plus) in the same kernel; and as a position variant's context has
+    them, neither (it rotates them itself)."""
     size = config.attention_key_size
     width = 2 * config.intermediate_size + size  # the gate x·W_i; z its last s columns
     z = torch.empty(BATCH, SEQ, width, dtype=dtype)[..., -size:].requires_grad_()
     gamma = torch.empty(size, requires_grad=True)
-    cos = sin = torch.empty(1, 1, SEQ, size // 2, dtype=dtype)
-    for tables in ((cos, sin), ()) if config.position_embedding_type == "rope" else ((),):
-        q, k = triton_scale_pair.ScalePair.apply(z, gamma, gamma, *tables)
+    rope = config.position_embedding_type == "rope"
+    tables = (torch.empty(1, 1, SEQ, size // 2, dtype=dtype),) * 2 if rope else (None, None)
+    # softmax_plus's log n / log 512 per row: float64, one per sequence of a padded batch
+    row_scale = torch.empty(BATCH, 1, SEQ, 1, dtype=torch.float64) if config.attention_normalization == "softmax_plus" \
+        else None
+    for options in ((*tables, row_scale, size**-0.5), ()):
+        q, k = triton_scale_pair.ScalePair.apply(z, gamma, gamma, *options)
         torch.autograd.backward((q, k), (torch.empty_like(q), torch.empty_like(k)))
 
 

@@ -1,8 +1,14 @@
-"""GAU's two scale-offsets of one input, q = z ⊙ γ_q and k = z ⊙ γ_k, as one Triton kernel each way.
+"""GAU's two scale-offsets of one input, q = z ⊙ γ_q and k = z ⊙ γ_k, as one Triton kernel each way;
+with RoPE's tables, both rotated in the same kernel, and with a row scale ρ, q also multiplied by its
+row's logit factor ρ_i · c (softmax_plus: log n / log 512 times 1/√s), so that attention gets its q
+and k from one launch.
 
 Forward, one pass over z writes q and k. The scales are rounded to z's dtype first, as the reference
 `ScaleOffset` casts them, so that the product (exact in fp32 for bf16 operands) rounds once to the
-reference's value. Backward, one pass over the incoming dq and dk and the saved z writes
+reference's value; with tables, those rounded products are rotated in fp32 (pairs (2i, 2i+1), as the
+RoPE kernel does) and q is multiplied by ρ_i · c before the one rounding of the result. Backward, one
+pass over the incoming dq and dk and the saved z: dq scaled by ρ_i · c and both rotated back (the
+transpose of the rotation), then
 
     dz = dq ⊙ γ_q + dk ⊙ γ_k          (fp32, one rounding)
     dγ_q = Σ_rows dq ⊙ z,  dγ_k = Σ_rows dk ⊙ z      (fp32 partial sums per program, then one sum)
@@ -10,8 +16,9 @@ reference's value. Backward, one pass over the incoming dq and dk and the saved 
 (each program walks a run of blocks of rows, four programs per multiprocessor, so few shares to sum);
 so the pair costs three launches instead of the thirteen of two `ScaleOffset`s under autocast (two
 weight casts and two products forward; two products, two products and sums, two casts and the sum of
-the two dz backward). z is [B, S, s], read at any strides across rows (it is the last s columns of
-swish's output) and at unit stride within a row; q, k and dz are contiguous.
+the two dz backward), besides RoPE's four and the row factor's four. z is [B, S, s], read at any
+strides across rows (it is the last s columns of swish's output) and at unit stride within a row; q,
+k and dz are contiguous.
 
 The wrapper is an autograd Function, not a torch.library operator: the registry uses it in eager
 mode only (under torch.compile inductor fuses the reference itself), and as a Function it runs the
@@ -26,17 +33,18 @@ import triton.language as tl
 
 import zoo.kernels
 
-# elements per program forward, per block of rows backward (16 and 4 per thread of 4 warps): with the
-# rotation they compile to at most 80 and 72 registers per thread on sm_80/sm_90 (Triton 3.4 to 3.9;
-# `python -m zoo.kernels.triton_aot`). 8192 per program took up to 255, the most there is, without it
-FORWARD_ELEMENTS = 2048
+# elements per program forward, per block of rows backward (8 and 4 per thread of 4 warps): with the
+# rotation and q's row factor they compile to at most 72 registers per thread, without spills, on
+# sm_80/sm_90 with Triton 3.4 to 3.9 (`python -m zoo.kernels.triton_aot`); 8192 per program took up to
+# 255, the most there is, before either was fused in
+FORWARD_ELEMENTS = 1024
 BACKWARD_ELEMENTS = 512
 
 
 @triton.jit
-def _scale_pair_forward(z, gamma_q, gamma_k, cos, sin, q, k, rows, seq, size, z_stride_b, z_stride_s,
-                        cos_stride_b, cos_stride_s, sin_stride_b, sin_stride_s,
-                        ROWS: tl.constexpr, HALF: tl.constexpr, ROTATE: tl.constexpr):
+def _scale_pair_forward(z, gamma_q, gamma_k, cos, sin, row_scale, q, k, rows, seq, size, z_stride_b, z_stride_s,
+                        cos_stride_b, cos_stride_s, sin_stride_b, sin_stride_s, rs_stride_b, rs_stride_s, q_scale,
+                        ROWS: tl.constexpr, HALF: tl.constexpr, ROTATE: tl.constexpr, SCALE_Q: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     pair = tl.arange(0, HALF)
     even, odd = 2 * pair, 2 * pair + 1
@@ -61,6 +69,10 @@ def _scale_pair_forward(z, gamma_q, gamma_k, cos, sin, q, k, rows, seq, size, z_
         k_even, k_odd = k_even.to(dtype).to(tl.float32), k_odd.to(dtype).to(tl.float32)
         q_even, q_odd = q_even * c - q_odd * s, q_odd * c + q_even * s
         k_even, k_odd = k_even * c - k_odd * s, k_odd * c + k_even * s
+    if SCALE_Q:  # q's per-row logit factor, row_scale · q_scale
+        factor = (tl.load(row_scale + batch * rs_stride_b + position * rs_stride_s, mask=row < rows,
+                          other=0.0).to(tl.float32) * q_scale)[:, None]
+        q_even, q_odd = q_even * factor, q_odd * factor
     out_at = (row * size)[:, None]
     tl.store(q + out_at + even[None, :], q_even.to(q.dtype.element_ty), mask=live)
     tl.store(q + out_at + odd[None, :], q_odd.to(q.dtype.element_ty), mask=live_odd)
@@ -69,10 +81,11 @@ def _scale_pair_forward(z, gamma_q, gamma_k, cos, sin, q, k, rows, seq, size, z_
 
 
 @triton.jit
-def _scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos, sin, grad_z, partial, rows, seq, size,
+def _scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos, sin, row_scale, grad_z, partial, rows, seq, size,
                          gq_stride_b, gq_stride_s, gk_stride_b, gk_stride_s, z_stride_b, z_stride_s,
-                         cos_stride_b, cos_stride_s, sin_stride_b, sin_stride_s, blocks_per_program,
-                         ROWS: tl.constexpr, HALF: tl.constexpr, ROTATE: tl.constexpr):
+                         cos_stride_b, cos_stride_s, sin_stride_b, sin_stride_s, rs_stride_b, rs_stride_s, q_scale,
+                         blocks_per_program, ROWS: tl.constexpr, HALF: tl.constexpr, ROTATE: tl.constexpr,
+                         SCALE_Q: tl.constexpr):
     program = tl.program_id(0)
     pair = tl.arange(0, HALF)
     even, odd = 2 * pair, 2 * pair + 1
@@ -97,6 +110,10 @@ def _scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos, sin, grad_z, 
         dq_odd = tl.load(grad_q + gq_at + odd[None, :], mask=live_odd, other=0.0).to(tl.float32)
         dk_even = tl.load(grad_k + gk_at + even[None, :], mask=live, other=0.0).to(tl.float32)
         dk_odd = tl.load(grad_k + gk_at + odd[None, :], mask=live_odd, other=0.0).to(tl.float32)
+        if SCALE_Q:
+            factor = (tl.load(row_scale + batch * rs_stride_b + position * rs_stride_s, mask=row < rows,
+                              other=0.0).to(tl.float32) * q_scale)[:, None]
+            dq_even, dq_odd = dq_even * factor, dq_odd * factor
         if ROTATE:  # the gradient rotated back: the transpose of the rotation
             c = tl.load(cos + (batch * cos_stride_b + position * cos_stride_s)[:, None] + pair[None, :], mask=live,
                         other=0.0).to(tl.float32)
@@ -129,16 +146,19 @@ def _launch_shape(size: int, elements: int) -> tuple[int, int]:
     return pairs, max(1, elements // (2 * pairs))
 
 
-def _table_strides(table: torch.Tensor | None) -> tuple[int, int]:
-    """(batch stride, position stride) of a [B or 1, 1, S, s/2] table; the batch stride 0 where it is shared."""
+def _row_strides(table: torch.Tensor | None) -> tuple[int, int]:
+    """(batch stride, position stride) of a [B or 1, 1, S or 1, ·] table (RoPE's cos and sin, q's row
+    scale); 0 along a dimension of size 1, which every batch or position shares."""
     if table is None:
         return 0, 0
-    return (0 if table.shape[0] == 1 else table.stride(0)), table.stride(2)
+    return (0 if table.shape[0] == 1 else table.stride(0)), (0 if table.shape[2] == 1 else table.stride(2))
 
 
-def scale_pair_forward(z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor, cos=None, sin=None):
+def scale_pair_forward(z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor, cos=None, sin=None,
+                       row_scale=None, q_scale: float = 1.0):
     """(z ⊙ γ_q, z ⊙ γ_k) for z [B, S, s] with unit stride in s, each rotated by the tables [B or 1, 1, S,
-    s/2] (unit stride in s/2) when they are given; new contiguous tensors of z's dtype."""
+    s/2] (unit stride in s/2) when they are given, and q multiplied by row_scale [B or 1, 1, S or 1, 1] ·
+    q_scale when that is given; new contiguous tensors of z's dtype."""
     batch, seq, size = z.shape
     q, k = (torch.empty((batch, seq, size), dtype=z.dtype, device=z.device) for _ in range(2))
     rows = batch * seq
@@ -146,15 +166,16 @@ def scale_pair_forward(z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Te
         pairs, per_program = _launch_shape(size, FORWARD_ELEMENTS)
         with zoo.kernels.triton_launch("scale_pair_forward"):
             _scale_pair_forward[(triton.cdiv(rows, per_program),)](
-                z, gamma_q, gamma_k, z if cos is None else cos, z if sin is None else sin, q, k, rows, seq, size,
-                z.stride(0), z.stride(1), *_table_strides(cos), *_table_strides(sin),
-                ROWS=per_program, HALF=pairs, ROTATE=cos is not None)
+                z, gamma_q, gamma_k, z if cos is None else cos, z if sin is None else sin,
+                z if row_scale is None else row_scale, q, k, rows, seq, size, z.stride(0), z.stride(1),
+                *_row_strides(cos), *_row_strides(sin), *_row_strides(row_scale), float(q_scale),
+                ROWS=per_program, HALF=pairs, ROTATE=cos is not None, SCALE_Q=row_scale is not None)
     return q, k
 
 
-def scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos=None, sin=None):
-    """(dz, dγ_q, dγ_k): dz in z's dtype, the scales' gradients in fp32 then in their own dtype; with
-    tables, dq and dk are the gradients of the rotated q and k."""
+def scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos=None, sin=None, row_scale=None, q_scale: float = 1.0):
+    """(dz, dγ_q, dγ_k): dz in z's dtype, the scales' gradients in fp32 then in their own dtype; dq and
+    dk are the gradients of q and k as the forward pass made them (rotated, q scaled)."""
     batch, seq, size = z.shape
     rows = batch * seq
     grad_z = torch.empty((batch, seq, size), dtype=z.dtype, device=z.device)
@@ -167,29 +188,36 @@ def scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos=None, sin=None)
     partial = torch.empty((programs, 2, size), dtype=torch.float32, device=z.device)
     with zoo.kernels.triton_launch("scale_pair_backward"):
         _scale_pair_backward[(programs,)](
-            grad_q, grad_k, z, gamma_q, gamma_k, z if cos is None else cos, z if sin is None else sin, grad_z, partial,
-            rows, seq, size, grad_q.stride(0), grad_q.stride(1), grad_k.stride(0), grad_k.stride(1),
-            z.stride(0), z.stride(1), *_table_strides(cos), *_table_strides(sin), triton.cdiv(blocks, programs),
-            ROWS=per_block, HALF=pairs, ROTATE=cos is not None)
+            grad_q, grad_k, z, gamma_q, gamma_k, z if cos is None else cos, z if sin is None else sin,
+            z if row_scale is None else row_scale, grad_z, partial, rows, seq, size,
+            grad_q.stride(0), grad_q.stride(1), grad_k.stride(0), grad_k.stride(1), z.stride(0), z.stride(1),
+            *_row_strides(cos), *_row_strides(sin), *_row_strides(row_scale), float(q_scale),
+            triton.cdiv(blocks, programs), ROWS=per_block, HALF=pairs, ROTATE=cos is not None,
+            SCALE_Q=row_scale is not None)
     grad_gamma = partial.sum(0)
     return grad_z, grad_gamma[0].to(gamma_q.dtype), grad_gamma[1].to(gamma_k.dtype)
 
 
 class ScalePair(torch.autograd.Function):
-    """(z ⊙ γ_q, z ⊙ γ_k), rotated by RoPE's tables cos and sin when given (not differentiated), with the
+    """(z ⊙ γ_q, z ⊙ γ_k), rotated by RoPE's tables cos and sin when given, q multiplied by row_scale ·
+    q_scale when row_scale is given (the tables and the scale are not differentiated), with the
     one-pass kernels each way; differentiates z and both scales."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Tensor, cos: torch.Tensor | None = None,
-                sin: torch.Tensor | None = None):
+                sin: torch.Tensor | None = None, row_scale: torch.Tensor | None = None, q_scale: float = 1.0):
         z = zoo.kernels.unit_last_stride(z)
-        tables = () if cos is None else (zoo.kernels.unit_last_stride(cos), zoo.kernels.unit_last_stride(sin))
-        ctx.save_for_backward(z, gamma_q, gamma_k, *tables)
-        return scale_pair_forward(z, gamma_q.contiguous(), gamma_k.contiguous(), *tables)
+        if cos is not None:
+            cos, sin = zoo.kernels.unit_last_stride(cos), zoo.kernels.unit_last_stride(sin)
+        ctx.save_for_backward(z, gamma_q, gamma_k, cos, sin, row_scale)
+        ctx.q_scale = q_scale
+        return scale_pair_forward(z, gamma_q.contiguous(), gamma_k.contiguous(), cos, sin, row_scale, q_scale)
 
     @staticmethod
     def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor):
-        z, gamma_q, gamma_k, *tables = ctx.saved_tensors
+        z, gamma_q, gamma_k, cos, sin, row_scale = ctx.saved_tensors
         grad_q = torch.zeros_like(z) if grad_q is None else zoo.kernels.unit_last_stride(grad_q.to(z.dtype))
         grad_k = torch.zeros_like(z) if grad_k is None else zoo.kernels.unit_last_stride(grad_k.to(z.dtype))
-        return *scale_pair_backward(grad_q, grad_k, z, gamma_q.contiguous(), gamma_k.contiguous(), *tables), None, None
+        grads = scale_pair_backward(grad_q, grad_k, z, gamma_q.contiguous(), gamma_k.contiguous(), cos, sin,
+                                    row_scale, ctx.q_scale)
+        return *grads, None, None, None, None
