@@ -125,8 +125,8 @@ def scale_offset_pair(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, 
 def triton_scale_pair_applies(z: torch.Tensor, first: ScaleOffset, second: ScaleOffset, cos=None, sin=None,
                               row_scale=None, q_scale=1.0) -> bool:
     """The Triton kernel's calls: z [B, S, s], scales without offsets, tables (if any) as the RoPE kernels
-    take them, a row scale (if any) of one value per row or per sequence, in eager mode (under torch.compile inductor
-    fuses the reference with its neighbours itself)."""
+    take them, a row scale (if any) of one value per row or per sequence, in eager mode (under
+    torch.compile inductor fuses the reference with its neighbours itself)."""
     return (not torch.compiler.is_compiling() and z.dim() == 3 and first.bias is None and second.bias is None
             and first.weight.shape == second.weight.shape == z.shape[-1:]
             and (cos is None or fused_rope_applies(z[:, None], cos, sin))
