@@ -413,9 +413,10 @@ class Trainer:
 
     def _build_cpu_kernels(self) -> None:
         """Compile the CPU kernels before the clock starts (about a minute each on a first run)."""
-        if self.runtime.is_cuda or os.environ.get("ZOO_DISABLE_KERNELS") == "1":
+        from zoo.kernels import SOURCES, attention_kernels, disabled_by_environment, dropout_kernels, elementwise_kernels
+
+        if self.runtime.is_cuda or all(disabled_by_environment(name) for name in SOURCES):
             return
-        from zoo.kernels import attention_kernels, dropout_kernels, elementwise_kernels
 
         self.status("loading the compiled CPU kernels (the first run builds them: about a minute each)")
         for build in (dropout_kernels, attention_kernels, elementwise_kernels):

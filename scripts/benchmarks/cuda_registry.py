@@ -56,6 +56,6 @@ def as_on_cuda(setting: str = "fused"):
             if not available("triton"):
                 raise SystemExit("the CUDA registry on the CPU needs Triton for the fused residual norm and GAU's "
                                  "scale pair, run in its interpreter (pip install -e .[test])")
-            # the Triton entries registered for the CPU too (RoPE's still goes to the CPU operator first)
+            # the Triton entries registered for the CPU too (RoPE's is the CPU operator already)
             stack.enter_context(registry.extended("triton", "cpu"))
         yield

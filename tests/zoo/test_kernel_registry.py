@@ -99,8 +99,8 @@ def test_extended_lets_the_cuda_entries_of_a_name_take_cpu_tensors_for_the_block
         assert not entry.takes("cuda", torch.float32) and entry.takes("cpu", torch.bfloat16)
         assert registry.select("scale_offset_pair", z.double(), plain, plain).name == "reference"  # dtypes kept
         assert registry.select("scale_offset_pair", z[0], plain, plain).name == "reference"  # and the predicate
-        # the CPU's own kernel stays first where an op has one
-        assert [k.name for k in registry.implementations("rope")][:2] == ["cpu-kernel", "triton"]
+        # RoPE's Triton entry is the same operator as its CPU kernel's: nothing to add
+        assert [k.name for k in registry.implementations("rope")] == before["rope"]
         with registry.disabled("triton"):
             assert registry.select("scale_offset_pair", z, plain, plain).name == "reference"
     assert {op: [k.name for k in registry.implementations(op)] for op in before} == before
@@ -198,3 +198,42 @@ def test_attn_implementations_that_do_not_map_are_refused_by_name(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="attn_implementation='flash_attention_2'"):
         zoo.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
+
+
+@pytest.mark.parametrize("value,off", [
+    ("", set()), ("0", set()), ("1", {"dropout", "attention", "elementwise", "triton"}),
+    ("cpu", {"dropout", "attention", "elementwise"}), ("triton", {"triton"}),
+    ("attention, triton", {"attention", "triton"}),
+])
+def test_zoo_disable_kernels_names_what_it_switches_off(value, off, monkeypatch):
+    """ZOO_DISABLE_KERNELS=cpu keeps the Triton kernels (a GPU machine that should not build the C++
+    ones: scripts/gpu_checks.sh); =1 switches every compiled module off."""
+    from zoo.kernels import disabled_by_environment
+
+    monkeypatch.setenv("ZOO_DISABLE_KERNELS", value)
+    assert {name for name in ("dropout", "attention", "elementwise", "triton") if disabled_by_environment(name)} == off
+
+
+def test_zoo_disable_kernels_refuses_an_unknown_module(monkeypatch):
+    from zoo.kernels import disabled_by_environment
+
+    monkeypatch.setenv("ZOO_DISABLE_KERNELS", "cpu,cuda")
+    with pytest.raises(ValueError, match=r"ZOO_DISABLE_KERNELS='cpu,cuda': unknown module\(s\) \['cuda'\]"):
+        disabled_by_environment("triton")
+
+
+def test_zoo_disable_kernels_cpu_in_a_fresh_process_keeps_triton():
+    """In a new process (the variable is read when a module is first loaded): the C++ kernels are not
+    built and the registry sends the CPU's RMS norm to its reference, while Triton stays available."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="Triton is not installed (pip install -e .[test])")
+    code = ("import torch, zoo; from zoo.kernels import available, registry; "
+            "print(available('elementwise'), available('triton'), "
+            "registry.select('rms_norm', torch.zeros(2, 4), 1e-6).name)")
+    env = {**os.environ, "ZOO_DISABLE_KERNELS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True", "reference"]

@@ -60,9 +60,25 @@ def cpu_tag() -> str:
     return hashlib.sha1(described.encode()).hexdigest()[:8]
 
 
+def disabled_by_environment(name: str) -> bool:
+    """Whether ZOO_DISABLE_KERNELS switches the compiled module `name` off: "1" every one, Triton
+    included; otherwise a comma-separated list of modules ("dropout", "attention", "elementwise",
+    "triton"), "cpu" standing for the three C++ ones (a GPU machine that should not build them but
+    keep its Triton kernels: ZOO_DISABLE_KERNELS=cpu)."""
+    value = os.environ.get("ZOO_DISABLE_KERNELS", "").strip()
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    names = {part.strip() for part in value.split(",") if part.strip()}
+    unknown = names - set(SOURCES) - {"triton", "cpu"}
+    if unknown:
+        raise ValueError(f"ZOO_DISABLE_KERNELS={value!r}: unknown module(s) {sorted(unknown)}; use 1 (all), or a "
+                         f"comma-separated list of {', '.join([*SOURCES, 'triton', 'cpu'])}")
+    return name in names or ("cpu" in names and name in SOURCES)
+
+
 def _build(name: str, source: str):
-    if os.environ.get("ZOO_DISABLE_KERNELS") == "1":
-        return None
     try:
         from torch.utils.cpp_extension import load
 
@@ -88,8 +104,6 @@ _BUILT: dict[str, object] = {}  # name → the loaded module, or None where it c
 
 def _import_triton():
     """Triton, for the CUDA kernels written in it, or None where it cannot be imported."""
-    if os.environ.get("ZOO_DISABLE_KERNELS") == "1":
-        return None
     try:
         import triton
 
@@ -102,7 +116,10 @@ def _import_triton():
 @torch.compiler.disable
 def _load(name: str):
     if name not in _BUILT:
-        _BUILT[name] = _import_triton() if name == "triton" else _build(f"zoo_{name}_cpu", SOURCES[name])
+        if disabled_by_environment(name):
+            _BUILT[name] = None
+        else:
+            _BUILT[name] = _import_triton() if name == "triton" else _build(f"zoo_{name}_cpu", SOURCES[name])
     return _BUILT[name]
 
 
