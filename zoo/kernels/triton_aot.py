@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,7 +88,6 @@ class CompiledLaunch:
     local: int  # bytes per thread of local memory (spills)
     shared: int  # bytes per program of shared memory
     num_warps: int
-    cubin: bytes = field(repr=False, default=b"")
 
     @property
     def spills(self) -> bool:
@@ -193,7 +192,7 @@ class _CompileOnlyDriver(DriverBase):
         return self.target
 
     def get_current_device(self):
-        return f"{self.target.backend}-{self.target.arch}"  # a cache key of its own per target
+        return _device_key(self.target.arch)
 
     def get_current_stream(self, device=None):
         return 0
@@ -206,6 +205,11 @@ class _CompileOnlyDriver(DriverBase):
 
     def map_python_to_cpp_type(self, ty: str) -> str:
         raise RuntimeError("a compile-only target builds no launcher")
+
+
+def _device_key(arch: int) -> str:
+    """The stand-in device a target's compilations are cached under in each kernel (one per target)."""
+    return f"cuda-{arch}"
 
 
 @contextlib.contextmanager
@@ -245,12 +249,12 @@ def compile_launch(launch: Launch, arch: int) -> CompiledLaunch:
     with _target(arch):
         compiled = launch.kernel.run(*launch.args, grid=launch.grid, warmup=True, **launch.kwargs)
     cubin = compiled.asm["cubin"]
-    return CompiledLaunch(launch, arch, num_warps=compiled.metadata.num_warps, cubin=cubin, **resource_usage(cubin))
+    return CompiledLaunch(launch, arch, num_warps=compiled.metadata.num_warps, **resource_usage(cubin))
 
 
 def compilations(kernel: JITFunction, arch: int) -> int:
     """How many variants of `kernel` the launches compiled so far for sm_`arch` took."""
-    device = _CompileOnlyDriver(GPUTarget("cuda", arch, 32)).get_current_device()
+    device = _device_key(arch)
     return len(kernel.device_caches[device][0]) if device in kernel.device_caches else 0
 
 

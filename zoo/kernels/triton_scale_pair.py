@@ -55,16 +55,16 @@ def _scale_pair_forward(z, gamma_q, gamma_k, cos, sin, row_scale, q, k, rows, se
     x_even = tl.load(z + z_at + even[None, :], mask=live, other=0.0).to(tl.float32)
     x_odd = tl.load(z + z_at + odd[None, :], mask=live_odd, other=0.0).to(tl.float32)
     dtype = z.dtype.element_ty
-    # the products rounded to z's dtype, as the reference's scale-offsets give them to the rotation
-    q_even = (x_even * tl.load(gamma_q + even, mask=even < size, other=0.0).to(dtype).to(tl.float32)[None, :])
-    q_odd = (x_odd * tl.load(gamma_q + odd, mask=odd < size, other=0.0).to(dtype).to(tl.float32)[None, :])
-    k_even = (x_even * tl.load(gamma_k + even, mask=even < size, other=0.0).to(dtype).to(tl.float32)[None, :])
-    k_odd = (x_odd * tl.load(gamma_k + odd, mask=odd < size, other=0.0).to(dtype).to(tl.float32)[None, :])
+    q_even = x_even * tl.load(gamma_q + even, mask=even < size, other=0.0).to(dtype).to(tl.float32)[None, :]
+    q_odd = x_odd * tl.load(gamma_q + odd, mask=odd < size, other=0.0).to(dtype).to(tl.float32)[None, :]
+    k_even = x_even * tl.load(gamma_k + even, mask=even < size, other=0.0).to(dtype).to(tl.float32)[None, :]
+    k_odd = x_odd * tl.load(gamma_k + odd, mask=odd < size, other=0.0).to(dtype).to(tl.float32)[None, :]
     if ROTATE:
         c = tl.load(cos + (batch * cos_stride_b + position * cos_stride_s)[:, None] + pair[None, :], mask=live,
                     other=0.0).to(tl.float32)
         s = tl.load(sin + (batch * sin_stride_b + position * sin_stride_s)[:, None] + pair[None, :], mask=live,
                     other=0.0).to(tl.float32)
+        # the products rounded to z's dtype, as the reference's scale-offsets hand them to the rotation
         q_even, q_odd = q_even.to(dtype).to(tl.float32), q_odd.to(dtype).to(tl.float32)
         k_even, k_odd = k_even.to(dtype).to(tl.float32), k_odd.to(dtype).to(tl.float32)
         q_even, q_odd = q_even * c - q_odd * s, q_odd * c + q_even * s
