@@ -273,8 +273,13 @@ def relative_error(got: dict, expected: dict) -> float:
 @pytest.mark.parametrize("preset", ["gau-alpha-tiny", "roformer-v2-tiny", "deepnet-tiny"])
 def test_a_model_with_the_triton_kernels_trains_like_the_reference(preset):
     """Padded batch: fp32 loss and every gradient within 1e-5 of the reference path (the kernels sum in
-    another order). Under bf16 autocast, gradients within 2%: the reference rounds to bf16 between its
-    steps (the dropped branch, dγ, each dz term: 2⁻⁸ each), the kernels keep fp32 until their output."""
+    another order). Under bf16 autocast both paths are compared with the fp32 gradients: the kernels'
+    may lose no more than 1.25× what the reference path's lose (1.6–2.7% for these models; the kernels
+    keep fp32 until their output where the reference rounds to bf16 between its steps, so they are as
+    close or closer up to the noise of which bf16 products land where: at most 1.10× measured on the CPU,
+    with and without our C++ kernels). The two bf16 paths are not compared with each other: each is
+    its own rounding of the fp32 step, so they differ by up to the sum of their errors (2.8% for
+    DeepNet-tiny when the reference's attention runs through torch's sdpa)."""
     loss, grads = training_step(preset, triton=False)
     fused_loss, fused_grads = training_step(preset, triton=True)
     assert abs(float(fused_loss - loss)) <= 1e-6 * float(loss)
@@ -282,7 +287,9 @@ def test_a_model_with_the_triton_kernels_trains_like_the_reference(preset):
     bf16_loss, bf16_grads = training_step(preset, triton=False, autocast=True)
     fused_bf16_loss, fused_bf16_grads = training_step(preset, triton=True, autocast=True)
     assert abs(float(fused_bf16_loss - bf16_loss)) <= 1e-2 * float(bf16_loss)
-    assert relative_error(fused_bf16_grads, bf16_grads) <= 2e-2
+    reference_loss = relative_error(bf16_grads, grads)
+    assert 0 < reference_loss <= 5e-2  # the yardstick itself: bf16 rounding, not a broken path
+    assert relative_error(fused_bf16_grads, grads) <= 1.25 * reference_loss
 
 
 def test_gau_takes_the_fused_pair_with_rope_and_row_scale_on_a_padded_batch():
