@@ -81,8 +81,9 @@ class EncoderConfig(PreTrainedConfig):
             `from_pretrained` or `set_attn_implementation`, overrides it for that model instance.
         recompute_elementwise: GAU blocks keep for the backward pass only the gate's pre-activation
             and the attention output, and make swish, q/k (scale, offset, RoPE) and u ⊙ A·v again there
-            (zoo/recompute.py; the output projection's output, which nothing reads, is not kept): about
-            40% less of a GAU layer's activation memory, for one more pass over those elementwise
+            (zoo/recompute.py; the output projection's output, which nothing reads, is not kept, nor
+            the bf16 copy of the layer input behind a post-norm RMS step, which keeps the input): about
+            47% less of a GAU layer's activation memory, for one more pass over those elementwise
             chains. FFNs with an activation that keeps its input (GELU, swish: DeepNet) make the
             activation again instead of keeping its output, and keep no W_2 output; a ReLU FFN has
             nothing to drop (refused). Same function and gradients.

@@ -23,6 +23,24 @@ from .recompute import output_product, recompute_elementwise
 from .residual import residual_norm
 
 
+def residual_keeps_its_output(config) -> bool:
+    """Whether the residual step before a block keeps its output, the block's input, for its own backward
+    pass: the post-norm (or DeepNorm) step with the parameter-free RMS norm does, computing
+    dx = r·(dy − y·mean(dy·y)) from y (the Triton residual kernel and the CPU RMS norm keep y); with
+    LayerNorm it keeps x̂ instead, and a pre-norm block's input is a norm's output nothing else keeps."""
+    return config.residual != "pre" and config.norm_type == "rms"
+
+
+def recompute_block(fn, x: torch.Tensor, *args, input_kept: bool):
+    """`fn(x, *args)` under `recompute_elementwise` (zoo/recompute.py). The autocast copy of x that fn's
+    first product reads is made again in the backward pass when x stays in memory anyway (`input_kept`),
+    so nothing but x is kept for it; otherwise the copy is made here and kept instead of x (half its size
+    from fp32 to bf16)."""
+    if not input_kept:
+        (x,) = cast_for_products(x, 1)
+    return recompute_elementwise(fn, x, *args)
+
+
 class MultiHeadSelfAttention(nn.Module):
     """q, k, v = xW_q, xW_k, xW_v; RoPE on q, k; softmax(q·kᵀ/√d) v per head; then W_o (§1.1)."""
 
@@ -63,16 +81,15 @@ class FeedForward(nn.Module):
         self.fc2 = dense(config.intermediate_size, config.hidden_size, bias=config.use_bias, role="value")
         self.act = ACT2FN[config.hidden_act]
         self.recompute = config.recompute_elementwise
+        self.input_kept = residual_keeps_its_output(config)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext | None = None, need_weights: bool = False):
-        hidden = self.fc1(x)
         if self.recompute and torch.is_grad_enabled():
-            return recompute_elementwise(self.project, hidden), None
-        return self.project(hidden), None
+            return recompute_block(self.feed_forward, x, input_kept=self.input_kept), None
+        return self.feed_forward(x), None
 
-    def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """W_2 · act(h) from h = W_1 · x."""
-        activated = self.act(hidden)
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.act(self.fc1(x))
         with output_product():
             return self.fc2(activated)
 
@@ -98,15 +115,16 @@ class GatedAttentionUnit(nn.Module):
         self.normalization = config.attention_normalization
         self.dropout_p = config.attention_probs_dropout_prob
         self.recompute = config.recompute_elementwise
+        self.input_kept = residual_keeps_its_output(config)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
-        gate = self.i_dense(x)
         if self.recompute and torch.is_grad_enabled() and not need_weights:
-            return recompute_elementwise(self.gated_attention, gate, ctx)
-        return self.gated_attention(gate, ctx, need_weights)
+            return recompute_block(self.gated_attention, x, ctx, input_kept=self.input_kept)
+        return self.gated_attention(x, ctx, need_weights)
 
-    def gated_attention(self, gate: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
-        """(u ⊙ A·v)·W_o from the gate's pre-activation x·W_i, and A (with `need_weights`)."""
+    def gated_attention(self, x: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
+        """(u ⊙ A·v)·W_o, and A (with `need_weights`)."""
+        gate = self.i_dense(x)
         u, v, z = F.silu(gate).split([self.expansion_size, self.expansion_size, self.key_size], dim=-1)
         out, probs = ctx.attend_scale_offsets(
             z, self.q_scaleoffset, self.k_scaleoffset, v[:, None], normalization=self.normalization,

@@ -17,8 +17,9 @@ its inputs, so the product itself is not run twice.
 
 With `config.recompute_elementwise` a GAU-α layer keeps the gate's pre-activation x·W_i and the
 attention output, instead of also keeping swish's output, q and k after scale, offset and RoPE,
-u ⊙ A·v and the output projection; a GELU FFN (DeepNet) keeps W_1·x instead of GELU's output and W_2's
-(BENCHMARKS.md, activation memory).
+u ⊙ A·v, the output projection's output and the bf16 copy of x (x itself is kept by the residual step
+before, zoo/layers.py `recompute_block`); a GELU FFN (DeepNet) keeps W_1·x instead of GELU's output and
+W_2's (BENCHMARKS.md, activation memory).
 """
 
 from __future__ import annotations

@@ -126,3 +126,16 @@ def test_layer_norm_inference_path_matches_the_cast_path():
     exact = torch.nn.functional.layer_norm(x.double(), (768,), norm.weight.double(), norm.bias.double(), 1e-5)
     torch.testing.assert_close(fast.double(), exact, rtol=2**-8, atol=2**-8)
     torch.testing.assert_close(fast.float(), slow.float(), rtol=2**-7, atol=2**-7)
+
+
+def test_the_cpu_rms_norm_keeps_its_output_for_the_backward_pass():
+    """What stays in memory is y and 1/rms, not x: in a post-norm residual step y is the next block's
+    input, kept there anyway, while x (the sum that came in) can go (zoo/layers.py)."""
+    saved = []
+    x = torch.randn(3, 8, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = RMSNorm(1e-6)(x)
+    pointers = {t.untyped_storage().data_ptr() for t in saved}
+    assert y.untyped_storage().data_ptr() in pointers
+    assert x.untyped_storage().data_ptr() not in pointers
+    assert sorted(t.numel() for t in saved) == [3, 24]  # y and one 1/rms per row

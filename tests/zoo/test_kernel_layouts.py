@@ -330,7 +330,7 @@ def _messages():
         "rms x strides": (lambda: e.rms_norm_forward(strided, 1e-6), "rms_norm_forward: x must be contiguous"),
         "rms scalar": (lambda: e.rms_norm_forward(torch.tensor(1.0), 1e-6), "rms_norm_forward: x must have a last dimension"),
         "rms rstd": (lambda: e.rms_norm_backward(q, q, torch.ones(29)),
-                     r"rms_norm_backward: rstd must be \[rows of x\] = \[30\], got \[29\]"),
+                     r"rms_norm_backward: rstd must be \[rows of y\] = \[30\], got \[29\]"),
         "rope x strides": (lambda: e.rope(strided[None], torch.ones(1, 1, 5, 4), torch.ones(1, 1, 5, 4), 1.0),
                            "rope: x must have a unit stride in its last dimension"),
         "rope table shape": (lambda: e.rope(q[None], torch.ones(1, 1, 5, 3), torch.ones(1, 1, 5, 4), 1.0),

@@ -155,3 +155,36 @@ def test_the_output_product_is_neither_kept_nor_run_again(preset, monkeypatch):
     kept_with_output, _, _ = run(recompute=True)
     assert kept_with_output - kept == config.num_hidden_layers * ids.numel() * config.hidden_size * 2
     assert backward_products == plain_backward_products
+
+
+@pytest.mark.parametrize("preset", ["gau-alpha-tiny", "deepnet-tiny"])
+def test_the_input_copy_is_made_again_only_where_the_input_is_kept_anyway(preset, monkeypatch):
+    """A post-norm RMS residual step keeps its output, the next block's input (zoo/layers.py): GAU-α's
+    recomputation then makes the bf16 copy for x·W_i again instead of keeping it. DeepNet's LayerNorm
+    step keeps x̂, not its output, so there the bf16 copy is kept instead of the fp32 input. Either
+    way the choice made keeps 2 bytes per hidden value and layer less than the other (4-byte x against
+    a 2-byte copy), and the gradients are the same bit for bit."""
+    ids = torch.randint(104, 12000, (2, 16), generator=torch.Generator().manual_seed(0))
+    model = zoo.create(preset, task="base", recompute_elementwise=True, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0).train()
+    blocks = [m for m in model.modules() if hasattr(m, "input_kept")]
+    assert {b.input_kept for b in blocks} == {preset.startswith("gau")}
+
+    def run(input_kept: bool):
+        for block in blocks:
+            monkeypatch.setattr(block, "input_kept", input_kept)
+        model.zero_grad(set_to_none=True)
+        kept = KeptStorages()
+        with torch.autocast("cpu", dtype=torch.bfloat16), kept:
+            hidden = model(input_ids=ids).last_hidden_state
+        kept_bytes = kept.bytes()
+        hidden.float().sum().backward()
+        return kept_bytes, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    chosen = blocks[0].input_kept
+    run(chosen)  # the first pass makes the rotary tables, which the model caches
+    kept, grads = run(chosen)
+    other_kept, other_grads = run(not chosen)
+    assert other_kept - kept == len(blocks) * ids.numel() * model.config.hidden_size * 2
+    assert grads.keys() == other_grads.keys()
+    assert all(torch.equal(grads[n], other_grads[n]) for n in grads)

@@ -4,7 +4,8 @@
 // stack and flatten), each with its own autograd node; here each direction is one pass over the
 // data with fp32 arithmetic and a single rounding to the tensor's dtype.
 //
-//   rms_norm:  y = x · r,  r = (mean(x²) + ε)^(−1/2) per row;   dx = r · (dy − y · mean(dy · y))
+//   rms_norm:  y = x · r,  r = (mean(x²) + ε)^(−1/2) per row;   dx = r · (dy − y · mean(dy · y)),
+//              computed from y and r (the output is what stays in memory for the backward pass)
 //   rope:      (x_2i, x_2i+1) ↦ (x_2i·c − x_2i+1·s, x_2i+1·c + x_2i·s) with c, s of the pair's angle;
 //              its backward is the same rotation with −s.
 
@@ -48,25 +49,25 @@ void rms_norm_forward_impl(const at::Tensor& x, at::Tensor& y, at::Tensor& rstd,
 }
 
 template <typename T>
-void rms_norm_backward_impl(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& rstd, at::Tensor& dx) {
-  const int64_t cols = x.size(-1), rows = x.numel() / cols;
+void rms_norm_backward_impl(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& rstd, at::Tensor& dx) {
+  const int64_t cols = y.size(-1), rows = y.numel() / cols;
   const RawOf<T>* g = reinterpret_cast<const RawOf<T>*>(grad.data_ptr());
-  const RawOf<T>* src = reinterpret_cast<const RawOf<T>*>(x.data_ptr());
+  const RawOf<T>* src = reinterpret_cast<const RawOf<T>*>(y.data_ptr());
   RawOf<T>* dst = reinterpret_cast<RawOf<T>*>(dx.data_ptr());
   const float* r_in = rstd.data_ptr<float>();
   at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const RawOf<T>* gr = g + row * cols;
-      const RawOf<T>* xr = src + row * cols;
+      const RawOf<T>* yr = src + row * cols;
       RawOf<T>* dr = dst + row * cols;
       const float r = r_in[row];
       float dot = 0.0f;  // Σ dy · y
 #pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < cols; ++j) dot += Codec<T>::load(gr[j]) * Codec<T>::load(xr[j]) * r;
+      for (int64_t j = 0; j < cols; ++j) dot += Codec<T>::load(gr[j]) * Codec<T>::load(yr[j]);
       const float mean = dot / static_cast<float>(cols);
 #pragma omp simd
       for (int64_t j = 0; j < cols; ++j) {
-        dr[j] = Codec<T>::store(r * (Codec<T>::load(gr[j]) - Codec<T>::load(xr[j]) * r * mean));
+        dr[j] = Codec<T>::store(r * (Codec<T>::load(gr[j]) - Codec<T>::load(yr[j]) * mean));
       }
     }
   });
@@ -125,26 +126,26 @@ std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x, double eps) {
   return {y, rstd};
 }
 
-// grad and x contiguous and alike; rstd as rms_norm_forward returned it.
-at::Tensor rms_norm_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& rstd) {
+// grad and y contiguous and alike; y and rstd as rms_norm_forward returned them.
+at::Tensor rms_norm_backward(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& rstd) {
   constexpr const char* fn = "rms_norm_backward";
-  check_float(x, fn, "x");
-  check_like(grad, fn, "grad", x, "x");
-  TORCH_CHECK(x.dim() >= 1, fn, ": x must have a last dimension (the normalised one), got a scalar");
-  check_sizes(grad, fn, "grad", x.sizes(), "the size of x");
-  const int64_t cols = x.size(-1), rows = cols == 0 ? 0 : x.numel() / cols;
+  check_float(y, fn, "y");
+  check_like(grad, fn, "grad", y, "y");
+  TORCH_CHECK(y.dim() >= 1, fn, ": y must have a last dimension (the normalised one), got a scalar");
+  check_sizes(grad, fn, "grad", y.sizes(), "the size of y");
+  const int64_t cols = y.size(-1), rows = cols == 0 ? 0 : y.numel() / cols;
   check_cpu(rstd, fn, "rstd");
   TORCH_CHECK(rstd.scalar_type() == at::kFloat, fn, ": rstd must be float32, got ", rstd.scalar_type());
-  check_sizes(rstd, fn, "rstd", {rows}, "[rows of x]");
+  check_sizes(rstd, fn, "rstd", {rows}, "[rows of y]");
   check_contiguous(grad, fn, "grad");
-  check_contiguous(x, fn, "x");
+  check_contiguous(y, fn, "y");
   check_contiguous(rstd, fn, "rstd");
-  at::Tensor dx = at::empty_like(x);
+  at::Tensor dx = at::empty_like(y);
   if (rows == 0) return dx;
-  if (x.scalar_type() == at::kBFloat16) {
-    rms_norm_backward_impl<at::BFloat16>(grad, x, rstd, dx);
+  if (y.scalar_type() == at::kBFloat16) {
+    rms_norm_backward_impl<at::BFloat16>(grad, y, rstd, dx);
   } else {
-    rms_norm_backward_impl<float>(grad, x, rstd, dx);
+    rms_norm_backward_impl<float>(grad, y, rstd, dx);
   }
   return dx;
 }

@@ -54,26 +54,28 @@ def _(x: Tensor, eps: float):
 
 
 @torch.library.custom_op("zoo::rms_norm_backward", mutates_args=(), device_types="cpu")
-def rms_norm_backward(grad: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
-    return elementwise_kernels().rms_norm_backward(grad, x, rstd)
+def rms_norm_backward(grad: Tensor, y: Tensor, rstd: Tensor) -> Tensor:
+    """dx = rstd · (grad − y · mean(grad · y)) from the forward pass's output and rstd."""
+    return elementwise_kernels().rms_norm_backward(grad, y, rstd)
 
 
 @rms_norm_backward.register_fake
-def _(grad: Tensor, x: Tensor, rstd: Tensor):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(grad: Tensor, y: Tensor, rstd: Tensor):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
 def _rms_norm_setup(ctx, inputs, output):
-    x, _ = inputs
-    _, rstd = output
-    ctx.save_for_backward(x, rstd)
+    # the output, not the input: in a post-norm residual step it is the next block's input, which that
+    # block's recomputation keeps anyway (zoo/layers.py), where the sum that came in is dropped
+    y, rstd = output
+    ctx.save_for_backward(y, rstd)
     ctx.mark_non_differentiable(rstd)
     ctx.set_materialize_grads(False)  # no zero-filled gradient for rstd
 
 
 def _rms_norm_grad(ctx, grad_y, grad_rstd):
-    x, rstd = ctx.saved_tensors
-    return rms_norm_backward(grad_y.to(x.dtype).contiguous(), x, rstd), None
+    y, rstd = ctx.saved_tensors
+    return rms_norm_backward(grad_y.to(y.dtype).contiguous(), y, rstd), None
 
 
 rms_norm.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
