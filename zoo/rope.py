@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import ops, unit_last_stride
+from .kernels import available, ops, unit_last_stride
 from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register
 
 
@@ -71,21 +71,31 @@ def fused_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     gradient may be expanded) but reads each row at unit stride: `unit_last_stride` copies only the
     tensors whose last dimension is strided.
     """
-    return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0)
+    return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0, False)
 
 
 def triton_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     """The Triton kernel's calls, in eager mode: under torch.compile inductor writes its own kernel from
-    the reference instead, free to fuse it with the operations around it."""
+    the reference instead, free to fuse it with the operations around it. On CPU tensors (the entry
+    extended to the CPU, `registry.extended`, as scripts/benchmarks/cuda_registry.py counts CUDA's step)
+    the operator runs its C++ kernel, which must then be built."""
+    if x.device.type == "cpu" and not available("elementwise"):
+        return False
     return not torch.compiler.is_compiling() and fused_rope_applies(x, cos, sin)
 
 
-# `apply_rope` as one Triton kernel each way on CUDA (zoo/kernels/triton_rope.py, the CUDA side of the
-# operator zoo::rope that `fused_rope` calls): fp32 arithmetic, one rounding, the backward pass the
-# inverse rotation, where the reference's seven operations forward and its autograd nodes backward are
-# each a kernel launch and a trip through GPU memory.
-register("rope", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
-         needs="triton", accepts=triton_rope_applies)(fused_rope)
+@register("rope", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
+          needs="triton", accepts=triton_rope_applies)
+def layout_keeping_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` as one Triton kernel each way on CUDA (zoo/kernels/triton_rope.py, the CUDA side of
+    the operator zoo::rope): fp32 arithmetic, one rounding, the backward pass the inverse rotation, where
+    the reference's seven operations forward and its autograd nodes backward are each a kernel launch
+    and a trip through GPU memory. The output keeps x's layout: q and k stay sequence first, so CUDA's
+    flash attention, whose output follows q's layout, returns its output sequence first and merging
+    the heads is a view (a heads-first q, as the CPU kernel's entry and the reference make it, costs a
+    copy of the output forward, and one of q's and k's gradients backward). On the CPU the same call
+    runs the C++ kernel, which is how scripts/benchmarks/cuda_registry.py counts CUDA's step here."""
+    return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0, True)
 
 
 @register("rope", "reference")

@@ -12,10 +12,11 @@ keep: the input and 1/rms, the tables); the post-norm residual step and GAU's q/
 their Triton kernels, run in Triton's interpreter (the residual kernel keeps its output and 1/rms,
 or x̂ and 1/std with LayerNorm, and no mask). Attention dropout is off: with dropout torch's CPU sdpa
 falls back to a kernel that keeps the probabilities, while CUDA's flash kernel keeps only a
-random-number state. One CPU artefact is left out: torch's CPU flash kernel returns its output heads
-first, [B, H, S, d] in memory, so merging the heads into [B, S, H·d] copies it, while CUDA's flash
-and memory-efficient kernels return it sequence first and the merge is a view; such a copy of an
-sdpa output is not counted.
+random-number state. One CPU artefact is left out (cuda_registry.MergedHeadsCopies): for GAU's q,
+expanded over the heads that share it, torch's CPU flash kernel returns its output heads first, so
+merging the heads copies it, where CUDA's kernels return it sequence first and the merge is a view;
+such a copy is not counted. For a dense q both devices follow q's layout, which RoPE keeps sequence
+first: no copy either way.
 
 Counted: every storage an operation makes during a bf16-autocast forward pass of the encoder (the
 MLM head is the same sparse tied head in every family) that is still alive when the pass returns,
@@ -58,7 +59,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cuda_registry import as_on_cuda  # noqa: E402
+from cuda_registry import MergedHeadsCopies, as_on_cuda  # noqa: E402
 
 import zoo  # noqa: E402
 
@@ -76,32 +77,21 @@ VOCAB = 12000
 
 class LiveStorages(TorchDispatchMode):
     """Records every storage an operation makes; `alive_bytes()` sums those still alive (each once).
-    A copy of an sdpa output (the merge of heads, a view on CUDA) is not recorded."""
+    The CPU's copy merging the heads of GAU's attention (a view on CUDA) is not recorded."""
 
     def __init__(self):
         super().__init__()
         self.made = []
-        self.attention_outputs: dict[int, StorageWeakRef] = {}  # the sdpa outputs' storages by data pointer
-        self.merged_heads: dict[int, StorageWeakRef] = {}  # their copies, and whatever views them
+        self.merged_heads = MergedHeadsCopies()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if "scaled_dot_product" in func.__name__ and not func.__name__.endswith("backward.default"):
-            storage = out[0].untyped_storage()
-            self.attention_outputs[storage.data_ptr()] = StorageWeakRef(storage)
-        elif func is torch.ops.aten.clone.default and self._alive_in(self.attention_outputs, args[0]):
-            storage = out.untyped_storage()
-            self.merged_heads[storage.data_ptr()] = StorageWeakRef(storage)
+        self.merged_heads.see(func, args, out)
         for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor) and not self._alive_in(self.merged_heads, tensor):
+            if isinstance(tensor, torch.Tensor) and not self.merged_heads.is_copy(tensor):
                 storage = tensor.untyped_storage()
                 self.made.append((storage.data_ptr(), StorageWeakRef(storage), storage.nbytes()))
         return out
-
-    @staticmethod
-    def _alive_in(storages: dict[int, StorageWeakRef], tensor: torch.Tensor) -> bool:
-        ref = storages.get(tensor.untyped_storage().data_ptr())
-        return ref is not None and not ref.expired()
 
     def alive_bytes(self) -> int:
         gc.collect()

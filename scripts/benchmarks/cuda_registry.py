@@ -11,9 +11,11 @@ here, with `as_on_cuda(setting)` around the model:
 - hidden dropout as torch's `native_dropout`, one kernel each way keeping a boolean mask, as on CUDA
   (`F.dropout` on the CPU takes three kernels and keeps its mask in the input's dtype);
 - "fused", CUDA's entries now: the RMS norm and RoPE as one operator each way (on CUDA torch's fused RMS
-  norm and the Triton RoPE kernel; here our CPU operators, one each way too, keeping the same
-  tensors), and the post-norm residual step and GAU's q/k scale pair through their Triton kernels,
-  which run here in Triton's interpreter (TRITON_INTERPRET=1, set before Triton is first imported);
+  norm and the Triton RoPE kernel; here our CPU operators, one each way too, keeping tensors of the
+  same sizes, RoPE's output laid out as CUDA's entry lays it out: q and k sequence first, so that the
+  attention's output is too and merging its heads is a view), and the post-norm residual step and
+  GAU's q/k scale pair through their Triton kernels, which run here in Triton's interpreter
+  (TRITON_INTERPRET=1, set before Triton is first imported);
 - "reference", as CUDA ran before those entries: the RMS norm, RoPE, the residual step and the scale
   pair as PyTorch operations.
 """
@@ -27,6 +29,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -56,6 +59,44 @@ def as_on_cuda(setting: str = "fused"):
             if not available("triton"):
                 raise SystemExit("the CUDA registry on the CPU needs Triton for the fused residual norm and GAU's "
                                  "scale pair, run in its interpreter (pip install -e .[test])")
-            # the Triton entries registered for the CPU too (RoPE's is the CPU operator already)
+            # the Triton entries registered for the CPU too (RoPE's runs the CPU operator with CUDA's output
+            # layout, so the CPU kernel's entry, contiguous for the CPU attention, steps aside)
             stack.enter_context(registry.extended("triton", "cpu"))
+            stack.enter_context(registry.disabled("rope:cpu-kernel"))
         yield
+
+
+class MergedHeadsCopies:
+    """Recognises the one CPU artefact in these counts. Both torch's CPU flash kernel and CUDA's allocate
+    their output in q's layout, so for a dense q (ours, sequence first; BERT's) merging the heads into
+    [B, S, H·d] is a view on both, or a copy on both. GAU's q, expanded over the heads that share it
+    (a zero stride), is where they part: the CPU kernel allocates like q, heads first, so merging copies,
+    while CUDA's flash kernel allocates like q viewed [B, S, H, d] (dense in that order) and its
+    memory-efficient kernel always sequence first, so the merge is a view. A TorchDispatchMode calls
+    `see` with each operation's output; `is_copy(t)` then says whether t lives in such a copy."""
+
+    def __init__(self):
+        self.attention_outputs: dict[int, StorageWeakRef] = {}  # those sdpa outputs' storages by data pointer
+        self.copies: dict[int, StorageWeakRef] = {}
+
+    def see(self, func, args, out) -> bool:
+        """Records the output of an sdpa forward pass with a q expanded over its heads, and a clone of
+        one; True for such a clone."""
+        if "scaled_dot_product" in func.__name__ and not func.__name__.endswith("backward.default"):
+            query = args[0]
+            if query.shape[1] > 1 and query.stride(1) == 0:
+                storage = out[0].untyped_storage()
+                self.attention_outputs[storage.data_ptr()] = StorageWeakRef(storage)
+        elif func is torch.ops.aten.clone.default and self._alive_in(self.attention_outputs, args[0]):
+            storage = out.untyped_storage()
+            self.copies[storage.data_ptr()] = StorageWeakRef(storage)
+            return True
+        return False
+
+    def is_copy(self, tensor: torch.Tensor) -> bool:
+        return self._alive_in(self.copies, tensor)
+
+    @staticmethod
+    def _alive_in(storages: dict[int, StorageWeakRef], tensor: torch.Tensor) -> bool:
+        ref = storages.get(tensor.untyped_storage().data_ptr())
+        return ref is not None and not ref.expired()

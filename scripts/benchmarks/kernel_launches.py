@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cuda_registry import SETTINGS, as_on_cuda  # noqa: E402
+from cuda_registry import SETTINGS, MergedHeadsCopies, as_on_cuda  # noqa: E402
 
 import zoo  # noqa: E402
 import zoo.kernels  # noqa: E402
@@ -75,16 +75,21 @@ NO_KERNEL = {"detach.default", "_unsafe_view.default", "empty.memory_format", "e
 
 
 class Launches(TorchDispatchMode):
-    """Counts the operations that launch a kernel (not views, not allocations), by name."""
+    """Counts the operations that launch a kernel (not views, not allocations), by name. The CPU's copy
+    merging the heads of GAU's attention is not counted: on CUDA that merge is a view
+    (cuda_registry.MergedHeadsCopies)."""
 
     def __init__(self):
         super().__init__()
         self.counts: collections.Counter[str] = collections.Counter()
+        self.merged_heads = MergedHeadsCopies()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view and func.__name__ not in NO_KERNEL:
+        out = func(*args, **(kwargs or {}))
+        merge = self.merged_heads.see(func, args, out)
+        if not (func.is_view or func.__name__ in NO_KERNEL or merge):
             self.counts[str(func)] += 1
-        return func(*args, **(kwargs or {}))
+        return out
 
     def total(self) -> int:
         return sum(self.counts.values())

@@ -26,17 +26,22 @@ def test_the_count_is_what_outlives_the_pass():
     assert mode.alive_bytes() == 0
 
 
-def test_a_copy_of_an_attention_output_is_not_counted():
-    """torch's CPU sdpa returns [B, H, S, d] heads first, so merging the heads copies; CUDA's kernels
-    return it sequence first and the merge is a view: that copy is left out, other copies are not."""
+def test_the_cpu_copy_merging_gau_heads_is_not_counted():
+    """With q expanded over heads that share it (GAU), torch's CPU sdpa returns [B, H, S, d] heads first,
+    so merging the heads copies, where CUDA's kernels return it sequence first and the merge is a view:
+    that copy is left out. With a dense heads-first q both devices copy: counted, as other copies are."""
     mode = activation_memory.LiveStorages()
     with mode:
-        q = torch.randn(1, 2, 8, 4)
-        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        q = torch.randn(1, 1, 8, 4)
+        shared = q.expand(1, 2, 8, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(shared, shared, shared)
         merged = out.transpose(1, 2).reshape(1, 8, 8)
-        copied = q.transpose(1, 2).reshape(1, 8, 8)
+        dense = q.repeat(1, 2, 1, 1)
+        dense_out = torch.nn.functional.scaled_dot_product_attention(dense, dense, dense)
+        dense_merged = dense_out.transpose(1, 2).reshape(1, 8, 8)
     assert merged.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()  # a copy on the CPU
-    assert mode.alive_bytes() == q.nbytes + out.nbytes + copied.nbytes
+    assert dense_merged.untyped_storage().data_ptr() != dense_out.untyped_storage().data_ptr()
+    assert mode.alive_bytes() == q.nbytes + out.nbytes + dense.nbytes + dense_out.nbytes + dense_merged.nbytes
 
 
 SMALL = {  # preset → small shape (the base models' proportions), the bound on kept bytes with/without

@@ -84,3 +84,32 @@ def test_deepnet_layer_norm_residual_step_is_one_launch_each_way(monkeypatch):
     assert fused["inference_by_operation"]["triton.residual_norm_forward"] == 2 * layers
     assert not any("dropout" in name for name in fused["inference_by_operation"])
     assert fused["inference"] < reference["inference"] and fused["total"] < reference["total"]
+
+
+def test_merging_the_heads_of_gau_attention_is_not_a_launch():
+    """With q expanded over heads that share it (GAU), torch's CPU sdpa returns its heads first, so
+    merging them copies, where CUDA's kernels return the sequence first and the merge is a view: that
+    copy is not counted. With a dense heads-first q both devices copy: counted, as other copies are."""
+    q = torch.randn(1, 1, 4, 8).expand(1, 2, 4, 8)
+    dense = q.contiguous()
+    mode = kernel_launches.Launches()
+    with mode:
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        out.transpose(1, 2).reshape(1, 4, 16)  # the merge through reshape
+        out.transpose(1, 2).contiguous()  # and through contiguous
+        dense_out = torch.nn.functional.scaled_dot_product_attention(dense, dense, dense)
+        dense_out.transpose(1, 2).reshape(1, 4, 16)  # a copy on CUDA too
+    assert mode.counts == {"aten._scaled_dot_product_flash_attention_for_cpu.default": 2, "aten.clone.default": 1}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counts on the CPU with Triton's interpreter, which the suite "
+                                                     "switches on only where there is no GPU (tests/conftest.py)")
+def test_rope_keeps_q_sequence_first_so_merging_the_heads_copies_nothing(tiny, monkeypatch):
+    """CUDA's RoPE entry lays q and k out as their projections are (sequence first); the flash kernel
+    allocates its output like q, so the output is sequence first too and merging the heads is a view,
+    forward and backward. The one copy left is of the loss's expanded gradient, where a heads-first q
+    cost one copy per layer forward and one per q and k backward (counted with the CPU artefact's rule
+    switched off, which only concerns GAU's expanded q)."""
+    monkeypatch.setattr(kernel_launches.MergedHeadsCopies, "see", lambda self, func, args, out: False)
+    fused = kernel_launches.count(tiny, "fused")
+    assert fused["by_operation"].get("aten.clone.default", 0) == 1

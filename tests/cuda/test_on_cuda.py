@@ -143,6 +143,36 @@ def test_rms_norm_and_rope_run_their_fused_kernels_on_cuda(dtype):
         assert within(dx, dx64, dx64.abs().max()), fn
 
 
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_attention_outputs_are_sequence_first_on_cuda(preset):
+    """sdpa's output comes back sequence first ([B, S, H, d] in memory), so merging its heads for the
+    output projection (GAU: for the gate) is a view, not a copy. The flash kernel allocates its output
+    like q: RoPE's CUDA entry keeps q sequence first as its projection is (a heads-first q cost a copy
+    per layer forward, and one per q and k backward); GAU's q, expanded over the heads that share it,
+    gets a dense layout in its logical order. Padded batches go to the memory-efficient kernel, whose
+    output is sequence first whatever q's layout; unpadded ones to flash: both are checked."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class AttentionOutputs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.layouts = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if "scaled_dot_product" in func.__name__ and not func.__name__.endswith("backward.default"):
+                self.layouts.append(out[0].transpose(1, 2).is_contiguous())
+            return out
+
+    model = zoo.create(preset, attention_probs_dropout_prob=0.0).cuda().train()
+    ids, mask = padded_batch()
+    for attention_mask in (None, mask.cuda()):
+        mode = AttentionOutputs()
+        with torch.autocast("cuda", dtype=torch.bfloat16), mode:
+            model(input_ids=ids.cuda(), attention_mask=attention_mask)
+        assert mode.layouts and all(mode.layouts), (attention_mask is not None, mode.layouts)
+
+
 def test_gau_scale_pair_runs_its_triton_kernels_on_cuda():
     """GAU's q, k = z ⊙ γ_q, z ⊙ γ_k on CUDA go through the Triton pair (zoo/kernels/triton_scale_pair.py):
     in bf16 the same values as the two `ScaleOffset`s bit for bit (both round z·bf16(γ) once, to nearest);

@@ -331,11 +331,11 @@ def _messages():
         "rms scalar": (lambda: e.rms_norm_forward(torch.tensor(1.0), 1e-6), "rms_norm_forward: x must have a last dimension"),
         "rms rstd": (lambda: e.rms_norm_backward(q, q, torch.ones(29)),
                      r"rms_norm_backward: rstd must be \[rows of y\] = \[30\], got \[29\]"),
-        "rope x strides": (lambda: e.rope(strided[None], torch.ones(1, 1, 5, 4), torch.ones(1, 1, 5, 4), 1.0),
+        "rope x strides": (lambda: e.rope(strided[None], torch.ones(1, 1, 5, 4), torch.ones(1, 1, 5, 4), 1.0, False),
                            "rope: x must have a unit stride in its last dimension"),
-        "rope table shape": (lambda: e.rope(q[None], torch.ones(1, 1, 5, 3), torch.ones(1, 1, 5, 4), 1.0),
+        "rope table shape": (lambda: e.rope(q[None], torch.ones(1, 1, 5, 3), torch.ones(1, 1, 5, 4), 1.0, False),
                              r"rope: cos must broadcast to \[B, 1, S, d/2\] = \[1, 1, 5, 4\], got \[1, 1, 5, 3\]"),
-        "rope table dtype": (lambda: e.rope(q[None], torch.ones(1, 1, 5, 4), torch.ones(1, 1, 5, 4).bfloat16(), 1.0),
+        "rope table dtype": (lambda: e.rope(q[None], torch.ones(1, 1, 5, 4), torch.ones(1, 1, 5, 4).bfloat16(), 1.0, False),
                              r"rope: sin must have the dtype of x \(Float\), got BFloat16"),
     }
 

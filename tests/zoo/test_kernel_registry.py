@@ -99,8 +99,16 @@ def test_extended_lets_the_cuda_entries_of_a_name_take_cpu_tensors_for_the_block
         assert not entry.takes("cuda", torch.float32) and entry.takes("cpu", torch.bfloat16)
         assert registry.select("scale_offset_pair", z.double(), plain, plain).name == "reference"  # dtypes kept
         assert registry.select("scale_offset_pair", z[0], plain, plain).name == "reference"  # and the predicate
-        # RoPE's Triton entry is the same operator as its CPU kernel's: nothing to add
-        assert [k.name for k in registry.implementations("rope")] == before["rope"]
+        # RoPE's Triton entry is the operator with CUDA's output layout: on CPU tensors, after the CPU kernel's
+        # entry, it runs the C++ kernel keeping q's layout
+        assert [k.name for k in registry.implementations("rope")] == ["cpu-kernel", "triton", "triton-on-cpu",
+                                                                       "reference"]
+        q = torch.zeros(2, 5, 3, 8).transpose(1, 2)
+        cos = sin = torch.ones(1, 1, 5, 4)
+        with registry.disabled("rope:cpu-kernel"):
+            assert registry.select("rope", q, cos, sin).name == "triton-on-cpu"
+            assert zoo.rope.apply_rope(q, cos, sin).stride() == q.stride()
+        assert zoo.rope.apply_rope(q, cos, sin).is_contiguous()  # the CPU kernel's: what the CPU attention reads
         with registry.disabled("triton"):
             assert registry.select("scale_offset_pair", z, plain, plain).name == "reference"
     assert {op: [k.name for k in registry.implementations(op)] for op in before} == before

@@ -124,7 +124,7 @@ def operator_cases():
     grad_q, grad_k, grad_v, probs = torch.randn(6, 5, 8, generator=g), q, v, torch.rand(6, 5, 7, generator=g)
     return [
         ("rms_norm", ops.rms_norm, (x.requires_grad_(), 1e-6)),
-        ("rope", ops.rope, (x.detach().requires_grad_(), cos, sin, 1.0)),
+        ("rope", ops.rope, (x.detach().requires_grad_(), cos, sin, 1.0, False)),
         ("masked_scale", ops.masked_scale, (x.detach().requires_grad_(), seed, ops_threshold(0.1), 1.25)),
         ("blocked_attention", ops.blocked_attention,
          (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias, 3, seed, ops_threshold(0.1), 2, 5, True)),

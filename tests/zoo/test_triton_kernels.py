@@ -61,10 +61,15 @@ def bf16_ulp(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dim", [64, 24, 2])
 @pytest.mark.parametrize("table_batch", [1, 2])
 @pytest.mark.parametrize("transposed", [True, False])
-def test_triton_rope_equals_the_fp64_rotation(dim, table_batch, transposed):
+@pytest.mark.parametrize("keep_layout", [True, False])
+def test_triton_rope_equals_the_fp64_rotation(dim, table_batch, transposed, keep_layout):
     x, cos, sin = rotation_inputs(dim=dim, table_batch=table_batch, transposed=transposed)
-    out = triton_rope.rope(on_device(x), on_device(cos), on_device(sin), 1.0)
-    assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == x.shape
+    out = triton_rope.rope(on_device(x), on_device(cos), on_device(sin), 1.0, keep_layout)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    if keep_layout:  # x's layout: q as a transposed [B, S, H, d] view stays sequence first
+        assert out.stride() == x.stride()
+    else:
+        assert out.is_contiguous()
     out = out.cpu()
     expected = rope_reference(x.double(), cos.double(), sin.double())
     assert (out.double() - expected).abs().max() <= 4e-7 * x.abs().max()

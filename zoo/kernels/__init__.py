@@ -169,6 +169,17 @@ def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
+def empty_rows_like(x: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor like x whose rows (its last dimension, at unit stride) follow each other
+    across the other dimensions in the order of x's strides. RoPE's CUDA entry writes q and k so
+    (`keep_layout`): they arrive as transposed views of their [B, S, H, d] projections and stay sequence
+    first. CUDA's flash attention allocates its output like q, so the output is then sequence first as
+    well and merging its heads into [B, S, H·d] is a view, where a heads-first q costs a copy forward
+    and one per q and k backward. The C++ kernel (elementwise_cpu.cpp) follows the same rule."""
+    lead = sorted(range(x.dim() - 1), key=lambda i: -x.stride(i))  # stable: ties keep the logical order
+    return torch.empty_permuted(x.shape, (*lead, x.dim() - 1), dtype=x.dtype, device=x.device)
+
+
 def resident_programs(work: int, device: torch.device) -> int:
     """How many programs walk `work` items (rows, blocks of rows) in a Triton kernel that keeps a
     per-program share of a sum (a norm's or a scale's gradient): four per multiprocessor on CUDA, enough

@@ -11,6 +11,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "common.h"
@@ -74,7 +76,7 @@ void rms_norm_backward_impl(const at::Tensor& grad, const at::Tensor& y, const a
 }
 
 // x [B, H, S, d] with any strides but a contiguous last dim; cos, sin [B, S, d/2] (strides as given,
-// 0 where broadcast), contiguous in the last dim. out is [B, H, S, d] contiguous.
+// 0 where broadcast), contiguous in the last dim. out is [B, H, S, d] with a contiguous last dim.
 template <typename T>
 void rope_impl(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& out, float sign) {
   const int64_t B = x.size(0), H = x.size(1), S = x.size(2), d = x.size(3), half = d / 2;
@@ -83,6 +85,7 @@ void rope_impl(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin
   const RawOf<T>* ss = reinterpret_cast<const RawOf<T>*>(sin.data_ptr());
   RawOf<T>* os = reinterpret_cast<RawOf<T>*>(out.data_ptr());
   const int64_t xb = x.stride(0), xh = x.stride(1), xsr = x.stride(2);
+  const int64_t ob = out.stride(0), oh = out.stride(1), osr = out.stride(2);
   const int64_t cb = cos.stride(0), csr = cos.stride(1), sb = sin.stride(0), ssr = sin.stride(1);
   at::parallel_for(0, B * H * S, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -90,7 +93,7 @@ void rope_impl(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin
       const RawOf<T>* xr = xs + b * xb + h * xh + n * xsr;
       const RawOf<T>* cr = cs + b * cb + n * csr;
       const RawOf<T>* sr = ss + b * sb + n * ssr;
-      RawOf<T>* orow = os + row * d;
+      RawOf<T>* orow = os + b * ob + h * oh + n * osr;
 #pragma omp simd
       for (int64_t i = 0; i < half; ++i) {
         const float even = Codec<T>::load(xr[2 * i]), odd = Codec<T>::load(xr[2 * i + 1]);
@@ -153,7 +156,9 @@ at::Tensor rms_norm_backward(const at::Tensor& grad, const at::Tensor& y, const 
 // x [B, H, S, d] with any strides but a unit one in d (q and k are usually transposed views of the
 // projection's output; FusedRope copies only when d itself is strided); cos, sin broadcastable to
 // [B, 1, S, d/2] in the dtype of x, with a unit stride in the last dimension. sign = −1 rotates back.
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor& sin_in, double sign) {
+// The output is contiguous, or with keep_layout laid out as x is (zoo.kernels.empty_rows_like, the same
+// rule): its rows ordered by x's strides across B, H and S, so a sequence-first q stays sequence first.
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor& sin_in, double sign, bool keep_layout) {
   constexpr const char* fn = "rope";
   check_float(x, fn, "x");
   TORCH_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, fn, ": x must be [B, H, S, d] with even d, got sizes ", x.sizes());
@@ -170,7 +175,11 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor&
   check_table(sin_in, "sin");
   at::Tensor cos = cos_in.expand({B, 1, S, half}).select(1, 0);
   at::Tensor sin = sin_in.expand({B, 1, S, half}).select(1, 0);
-  at::Tensor out = at::empty(x.sizes(), x.options());
+  std::array<int64_t, 4> layout = {0, 1, 2, 3};
+  if (keep_layout) {
+    std::stable_sort(layout.begin(), layout.begin() + 3, [&](int64_t a, int64_t b) { return x.stride(a) > x.stride(b); });
+  }
+  at::Tensor out = at::empty_permuted(x.sizes(), layout, x.options());
   if (x.scalar_type() == at::kBFloat16) {
     rope_impl<at::BFloat16>(x, cos, sin, out, static_cast<float>(sign));
   } else {

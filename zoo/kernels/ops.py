@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import attention_kernels, dropout_kernels, elementwise_kernels, unit_last_stride
+from . import attention_kernels, dropout_kernels, elementwise_kernels, empty_rows_like, unit_last_stride
 
 
 def seed_tensor() -> Tensor:
@@ -85,36 +85,38 @@ rms_norm.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
 
 
 @torch.library.custom_op("zoo::rope", mutates_args=(), device_types="cpu")
-def rope(x: Tensor, cos: Tensor, sin: Tensor, sign: float) -> Tensor:
+def rope(x: Tensor, cos: Tensor, sin: Tensor, sign: float, keep_layout: bool) -> Tensor:
     """Rotation of x's interleaved pairs by the tables (sign −1: the inverse rotation); x, cos, sin
-    read at unit stride in their last dimension, the tables not differentiated."""
-    return elementwise_kernels().rope(x, cos, sin, sign)
+    read at unit stride in their last dimension, the tables not differentiated. The output is
+    contiguous, or with `keep_layout` laid out as x is (`empty_rows_like`): what CUDA's attention
+    wants, whose output follows q's layout, where the CPU's blocked attention reads [B·H, S, d] rows."""
+    return elementwise_kernels().rope(x, cos, sin, sign, keep_layout)
 
 
 @rope.register_fake
-def _(x: Tensor, cos: Tensor, sin: Tensor, sign: float):
-    return x.new_empty(x.shape)
+def _(x: Tensor, cos: Tensor, sin: Tensor, sign: float, keep_layout: bool):
+    return empty_rows_like(x) if keep_layout else x.new_empty(x.shape)
 
 
 def _rope_setup(ctx, inputs, output):
-    _, cos, sin, sign = inputs
+    _, cos, sin, sign, keep_layout = inputs
     ctx.save_for_backward(cos, sin)
-    ctx.sign = sign
+    ctx.sign, ctx.keep_layout = sign, keep_layout
 
 
 def _rope_grad(ctx, grad):
     cos, sin = ctx.saved_tensors
-    return rope(unit_last_stride(grad.to(cos.dtype)), cos, sin, -ctx.sign), None, None, None
+    return rope(unit_last_stride(grad.to(cos.dtype)), cos, sin, -ctx.sign, ctx.keep_layout), None, None, None, None
 
 
 rope.register_autograd(_rope_grad, setup_context=_rope_setup)
 
 
 @rope.register_kernel("cuda")
-def _(x: Tensor, cos: Tensor, sin: Tensor, sign: float):
+def _(x: Tensor, cos: Tensor, sin: Tensor, sign: float, keep_layout: bool):
     from .triton_rope import rope as triton_rope
 
-    return triton_rope(x, cos, sin, sign)
+    return triton_rope(x, cos, sin, sign, keep_layout)
 
 
 # ---- dropout ---------------------------------------------------------------------------------

@@ -125,8 +125,8 @@ def _rope_launches(heads: int, dim: int, dtype: torch.dtype, transposed: bool) -
     else:  # GAU's q: the scale pair's output [B, S, s] as [B, 1, S, s]
         x = torch.empty(BATCH, SEQ, dim, dtype=dtype)[:, None]
     cos = sin = torch.empty(1, 1, SEQ, dim // 2, dtype=dtype)
-    triton_rope.rope(x, cos, sin, 1.0)
-    triton_rope.rope(torch.empty(BATCH, heads, SEQ, dim, dtype=dtype), cos, sin, -1.0)
+    triton_rope.rope(x, cos, sin, 1.0, True)
+    triton_rope.rope(torch.empty_like(x), cos, sin, -1.0, True)  # the gradient, in q's layout as flash returns it
 
 
 def _residual_norm_launches(size: int, branch_dtype, residual_dtype, layer_norm: bool, p: float) -> None:

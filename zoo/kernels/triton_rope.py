@@ -10,7 +10,10 @@ paid on the host; this is one each way.
 
 x is [B, H, S, d], read at any strides across rows (q and k arrive as transposed views of their
 projections) and at unit stride within a row; the tables are [B or 1, 1, S, d/2], read the same way.
-The output is contiguous. One program rotates `ROWS` rows, ROWS · d/2 ≈ 2048 pairs.
+The output is contiguous, or laid out as x is (`keep_layout`, which the CUDA entry of the registry
+asks for: `zoo.kernels.empty_rows_like`, a sequence-first q stays sequence first, so that the flash
+attention's output is too and merging its heads is a view). One program rotates `ROWS` rows, ROWS · d/2
+pairs.
 
 Triton's interpreter (TRITON_INTERPRET=1, set by the test suite where no GPU is present) runs the same
 kernel on CPU tensors, which is how it is checked without a GPU.
@@ -22,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+import zoo.kernels
+
 # 8 pairs per thread of 4 warps: at most 62 registers per thread on sm_80/sm_90 (python -m
 # zoo.kernels.triton_aot), where 2048 pairs took up to 122
 PAIRS_PER_PROGRAM = 1024
@@ -29,8 +34,8 @@ PAIRS_PER_PROGRAM = 1024
 
 @triton.jit
 def _rope_rows(x, cos, sin, out, rows, seq, heads, half,
-               x_stride_b, x_stride_h, x_stride_s, cos_stride_b, cos_stride_s, sin_stride_b, sin_stride_s,
-               sign, ROWS: tl.constexpr, HALF: tl.constexpr):
+               x_stride_b, x_stride_h, x_stride_s, out_stride_b, out_stride_h, out_stride_s,
+               cos_stride_b, cos_stride_s, sin_stride_b, sin_stride_s, sign, ROWS: tl.constexpr, HALF: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     pair = tl.arange(0, HALF)
     position = row % seq
@@ -46,17 +51,18 @@ def _rope_rows(x, cos, sin, out, rows, seq, heads, half,
     s = tl.load(sin + (batch * sin_stride_b + position * sin_stride_s)[:, None] + pair[None, :],
                 mask=live, other=0.0).to(tl.float32) * sign
 
-    out_row = (row * 2 * half)[:, None] + 2 * pair[None, :]
+    out_row = (batch * out_stride_b + head * out_stride_h + position * out_stride_s)[:, None] + 2 * pair[None, :]
     tl.store(out + out_row, (even * c - odd * s).to(out.dtype.element_ty), mask=live)
     tl.store(out + out_row + 1, (odd * c + even * s).to(out.dtype.element_ty), mask=live)
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float, keep_layout: bool = False) -> torch.Tensor:
     """The rotation of x [B, H, S, d] (unit stride in d) by tables [B or 1, 1, S, d/2] (unit stride in
-    d/2); sign −1 rotates back. Returns a new contiguous tensor of x's dtype."""
+    d/2); sign −1 rotates back. Returns a new tensor of x's dtype, contiguous or (`keep_layout`) in x's
+    layout."""
     batch, heads, seq, dim = x.shape
     half = dim // 2
-    out = torch.empty((batch, heads, seq, dim), dtype=x.dtype, device=x.device)
+    out = zoo.kernels.empty_rows_like(x) if keep_layout else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     rows = batch * heads * seq
     if rows == 0 or half == 0:
         return out
@@ -68,7 +74,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> 
 
     _rope_rows[(triton.cdiv(rows, per_program),)](
         x, cos, sin, out, rows, seq, heads, half,
-        x.stride(0), x.stride(1), x.stride(2),
+        x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
         batch_stride(cos), cos.stride(2), batch_stride(sin), sin.stride(2),
         float(sign), ROWS=per_program, HALF=pairs,
     )
