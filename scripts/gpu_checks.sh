@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check of a session in one call, for a machine lent for minutes (gpu.md §3): install what the
-# image lacks from .gpu/wheels (pip download / pip wheel them beforehand, see gpu.md §3), then, each
+# image lacks from .gpu/wheels (`python scripts/gpu_payload.py` stages them and .gpu/corpus.txt here
+# beforehand; the device call names .gpu in its carry), then, each
 # section under a time limit inside one overall deadline, most important first:
-#   the `cuda` tests; the Triton kernel tests, compiled; the published base recipes for a few steps each with the README's GPU commands
-#   (RoFormerV2-base also with training.compile=true);
-#   the GPU benchmark (scripts/benchmarks/gpu.py); the quickstart recipe.
+#   the `cuda` tests; the Triton kernel tests, compiled; where a step's time goes (scripts/benchmarks/step_profile.py);
+#   the GPU benchmark (scripts/benchmarks/gpu.py); the published base recipes for a few steps each with the
+#   README's GPU commands (RoFormerV2-base also with training.compile=true); the quickstart recipe.
 # Every log, metrics.jsonl and the benchmark's JSON land in $OUT; summary.txt has one line per section.
 #
 #   OUT=/tmp/out bash scripts/gpu_checks.sh [DEADLINE_S]
@@ -58,9 +59,12 @@ section cuda-tests 240 python -m pytest -q -m cuda tests/cuda -p no:cacheprovide
 # the Triton kernels against fp64 and the reference path, compiled on the GPU (the suite runs them in the
 # interpreter; not marked `cuda`, as they run wherever Triton does)
 section triton-kernels 120 python -m pytest -q tests/zoo/test_triton_kernels.py -p no:cacheprovider -rs
+# host time, GPU busy time and the GPU's time by kind of kernel, per model: why the benchmark's figures are what they are
+section step-profile 90 python scripts/benchmarks/step_profile.py --out "$OUT/step_profile"
+# the goals' figures before the recipes' short runs: the cuda tests already run the DeepSpeed loop on the GPU
+section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}
 short_run roformer-v2-base roformer-v2-base 10
 short_run gau-alpha-base gau-alpha-base 6
-section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}
 short_run roformer-v2-base-compiled roformer-v2-base 10 training.compile=true
 # deepnet-base's global batch (2048 sequences) is more than the small corpus holds: 512, same micro-batch
 short_run deepnet-base deepnet-base 6 deepspeed.train_batch_size=512

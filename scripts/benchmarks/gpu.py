@@ -108,7 +108,9 @@ def timed(runtime: Runtime, step, steps: int, warmup: int = 3) -> tuple[float, f
     return (time.perf_counter() - start) / steps, runtime.peak_memory_mb()
 
 
-def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool, compile: bool = False) -> dict:
+def training_step(name: str, length: int, batch: int, runtime: Runtime, dry: bool, compile: bool = False):
+    """One training step of the cell's model as a function (forward under autocast, MLM loss, backward,
+    fused AdamW), on a fresh model and batch."""
     torch.manual_seed(0)
     model = build(name, dry).to(runtime.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.is_cuda)
@@ -124,6 +126,11 @@ def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool, compile: bool = False) -> dict:
+    step = training_step(name, length, batch, runtime, dry, compile)
     with registry.disabled(*KERNELS_OFF.get(name, ())):
         seconds, peak = timed(runtime, step, steps)
     fpt = flops_config(name, dry).train_flops_per_token(length, masked_fraction=MASK_RATE)
@@ -131,13 +138,12 @@ def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
             "peak_mb": peak}
 
 
-def infer_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool) -> dict:
-    """Inference under bf16 autocast over fp32 weights, or, for a name ending in BF16_WEIGHTS, with the
-    weights in bf16 and no autocast."""
+def inference_step(name: str, length: int, batch: int, runtime: Runtime, dry: bool):
+    """One inference pass as a function: under bf16 autocast over fp32 weights, or, for a name ending in
+    BF16_WEIGHTS, with the weights in bf16 and no autocast."""
     torch.manual_seed(0)
     bf16_weights = name.endswith(BF16_WEIGHTS)
-    name = name.removesuffix(BF16_WEIGHTS)
-    model = build(name, dry).to(runtime.device).eval()
+    model = build(name.removesuffix(BF16_WEIGHTS), dry).to(runtime.device).eval()
     if bf16_weights:
         model = model.to(torch.bfloat16)
     ids, _, _ = make_batch(batch, length, runtime.device)
@@ -147,8 +153,12 @@ def infer_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
         with contextlib.nullcontext() if bf16_weights else runtime.autocast():
             model(input_ids=ids).logits
 
-    seconds, peak = timed(runtime, step, steps)
-    fpt = flops_config(name, dry).train_flops_per_token(length) / 3
+    return step
+
+
+def infer_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool) -> dict:
+    seconds, peak = timed(runtime, inference_step(name, length, batch, runtime, dry), steps)
+    fpt = flops_config(name.removesuffix(BF16_WEIGHTS), dry).train_flops_per_token(length) / 3
     return {"seconds": seconds, "tokens_per_s": batch * length / seconds, "model_tflops": batch * length * fpt / seconds / 1e12,
             "peak_mb": peak}
 
