@@ -78,8 +78,9 @@ def triton_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
     """The Triton kernel's calls, in eager mode: under torch.compile inductor writes its own kernel from
     the reference instead, free to fuse it with the operations around it. On CPU tensors (the entry
     extended to the CPU, `registry.extended`, as scripts/benchmarks/cuda_registry.py counts CUDA's step)
-    the operator runs its C++ kernel, which must then be built."""
-    if x.device.type == "cpu" and not available("elementwise"):
+    the operator runs its C++ kernel, which must then be built and take x's dtype (not fp16, which the
+    Triton kernel takes)."""
+    if x.device.type == "cpu" and (x.dtype not in FLOAT_KERNEL_DTYPES or not available("elementwise")):
         return False
     return not torch.compiler.is_compiling() and fused_rope_applies(x, cos, sin)
 

@@ -53,9 +53,14 @@ def rotation_inputs(batch=2, heads=3, seq=37, dim=24, table_batch=1, transposed=
     return x.to(dtype), angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def bf16_ulp(t: torch.Tensor) -> torch.Tensor:
-    """bf16's unit in the last place at each value of t (8 significant bits)."""
-    return torch.exp2(torch.floor(torch.log2(t.abs().clamp_min(1e-30))) - 7)
+HALF = {torch.bfloat16: 7, torch.float16: 10}  # the half types the CUDA entries take: their fraction bits
+
+
+def half_ulp(t: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
+    """The unit in the last place of `dtype` at each value of t (bf16: 8 significant bits, fp16: 11; below
+    fp16's normal range its fixed subnormal step)."""
+    ulp = torch.exp2(torch.floor(torch.log2(t.abs().clamp_min(1e-30))) - HALF[dtype])
+    return ulp.clamp_min(torch.finfo(dtype).smallest_normal * 2.0 ** -HALF[dtype])
 
 
 @pytest.mark.parametrize("dim", [64, 24, 2])
@@ -75,12 +80,14 @@ def test_triton_rope_equals_the_fp64_rotation(dim, table_batch, transposed, keep
     assert (out.double() - expected).abs().max() <= 4e-7 * x.abs().max()
 
 
-def test_triton_rope_bf16_is_one_rounding_of_the_fp32_rotation():
-    x, cos, sin = rotation_inputs(dtype=torch.bfloat16, seq=300, dim=64)  # 1800 rows: several programs
+@pytest.mark.parametrize("dtype", HALF)
+def test_triton_rope_in_half_precision_is_one_rounding_of_the_fp32_rotation(dtype):
+    """bf16 (autocast) and fp16 (autocast on GPUs without bf16, or DeepSpeed's fp16 mode)."""
+    x, cos, sin = rotation_inputs(dtype=dtype, seq=300, dim=64)  # 1800 rows: several programs
     out = rope_on_device(x, cos, sin, 1.0)
     exact = rope_reference(x.double(), cos.double(), sin.double())
-    assert out.dtype == torch.bfloat16
-    assert ((out.double() - exact).abs() <= bf16_ulp(exact)).all()
+    assert out.dtype == dtype
+    assert ((out.double() - exact).abs() <= half_ulp(exact, dtype)).all()
 
 
 def test_triton_rope_inverse_is_the_gradient_of_the_rotation():
@@ -111,6 +118,8 @@ def test_the_cuda_entries_for_rms_norm_and_rope():
     x, cos, sin = rotation_inputs(dtype=torch.bfloat16)
     assert zoo.rope.triton_rope_applies(x, cos, sin)
     assert not zoo.rope.triton_rope_applies(x, cos.float(), sin.float())  # tables of another dtype
+    # on CPU tensors (the entry extended to the CPU) the C++ kernel runs, which takes no fp16
+    assert not zoo.rope.triton_rope_applies(x.half(), cos.half(), sin.half())
     assert not torch.compile(zoo.rope.triton_rope_applies, backend="eager", fullgraph=True)(x, cos, sin)
 
 
@@ -211,23 +220,24 @@ def test_triton_scale_pair_with_rope_and_its_gradients_equal_fp64(size, table_ba
         assert (got.double().cpu() - exact).abs().max() <= 1e-5 * exact.abs().max()
 
 
-def test_triton_scale_pair_with_rope_in_bf16_is_the_two_kernel_path():
-    """bf16: the fused kernel rounds the products to bf16, as the pair's kernel writes them, and rotates
-    those in fp32 with one rounding, as the RoPE kernel does: its q and k are the pair's kernel followed
-    by the RoPE kernel's, to one bf16 unit (the two kernels may contract the rotation's products and
-    sum differently), and within two units of that rotation done in fp64."""
+@pytest.mark.parametrize("dtype", HALF)
+def test_triton_scale_pair_with_rope_in_half_precision_is_the_two_kernel_path(dtype):
+    """bf16 or fp16: the fused kernel rounds the products to that type, as the pair's kernel writes them,
+    and rotates those in fp32 with one rounding, as the RoPE kernel does: its q and k are the pair's
+    kernel followed by the RoPE kernel's, to one unit in the last place (the two kernels may contract the
+    rotation's products and sum differently), and within two units of that rotation done in fp64."""
     wide, (gq, gk) = pair_inputs(64, seq=300)
-    z = on_device(wide[..., -64:].to(torch.bfloat16))
+    z = on_device(wide[..., -64:].to(dtype))
     angles = torch.rand(1, 1, 300, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 6.3
-    cos, sin = on_device(angles.cos().to(torch.bfloat16)), on_device(angles.sin().to(torch.bfloat16))
+    cos, sin = on_device(angles.cos().to(dtype)), on_device(angles.sin().to(dtype))
     gq, gk = on_device(gq.float()), on_device(gk.float())
     q, k = scale_pair.ScalePair.apply(z, gq, gk, cos, sin)
     for got, plain in zip((q, k), scale_pair.ScalePair.apply(z, gq, gk)):
         two_kernels = triton_rope.rope(plain[:, None], cos, sin, 1.0)[:, 0]
         exact = rotate_fp64(plain.double(), cos.double(), sin.double())
-        assert got.dtype == torch.bfloat16
-        assert ((got.double() - two_kernels.double()).abs() <= bf16_ulp(two_kernels.double())).all()
-        assert ((got.double() - exact).abs() <= 2 * bf16_ulp(exact)).all()
+        assert got.dtype == dtype
+        assert ((got.double() - two_kernels.double()).abs() <= half_ulp(two_kernels.double(), dtype)).all()
+        assert ((got.double() - exact).abs() <= 2 * half_ulp(exact, dtype)).all()
 
 
 def test_triton_scale_pair_of_no_rows():
@@ -251,9 +261,12 @@ def triton_entries(on: bool):
         yield
 
 
-def training_step(preset: str, triton: bool, recompute: bool = False, autocast: bool = False):
+def training_step(preset: str, triton: bool, recompute: bool = False, autocast: bool = False, half=torch.bfloat16,
+                  loss_scale: float = 1.0):
     """Loss and gradients of one step on a padded batch, without dropout (the kernels draw their own
-    masks, so with dropout the two paths compute different, equally distributed, functions)."""
+    masks, so with dropout the two paths compute different, equally distributed, functions). The loss
+    is multiplied by `loss_scale` before the backward pass and the gradients divided by it after, as fp16
+    training does (GradScaler, DeepSpeed's loss scale) so that small gradients do not underflow."""
     torch.manual_seed(0)
     options = {"recompute_elementwise": True} if recompute else {}
     model = zoo.create(preset, task="masked-lm", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -264,10 +277,11 @@ def training_step(preset: str, triton: bool, recompute: bool = False, autocast: 
     mask[1, 17:] = 0
     labels = torch.where(torch.rand(2, 24, generator=g) < 0.3, ids, -100)
     with triton_entries(triton):
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(DEVICE, dtype=half, enabled=autocast):
             loss = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=labels.to(DEVICE)).loss
-        loss.backward()
-    return loss.detach().cpu(), {name: p.grad.cpu() for name, p in model.named_parameters() if p.grad is not None}
+        (loss * loss_scale).backward()
+    return loss.detach().cpu(), {name: p.grad.cpu() / loss_scale for name, p in model.named_parameters()
+                                 if p.grad is not None}
 
 
 def relative_error(got: dict, expected: dict) -> float:
@@ -295,6 +309,23 @@ def test_a_model_with_the_triton_kernels_trains_like_the_reference(preset):
     reference_loss = relative_error(bf16_grads, grads)
     assert 0 < reference_loss <= 5e-2  # the yardstick itself: bf16 rounding, not a broken path
     assert relative_error(fused_bf16_grads, grads) <= 1.25 * reference_loss
+
+
+@pytest.mark.parametrize("preset", ["gau-alpha-tiny", "roformer-v2-tiny", "deepnet-tiny"])
+def test_a_model_with_the_triton_kernels_trains_under_fp16_autocast(preset):
+    """fp16 autocast (GPUs without bf16; the CUDA entries take fp16), with a loss scale as fp16 training
+    uses: as under bf16 autocast above, both paths against the fp32 gradients, the kernels' error at
+    most 1.25× the reference path's (measured 0.6–1.01×). The reference's own error, 0.3–2%, is fp16
+    rounding, not a broken path: 0.2–0.9% per parameter, except where a ReLU input lies near zero and
+    flips (RoFormerV2-tiny's last FFN, 2% in fp16 as in bf16); without the loss scale GAU-α's small
+    gradients underflow (5.9%)."""
+    loss, grads = training_step(preset, triton=False)
+    half_loss, half_grads = training_step(preset, triton=False, autocast=True, half=torch.float16, loss_scale=2**12)
+    fused_loss, fused_grads = training_step(preset, triton=True, autocast=True, half=torch.float16, loss_scale=2**12)
+    assert abs(float(fused_loss - half_loss)) <= 2e-3 * float(half_loss)
+    reference_error = relative_error(half_grads, grads)
+    assert 0 < reference_error <= 5e-2
+    assert relative_error(fused_grads, grads) <= 1.25 * reference_error
 
 
 def test_gau_takes_the_fused_pair_with_rope_and_row_scale_on_a_padded_batch():
@@ -388,15 +419,50 @@ def test_triton_residual_norm_and_its_gradients_equal_fp64(p):
         assert (got.detach().double().cpu() - want).abs().max() <= 1e-6 * want.abs().max()
 
 
-def test_triton_residual_norm_dtypes_follow_the_reference():
-    """A bf16 branch (a projection under autocast) on the fp32 residual stream: the output in fp32, as the
-    reference's addition promotes; each gradient in its input's dtype."""
-    branch = on_device(torch.randn(2, 5, 64).bfloat16()).requires_grad_()
-    residual = on_device(torch.randn(2, 5, 64)).requires_grad_()
-    out = residual_norm_kernels.ResidualNorm.apply(branch, residual, 1.0, 0.1, 1e-7, 3, None, None)
+@pytest.mark.parametrize("dtype", HALF)
+def test_triton_residual_norm_dtypes_follow_the_reference(dtype):
+    """A bf16 or fp16 branch (a projection under autocast) on the fp32 residual stream: the output in fp32,
+    as the reference's addition promotes, and computed in fp32 from the half values (1e-6 of the largest,
+    as in fp32); each gradient in its input's dtype."""
+    g = torch.Generator().manual_seed(4)
+    branch = torch.randn(2, 5, 64, generator=g).to(dtype)
+    residual, grad = torch.randn(2, 5, 64, generator=g), torch.randn(2, 5, 64, generator=g)
+    f64, x64 = branch.double().requires_grad_(), residual.double().requires_grad_()
+    exact = zoo.norms.rms_norm_reference(0.7 * x64 + f64, 1e-7)
+    exact.backward(grad.double())
+    f, x = on_device(branch).requires_grad_(), on_device(residual).requires_grad_()
+    out = residual_norm_kernels.ResidualNorm.apply(f, x, 0.7, 0.0, 1e-7, 3, None, None)
     assert out.dtype == torch.float32
-    out.sum().backward()
-    assert branch.grad.dtype == torch.bfloat16 and residual.grad.dtype == torch.float32
+    out.backward(on_device(grad))
+    assert f.grad.dtype == dtype and x.grad.dtype == torch.float32
+    assert (out.detach().double().cpu() - exact).abs().max() <= 1e-6 * exact.abs().max()
+    assert (x.grad.double().cpu() - x64.grad).abs().max() <= 1e-6 * x64.grad.abs().max()
+    assert ((f.grad.double().cpu() - f64.grad).abs() <= half_ulp(f64.grad, dtype) + 1e-6 * f64.grad.abs().max()).all()
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_triton_residual_norm_with_half_weights(dtype):
+    """Weights in bf16 or fp16 (no autocast): branch and residual stream in that type. The output is one
+    rounding of the fp32 computation: within one unit in the last place of the fp64 result (two for the
+    interpreter, which truncates). The backward pass reads y as the forward stored it, rounded to that
+    type, so a gradient is two roundings and cancels in its sum: in norm within one unit at 1 (2⁻⁷ for
+    bf16, 2⁻¹⁰ for fp16) of the fp64 gradient, where the interpreter measures 0.45 and 0.21 units
+    (the reference path, upcasting to fp32 inside, 0.2–0.3)."""
+    g = torch.Generator().manual_seed(5)
+    branch, residual, grad = (torch.randn(3, 7, 96, generator=g).to(dtype) for _ in range(3))
+    unit = 2.0 ** -HALF[dtype]
+    for p in (0.0, 0.3):
+        keep = kept_mask(branch.shape, p, 17)
+        f64, x64 = branch.double().requires_grad_(), residual.double().requires_grad_()
+        exact = zoo.norms.rms_norm_reference(1.3 * x64 + torch.where(keep, f64 / (1 - p), 0.0), 1e-7)
+        exact.backward(grad.double())
+        f, x = on_device(branch.clone()).requires_grad_(), on_device(residual.clone()).requires_grad_()
+        out = residual_norm_kernels.ResidualNorm.apply(f, x, 1.3, p, 1e-7, 17, None, None)
+        out.backward(on_device(grad))
+        assert out.dtype == f.grad.dtype == x.grad.dtype == dtype
+        assert ((out.detach().double().cpu() - exact).abs() <= 2 * half_ulp(exact, dtype)).all()
+        for got, want in ((f.grad, f64.grad), (x.grad, x64.grad)):
+            assert (got.double().cpu() - want).norm() <= unit * want.norm()
 
 
 @pytest.mark.parametrize("p", [0.0, 0.3])
