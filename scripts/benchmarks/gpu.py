@@ -13,9 +13,11 @@ model of a shape (zoo's `train_flops_per_token`: 6 × matmul weights + attention
 bf16 matmul is reported beside it. Inference is a forward pass in eval mode, logits at every position,
 under the same autocast, and again with the weights in bf16 (no autocast: no per-pass weight casts).
 Each cell: 3 warm-up steps, then `--steps` timed steps between device synchronisations; peak memory is
-the CUDA allocator's peak over the cell. Also: GAU-α's attention alone (one wide head through sdpa vs
-heads sharing q/k), and the bare loop at the published recipe's micro-batch (64 × 512, LAMB every 8
-micro-batches) to set beside `python -m pretrain`'s tokens/s.
+the CUDA allocator's peak over the cell. Variants of ours: selective recomputation, the fused kernels
+switched off, and cuDNN's attention first in sdpa's order. Also: GAU-α's attention alone (one wide head
+through sdpa vs heads sharing q/k, through cuDNN's kernel alone among others), and the bare loop at the
+published recipe's micro-batch (64 × 512, LAMB every 8 micro-batches) to set beside `python -m
+pretrain`'s tokens/s.
 """
 
 from __future__ import annotations
@@ -43,11 +45,18 @@ OURS = {"zoo RoFormerV2-base": "roformer-v2-base", "zoo GAU-α-base": "gau-alpha
 VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"recompute_elementwise": True}),
             "zoo DeepNet-12, recompute_elementwise": ("zoo DeepNet-12", {"recompute_elementwise": True}),
             "zoo RoFormerV2-base, unfused elementwise": ("zoo RoFormerV2-base", {}),
-            "zoo GAU-α-base, unfused elementwise": ("zoo GAU-α-base", {})}
+            "zoo GAU-α-base, unfused elementwise": ("zoo GAU-α-base", {}),
+            "zoo RoFormerV2-base, cuDNN attention first": ("zoo RoFormerV2-base", {}),
+            "zoo GAU-α-base, cuDNN attention first": ("zoo GAU-α-base", {})}
 # variants that switch kernel-registry entries off (their PyTorch references then run): name → entries.
 # "torch-fused": the RMS norm; "triton": RoPE, the post-norm residual step and GAU's q/k scale pair
 KERNELS_OFF = {"zoo RoFormerV2-base, unfused elementwise": ("torch-fused", "triton"),
                "zoo GAU-α-base, unfused elementwise": ("torch-fused", "triton")}
+# variants that put one of sdpa's backends first in its priority order (sdpa falls back to the next where
+# that one declines a call): name → backend. cuDNN's attention is not first by default in torch 2.11 and
+# is reported as fast as flash or faster on Hopper
+SDPA_FIRST = {"zoo RoFormerV2-base, cuDNN attention first": "CUDNN_ATTENTION",
+              "zoo GAU-α-base, cuDNN attention first": "CUDNN_ATTENTION"}
 PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)": "roformer"}
 # inference with the weights in bf16 (a model loaded with torch_dtype=bf16), no autocast: nothing is cast
 # per forward pass, where autocast casts every fp32 weight each pass (120 of RoFormerV2-base's 279 launches)
@@ -129,9 +138,21 @@ def training_step(name: str, length: int, batch: int, runtime: Runtime, dry: boo
     return step
 
 
+def attention_first(backend: str | None):
+    """sdpa's backends in priority order with `backend` (an SDPBackend name) first, for a block; None: as
+    torch orders them."""
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = getattr(SDPBackend, backend)
+    rest = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
+    return sdpa_kernel([first] + [b for b in rest if b != first], set_priority=True)
+
+
 def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool, compile: bool = False) -> dict:
     step = training_step(name, length, batch, runtime, dry, compile)
-    with registry.disabled(*KERNELS_OFF.get(name, ())):
+    with registry.disabled(*KERNELS_OFF.get(name, ())), attention_first(SDPA_FIRST.get(name)):
         seconds, peak = timed(runtime, step, steps)
     fpt = flops_config(name, dry).train_flops_per_token(length, masked_fraction=MASK_RATE)
     return {"seconds": seconds, "tokens_per_s": batch * length / seconds, "model_tflops": batch * length * fpt / seconds / 1e12,
@@ -179,6 +200,12 @@ def gau_attention_cell(variant: str, length: int, batch: int, runtime: Runtime, 
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
         elif variant == "heads sharing q/k (expand)":
             out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5)
+        elif variant == "heads sharing q/k (expand), cuDNN only":  # fails the cell where cuDNN declines the call
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            only = [SDPBackend.CUDNN_ATTENTION] if runtime.is_cuda else [SDPBackend.MATH]  # no cuDNN on the CPU
+            with sdpa_kernel(only):
+                out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5)
         elif variant.startswith("heads sharing q/k, v slices of"):  # fewer heads, a value head wider than q's
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -243,7 +270,8 @@ def plan(args) -> list[tuple[str, str, int, int, dict]]:
         for name in ("zoo RoFormerV2-base", "transformers BERT-base (sdpa)"):
             cells.append(("train", name + " compiled", first, train[first], {"compile": True}))
     for length, batch in train.items():
-        for variant in ("one wide head", "heads sharing q/k (expand)", "heads sharing q/k (copies)",
+        for variant in ("one wide head", "heads sharing q/k (expand)", "heads sharing q/k (expand), cuDNN only",
+                        "heads sharing q/k (copies)",
                         "heads sharing q/k, v slices of 2×s", "heads sharing q/k, v slices of 4×s"):
             cells.append(("gau_attention", variant, length, batch, {}))
     cells.append(("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 64 if args.dry else 512, 64, {}))
@@ -362,6 +390,11 @@ def ratio_lines(payload: dict) -> list[str]:
             if fused and unfused:
                 out.append(f"- S={length}: {VARIANTS[name][0]} with its fused kernels / without ({', '.join(entries)} "
                            f"off) = {fused['tokens_per_s'] / unfused['tokens_per_s']:.2f}× tokens/s")
+        for name, backend in SDPA_FIRST.items():
+            plain, first = _cell(payload, "train", VARIANTS[name][0], length), _cell(payload, "train", name, length)
+            if plain and first:
+                out.append(f"- S={length}: {VARIANTS[name][0]} with {backend} first / sdpa's default order = "
+                           f"{first['tokens_per_s'] / plain['tokens_per_s']:.2f}× tokens/s")
         for label, cell in (("GAU-α", gau), *((name.removeprefix("zoo "), _cell(payload, "train", name, length))
                                                for name in VARIANTS if name not in KERNELS_OFF)):
             if rof and cell:
