@@ -40,11 +40,14 @@ class _CastForProducts(torch.autograd.Function):
 
 def cast_for_products(x: torch.Tensor, uses: int) -> tuple[torch.Tensor, ...]:
     """`uses` handles on x for matrix products: one copy in the autocast dtype when autocast would cast
-    x (a floating tensor of another dtype, with autograd recording), else x itself."""
+    x (a floating tensor of another dtype), else x itself. Without a gradient to carry back (inference,
+    or an x that needs none) the copy is a plain cast, made once where each product would make its own."""
     device = x.device.type
-    if not (torch.is_autocast_enabled(device) and x.is_floating_point() and torch.is_grad_enabled()):
+    if not (torch.is_autocast_enabled(device) and x.is_floating_point()):
         return (x,) * uses
     dtype = torch.get_autocast_dtype(device)
-    if x.dtype == dtype or not x.requires_grad:
+    if x.dtype == dtype:
         return (x,) * uses
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return (x.to(dtype),) * uses
     return _CastForProducts.apply(x, dtype, uses)

@@ -130,7 +130,7 @@ class GatedAttentionUnit(nn.Module):
             z, self.q_scaleoffset, self.k_scaleoffset, v[:, None], normalization=self.normalization,
             dropout_p=self.dropout_p, training=self.training, need_weights=need_weights,
         )
-        gated = u * out[:, 0]
+        gated = u * out.squeeze(1)  # squeeze, not [:, 0]: its backward is a view, select's a zero fill and a copy
         with output_product():
             return self.o_dense(gated), probs
 

@@ -72,14 +72,29 @@ def test_the_backward_pass_is_one_cast_and_in_place_additions():
     assert all(torch.equal(g, o) for g, o in zip(grads, originals))  # the incoming gradients are not written to
 
 
-@pytest.mark.parametrize("case", ["no-autocast", "no-grad", "already-bf16", "no-requires-grad"])
+@pytest.mark.parametrize("case", ["no-autocast", "already-bf16"])
 def test_the_input_itself_where_autocast_would_not_cast(case):
-    x = torch.randn(2, 4, requires_grad=case != "no-requires-grad")
+    x = torch.randn(2, 4, requires_grad=True)
     if case == "already-bf16":
         x = x.bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case != "no-autocast"), torch.set_grad_enabled(case != "no-grad"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case != "no-autocast"):
         handles = cast_for_products(x, 3)
     assert len(handles) == 3 and all(h is x for h in handles)
+
+
+@pytest.mark.parametrize("case", ["no-grad", "no-requires-grad"])
+def test_without_a_gradient_one_plain_cast_for_every_product(case):
+    """Inference (or an input that needs no gradient): one cast, the very tensor each product would have
+    made for itself, handed to all three, so autocast casts nothing more; no autograd node."""
+    x = torch.randn(2, 4, requires_grad=case != "no-requires-grad")
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(case != "no-grad"):
+        handles = cast_for_products(x, 3)
+        products = [F.linear(h, torch.ones(4, 4)) for h in handles]
+    assert len(handles) == 3 and handles[0] is handles[1] is handles[2]
+    assert handles[0].dtype == torch.bfloat16 and handles[0].grad_fn is None
+    assert torch.equal(handles[0], x.detach().to(torch.bfloat16))
+    for product in products:
+        assert product.dtype == torch.bfloat16 and torch.equal(product, F.linear(x.detach().bfloat16(), torch.ones(4, 4).bfloat16()))
 
 
 @pytest.mark.parametrize("family", ["roformer-v2", "deepnet"])
