@@ -109,9 +109,9 @@ def test_the_profile_runs_every_cell_in_its_dry_mode(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     payload = json.loads((tmp_path / "step_profile.json").read_text())
     assert payload["dry"]
-    assert [c.get("error") for c in payload["cells"]] == [None] * 8
-    assert {(c["mode"], c["model"]) for c in payload["cells"]} == {
-        (mode, model) for mode in ("train", "infer") for model in step_profile.MODELS}
+    assert [c.get("error") for c in payload["cells"]] == [None] * 12
+    assert {(c["mode"], c["seq_len"], c["model"]) for c in payload["cells"]} == {
+        (mode, length, model) for mode, length, _ in step_profile.DRY_CELLS for model in step_profile.MODELS}
     for cell in payload["cells"]:
         assert cell["step_ms"] > 0 and cell["host_ms"] > 0 and cell["busy_ms"] is None
         assert cell["by_kind_ms"]["matmul"] > 0 and len(cell["top"]) == step_profile.TOP
