@@ -184,6 +184,31 @@ def infer_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
             "peak_mb": peak}
 
 
+# GAU's attention as heads sharing q/k: variant → (v slice width in multiples of q's, sdpa backends allowed;
+# None: sdpa's own choice). Fewer, wider slices recompute q·kᵀ fewer times, where a kernel takes a value
+# head wider than q's (the memory-efficient kernel does; cuDNN's may); a cell fails where the backends
+# decline the call
+SHARED_QK_VARIANTS = {
+    "heads sharing q/k (expand)": (1, None),
+    "heads sharing q/k (expand), cuDNN only": (1, ("CUDNN_ATTENTION",)),
+    "heads sharing q/k, v slices of 2×s": (2, ("EFFICIENT_ATTENTION", "MATH")),
+    "heads sharing q/k, v slices of 4×s": (4, ("EFFICIENT_ATTENTION", "MATH")),
+    "heads sharing q/k, v slices of 4×s, cuDNN only": (4, ("CUDNN_ATTENTION",)),
+}
+
+
+def attention_backends(names, runtime: Runtime):
+    """sdpa restricted to the named backends for a block (None: unrestricted). On the CPU (the dry run)
+    cuDNN is replaced by the math backend, so that the cell checks the script."""
+    if names is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not runtime.is_cuda:
+        names = ["MATH" if name == "CUDNN_ATTENTION" else name for name in names]
+    return sdpa_kernel([getattr(SDPBackend, name) for name in names])
+
+
 def gau_attention_cell(variant: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool) -> dict:
     """GAU-α's attention alone (q, k [B,1,S,128], v [B,1,S,1536], dropout 0.1), forward and backward."""
     import torch.nn.functional as F
@@ -198,25 +223,15 @@ def gau_attention_cell(variant: str, length: int, batch: int, runtime: Runtime, 
     def step():
         if variant == "one wide head":
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
-        elif variant == "heads sharing q/k (expand)":
-            out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5)
-        elif variant == "heads sharing q/k (expand), cuDNN only":  # fails the cell where cuDNN declines the call
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            only = [SDPBackend.CUDNN_ATTENTION] if runtime.is_cuda else [SDPBackend.MATH]  # no cuDNN on the CPU
-            with sdpa_kernel(only):
-                out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5)
-        elif variant.startswith("heads sharing q/k, v slices of"):  # fewer heads, a value head wider than q's
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-                multiple = {"heads sharing q/k, v slices of 2×s": 2, "heads sharing q/k, v slices of 4×s": 4}[variant]
-                out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5, value_width=multiple * size)
-        else:  # "heads sharing q/k (copies)": q and k materialised per head
+        elif variant == "heads sharing q/k (copies)":  # q and k materialised per head
             groups = width // size
             out = F.scaled_dot_product_attention(
                 q.expand(batch, groups, length, size).contiguous(), k.expand(batch, groups, length, size).contiguous(),
                 v.reshape(batch, length, groups, size).transpose(1, 2), dropout_p=0.1)
+        else:  # heads sharing q/k (expanded), each with a slice of v `multiple` times q's width
+            multiple, backends = SHARED_QK_VARIANTS[variant]
+            with attention_backends(backends, runtime):
+                out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5, value_width=multiple * size)
         out.sum().backward()
 
     seconds, peak = timed(runtime, step, steps)
@@ -270,9 +285,7 @@ def plan(args) -> list[tuple[str, str, int, int, dict]]:
         for name in ("zoo RoFormerV2-base", "transformers BERT-base (sdpa)"):
             cells.append(("train", name + " compiled", first, train[first], {"compile": True}))
     for length, batch in train.items():
-        for variant in ("one wide head", "heads sharing q/k (expand)", "heads sharing q/k (expand), cuDNN only",
-                        "heads sharing q/k (copies)",
-                        "heads sharing q/k, v slices of 2×s", "heads sharing q/k, v slices of 4×s"):
+        for variant in ("one wide head", "heads sharing q/k (copies)", *SHARED_QK_VARIANTS):
             cells.append(("gau_attention", variant, length, batch, {}))
     cells.append(("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 64 if args.dry else 512, 64, {}))
     for length, batch in infer.items():
