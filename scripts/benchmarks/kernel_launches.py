@@ -5,10 +5,11 @@ mode, counted here.
 
 In eager mode every operation is a kernel launch whose cost is paid on the host (Python, the
 dispatcher, autograd and autocast: about 10 µs each) and a trip through GPU memory. When the host
-cannot queue kernels as fast as the GPU runs them, the GPU waits: this, not arithmetic, is what kept
-our eager models behind transformers' BERT on an H200 (gpu.md §2: compiled, the same RoFormerV2 ran
-2.1× faster). Which operations a step runs depends on the implementations the kernel registry picks,
-not on the device's arithmetic, so the launches can be counted on the CPU.
+cannot queue kernels as fast as the GPU runs them, the GPU waits; either cost, launches or bytes, fits
+what kept our eager models behind transformers' BERT on an H200 (gpu.md §2: compiled, the same
+RoFormerV2 ran 2.1× faster), and step_profile.py measures which on a GPU. Which operations a step runs
+depends on the implementations the kernel registry picks, not on the device's arithmetic, so the
+launches can be counted on the CPU.
 
 Counted with a TorchDispatchMode: every operation that reaches a backend during one training step of
 the encoder (bf16-autocast forward, the sum of the last hidden state as the loss, backward), and of
