@@ -56,8 +56,10 @@ def target_environment() -> dict[str, str]:
 
 
 def wanted(root: str = PROJECT) -> dict[str, str]:
-    """{distribution name: version installed here} of every dependency of `root`, directly or through
-    others, that the GPU machine needs carried (see the module docstring)."""
+    """{distribution name: pip requirement} of every dependency of `root`, directly or through others,
+    that the GPU machine needs carried (see the module docstring): "name==version" as installed here,
+    or, for one that only the GPU machine's Python needs (a marker true for 3.12, false here), the
+    requirement as declared, for pip to resolve for that Python."""
     environment = target_environment()
     found: dict[str, str] = {}
     pending = [root]
@@ -71,10 +73,13 @@ def wanted(root: str = PROJECT) -> dict[str, str]:
             if dependency in found or dependency in ON_THE_IMAGE or dependency in NOT_NEEDED:
                 continue
             try:
-                found[dependency] = importlib.metadata.version(dependency)
+                found[dependency] = f"{dependency}=={importlib.metadata.version(dependency)}"
             except importlib.metadata.PackageNotFoundError:
-                raise SystemExit(f"gpu_payload: {name} needs {requirement}, which is not installed here: install the "
-                                 f"project first (README: pip install -e .)") from None
+                if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                    raise SystemExit(f"gpu_payload: {name} needs {requirement}, which is not installed here: install "
+                                     f"the project first (README: pip install -e .)") from None
+                found[dependency] = f"{dependency}{requirement.specifier}"  # its own needs are pip's to find there
+                continue
             pending.append(dependency)
     return dict(sorted(found.items()))
 
@@ -82,17 +87,17 @@ def wanted(root: str = PROJECT) -> dict[str, str]:
 def download(packages: dict[str, str], wheels: Path) -> None:
     wheels.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
-    for name, version in packages.items():
+    for name, requirement in packages.items():
         if name == "deepspeed":  # no wheel on PyPI: its pure-Python wheel, built here against this torch
-            command = pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), f"{name}=={version}"]
+            command = pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), requirement]
         else:
             command = pip + ["download", "--no-deps", "--only-binary=:all:", "--python-version", PYTHON,
                              "--implementation", "cp", *[f"--platform={p}" for p in PLATFORMS], "-d", str(wheels),
-                             f"{name}=={version}"]
-        print(f"{name}=={version}", flush=True)
+                             requirement]
+        print(requirement, flush=True)
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise SystemExit(f"gpu_payload: could not fetch {name}=={version}:\n{result.stderr[-2000:]}")
+            raise SystemExit(f"gpu_payload: could not fetch {requirement}:\n{result.stderr[-2000:]}")
 
 
 def write_corpus(path: Path, characters: int) -> int:
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     packages = wanted()
     if args.list:
-        print("\n".join(f"{name}=={version}" for name, version in packages.items()))
+        print("\n".join(packages.values()))
         return 0
     download(packages, args.dest / "wheels")
     lines = write_corpus(args.dest / "corpus.txt", args.corpus_chars)

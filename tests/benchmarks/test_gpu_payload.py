@@ -21,18 +21,28 @@ def test_the_wheels_are_the_dependencies_the_image_lacks_at_the_versions_install
                  "httpx2", "httpcore2", "truststore", "hjson", "pydantic", "pydantic-core", "annotated-types",
                  "typing-inspection"):
         assert name in wanted, name
-    assert all(wanted[name] == importlib.metadata.version(name) for name in wanted)
+    assert all(wanted[name] == f"{name}=={importlib.metadata.version(name)}" for name in wanted)
     assert not set(wanted) & (gpu_payload.ON_THE_IMAGE | gpu_payload.NOT_NEEDED)
     assert "pytest" not in wanted and "tensorflow-cpu" not in wanted  # extras are not followed
 
 
 def test_markers_are_read_for_linux_and_python_3_12(monkeypatch):
+    """Installed here: pinned to this version. Needed only by Python 3.12 (not installed here, on the
+    project's Python 3.11, where zeta's marker is false): the declared requirement, for pip to resolve."""
     requires = {"root": ["alpha>=1", "beta; python_version < '3.12'", "gamma; sys_platform == 'win32'",
-                         "delta; extra == 'test'", "torch", "epsilon; python_version >= '3.12'"],
+                         "delta; extra == 'test'", "torch", "epsilon; python_version >= '3.11'",
+                         "zeta>=2,<3; python_version >= '3.12'"],
                 "alpha": ["epsilon"], "epsilon": []}
+    installed = {"alpha": "1.2", "epsilon": "3"}
+
+    def version(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
     monkeypatch.setattr(gpu_payload.importlib.metadata, "requires", lambda name: requires[name])
-    monkeypatch.setattr(gpu_payload.importlib.metadata, "version", lambda name: {"alpha": "1.2", "epsilon": "3"}[name])
-    assert gpu_payload.wanted("root") == {"alpha": "1.2", "epsilon": "3"}
+    monkeypatch.setattr(gpu_payload.importlib.metadata, "version", version)
+    assert gpu_payload.wanted("root") == {"alpha": "alpha==1.2", "epsilon": "epsilon==3", "zeta": "zeta<3,>=2"}
 
 
 def test_a_dependency_not_installed_here_is_named(monkeypatch):
