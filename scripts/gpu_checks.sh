@@ -60,7 +60,7 @@ section cuda-tests 240 python -m pytest -q -m cuda tests/cuda -p no:cacheprovide
 # interpreter; not marked `cuda`, as they run wherever Triton does)
 section triton-kernels 120 python -m pytest -q tests/zoo/test_triton_kernels.py -p no:cacheprovider -rs
 # host time, GPU busy time and the GPU's time by kind of kernel, per model: why the benchmark's figures are what they are
-section step-profile 90 python scripts/benchmarks/step_profile.py --out "$OUT/step_profile"
+section step-profile 120 python scripts/benchmarks/step_profile.py --out "$OUT/step_profile"
 # the goals' figures before the recipes' short runs: the cuda tests already run the DeepSpeed loop on the GPU
 section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}
 short_run roformer-v2-base roformer-v2-base 10

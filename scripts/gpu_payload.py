@@ -49,9 +49,9 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
 def target_environment() -> dict[str, str]:
     """Marker values of the GPU machine: Linux, x86_64, CPython 3.12."""
     environment = default_environment()
-    environment.update(python_version=PYTHON, python_full_version=PYTHON + ".3", sys_platform="linux",
-                       platform_system="Linux", platform_machine="x86_64", implementation_name="cpython",
-                       platform_python_implementation="CPython", os_name="posix")
+    environment.update(python_version=PYTHON, python_full_version=PYTHON + ".3", implementation_version=PYTHON + ".3",
+                       sys_platform="linux", platform_system="Linux", platform_machine="x86_64",
+                       implementation_name="cpython", platform_python_implementation="CPython", os_name="posix")
     return environment
 
 

@@ -46,7 +46,7 @@ def cast_for_products(x: torch.Tensor, uses: int) -> tuple[torch.Tensor, ...]:
     if not (torch.is_autocast_enabled(device) and x.is_floating_point()):
         return (x,) * uses
     dtype = torch.get_autocast_dtype(device)
-    if x.dtype == dtype:
+    if x.dtype in (dtype, torch.float64):  # autocast leaves fp64 as it is
         return (x,) * uses
     if not (torch.is_grad_enabled() and x.requires_grad):
         return (x.to(dtype),) * uses

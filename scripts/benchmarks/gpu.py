@@ -14,7 +14,7 @@ bf16 matmul is reported beside it. Inference is a forward pass in eval mode, log
 under the same autocast, and again with the weights in bf16 (no autocast: no per-pass weight casts).
 Each cell: 3 warm-up steps, then `--steps` timed steps between device synchronisations; peak memory is
 the CUDA allocator's peak over the cell. Variants of ours: selective recomputation, the fused kernels
-switched off, and cuDNN's attention first in sdpa's order. Also: GAU-α's attention alone (one wide head
+switched off, and every attention through cuDNN's kernel. Also: GAU-α's attention alone (one wide head
 through sdpa vs heads sharing q/k, through cuDNN's kernel alone among others), and the bare loop at the
 published recipe's micro-batch (64 × 512, LAMB every 8 micro-batches) to set beside `python -m
 pretrain`'s tokens/s.
@@ -46,17 +46,18 @@ VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"reco
             "zoo DeepNet-12, recompute_elementwise": ("zoo DeepNet-12", {"recompute_elementwise": True}),
             "zoo RoFormerV2-base, unfused elementwise": ("zoo RoFormerV2-base", {}),
             "zoo GAU-α-base, unfused elementwise": ("zoo GAU-α-base", {}),
-            "zoo RoFormerV2-base, cuDNN attention first": ("zoo RoFormerV2-base", {}),
-            "zoo GAU-α-base, cuDNN attention first": ("zoo GAU-α-base", {})}
+            "zoo RoFormerV2-base, cuDNN attention": ("zoo RoFormerV2-base", {"attention_probs_dropout_prob": 0.125}),
+            "zoo GAU-α-base, cuDNN attention": ("zoo GAU-α-base", {"attention_probs_dropout_prob": 0.125})}
 # variants that switch kernel-registry entries off (their PyTorch references then run): name → entries.
 # "torch-fused": the RMS norm; "triton": RoPE, the post-norm residual step and GAU's q/k scale pair
 KERNELS_OFF = {"zoo RoFormerV2-base, unfused elementwise": ("torch-fused", "triton"),
                "zoo GAU-α-base, unfused elementwise": ("torch-fused", "triton")}
-# variants that put one of sdpa's backends first in its priority order (sdpa falls back to the next where
-# that one declines a call): name → backend. cuDNN's attention is not first by default in torch 2.11 and
-# is reported as fast as flash or faster on Hopper
-SDPA_FIRST = {"zoo RoFormerV2-base, cuDNN attention first": "CUDNN_ATTENTION",
-              "zoo GAU-α-base, cuDNN attention first": "CUDNN_ATTENTION"}
+# variants whose attention runs through one of sdpa's backends alone (a call it declines fails the cell,
+# instead of falling back unseen): name → backends. cuDNN's attention comes after flash in torch 2.11's
+# order and is reported as fast or faster on Hopper; it takes attention dropout only at multiples of 1/16
+# (hence 0.125 in these variants, against 0.1: the same work) and value heads up to 256 wide on sm_90
+SDPA_ONLY = {"zoo RoFormerV2-base, cuDNN attention": ("CUDNN_ATTENTION",),
+             "zoo GAU-α-base, cuDNN attention": ("CUDNN_ATTENTION",)}
 PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)": "roformer"}
 # inference with the weights in bf16 (a model loaded with torch_dtype=bf16), no autocast: nothing is cast
 # per forward pass, where autocast casts every fp32 weight each pass (72 of RoFormerV2-base's 243 launches)
@@ -138,21 +139,9 @@ def training_step(name: str, length: int, batch: int, runtime: Runtime, dry: boo
     return step
 
 
-def attention_first(backend: str | None):
-    """sdpa's backends in priority order with `backend` (an SDPBackend name) first, for a block; None: as
-    torch orders them."""
-    if backend is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    first = getattr(SDPBackend, backend)
-    rest = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
-    return sdpa_kernel([first] + [b for b in rest if b != first], set_priority=True)
-
-
 def train_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool, compile: bool = False) -> dict:
     step = training_step(name, length, batch, runtime, dry, compile)
-    with registry.disabled(*KERNELS_OFF.get(name, ())), attention_first(SDPA_FIRST.get(name)):
+    with registry.disabled(*KERNELS_OFF.get(name, ())), attention_backends(SDPA_ONLY.get(name), runtime):
         seconds, peak = timed(runtime, step, steps)
     fpt = flops_config(name, dry).train_flops_per_token(length, masked_fraction=MASK_RATE)
     return {"seconds": seconds, "tokens_per_s": batch * length / seconds, "model_tflops": batch * length * fpt / seconds / 1e12,
@@ -184,16 +173,16 @@ def infer_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
             "peak_mb": peak}
 
 
-# GAU's attention as heads sharing q/k: variant → (v slice width in multiples of q's, sdpa backends allowed;
-# None: sdpa's own choice). Fewer, wider slices recompute q·kᵀ fewer times, where a kernel takes a value
-# head wider than q's (the memory-efficient kernel does; cuDNN's may); a cell fails where the backends
-# decline the call
+# GAU's attention as heads sharing q/k: variant → (v slice width in multiples of q's, sdpa backends allowed
+# or None for sdpa's own choice, attention dropout). Fewer, wider slices recompute q·kᵀ fewer times, where
+# a kernel takes a value head wider than q's (the memory-efficient kernel does; cuDNN's up to 256 on sm_90,
+# with dropout at multiples of 1/16 only); a cell fails where the backends decline the call
 SHARED_QK_VARIANTS = {
-    "heads sharing q/k (expand)": (1, None),
-    "heads sharing q/k (expand), cuDNN only": (1, ("CUDNN_ATTENTION",)),
-    "heads sharing q/k, v slices of 2×s": (2, ("EFFICIENT_ATTENTION", "MATH")),
-    "heads sharing q/k, v slices of 4×s": (4, ("EFFICIENT_ATTENTION", "MATH")),
-    "heads sharing q/k, v slices of 4×s, cuDNN only": (4, ("CUDNN_ATTENTION",)),
+    "heads sharing q/k (expand)": (1, None, 0.1),
+    "heads sharing q/k (expand), cuDNN only": (1, ("CUDNN_ATTENTION",), 0.125),
+    "heads sharing q/k, v slices of 2×s": (2, ("EFFICIENT_ATTENTION", "MATH"), 0.1),
+    "heads sharing q/k, v slices of 2×s, cuDNN only": (2, ("CUDNN_ATTENTION",), 0.125),
+    "heads sharing q/k, v slices of 4×s": (4, ("EFFICIENT_ATTENTION", "MATH"), 0.1),
 }
 
 
@@ -229,9 +218,9 @@ def gau_attention_cell(variant: str, length: int, batch: int, runtime: Runtime, 
                 q.expand(batch, groups, length, size).contiguous(), k.expand(batch, groups, length, size).contiguous(),
                 v.reshape(batch, length, groups, size).transpose(1, 2), dropout_p=0.1)
         else:  # heads sharing q/k (expanded), each with a slice of v `multiple` times q's width
-            multiple, backends = SHARED_QK_VARIANTS[variant]
+            multiple, backends, dropout = SHARED_QK_VARIANTS[variant]
             with attention_backends(backends, runtime):
-                out = sdpa_shared_qk(q, k, v, None, 0.1, size**-0.5, value_width=multiple * size)
+                out = sdpa_shared_qk(q, k, v, None, dropout, size**-0.5, value_width=multiple * size)
         out.sum().backward()
 
     seconds, peak = timed(runtime, step, steps)
@@ -403,11 +392,11 @@ def ratio_lines(payload: dict) -> list[str]:
             if fused and unfused:
                 out.append(f"- S={length}: {VARIANTS[name][0]} with its fused kernels / without ({', '.join(entries)} "
                            f"off) = {fused['tokens_per_s'] / unfused['tokens_per_s']:.2f}× tokens/s")
-        for name, backend in SDPA_FIRST.items():
-            plain, first = _cell(payload, "train", VARIANTS[name][0], length), _cell(payload, "train", name, length)
-            if plain and first:
-                out.append(f"- S={length}: {VARIANTS[name][0]} with {backend} first / sdpa's default order = "
-                           f"{first['tokens_per_s'] / plain['tokens_per_s']:.2f}× tokens/s")
+        for name, backends in SDPA_ONLY.items():
+            plain, only = _cell(payload, "train", VARIANTS[name][0], length), _cell(payload, "train", name, length)
+            if plain and only:
+                out.append(f"- S={length}: {VARIANTS[name][0]} with its attention through {', '.join(backends)} / "
+                           f"sdpa's choice = {only['tokens_per_s'] / plain['tokens_per_s']:.2f}× tokens/s")
         for label, cell in (("GAU-α", gau), *((name.removeprefix("zoo "), _cell(payload, "train", name, length))
                                                for name in VARIANTS if name not in KERNELS_OFF)):
             if rof and cell:

@@ -14,7 +14,9 @@ autocast, dropout 0.1, vocabulary 12,000; training with the fused AdamW step), m
 - step: wall time per step, synchronised, as gpu.py measures it (3 warm-up steps first);
 - host: the time `step()` takes to return when started on an idle GPU (median of the timed steps). No
   step here synchronises with the host (tests/cuda checks that for the training forward), so this is the
-  time to queue the step's kernels; host ≈ step means the GPU waited for the host;
+  time to queue the step's kernels. Host ≈ step with the GPU idle much of the step means the GPU waited
+  for the host; host ≈ step with the GPU busy throughout can also mean the launch queue (about a
+  thousand kernels deep) filled and made the host wait, so busy / step is the figure to judge by;
 - GPU busy: the union of the step's kernel, copy and memset intervals under torch.profiler, and their time
   by kind (`kind_of`: matrix products, attention, our Triton kernels, copies and casts, norms, dropout,
   other elementwise work, reductions, the optimizer, ...), with the kernels that took longest.
@@ -66,14 +68,14 @@ def our_triton_kernels() -> tuple[str, ...]:
 # (kind, lower-case substrings of a CUDA kernel's or a CPU operator's name), first match wins
 KINDS = (
     ("attention", ("flash", "fmha", "attention", "attn")),
-    ("matmul", ("gemm", "cutlass", "xmma", "cublas", "nvjet", "wgmma", "aten::mm", "aten::addmm", "aten::bmm",
-                "aten::_scaled_mm")),
+    ("matmul", ("gemm", "cutlass", "xmma", "cublas", "nvjet", "wgmma", "splitkreduce", "aten::mm", "aten::addmm",
+                "aten::bmm", "aten::_scaled_mm")),
     ("optimizer", ("multi_tensor", "fusedadam", "fused_adam", "lamb_cuda", "fusedlamb")),  # not "lamb": "{lambda"
     ("compiled (inductor)", ("triton_poi", "triton_red", "triton_per", "triton_tem")),
     ("ours (Triton, C++)", ("zoo::",) + our_triton_kernels()),
     ("copy / cast", ("copy", "memcpy", "memset", "aten::cat", "catarray", "clone", "fill")),
     ("norm", ("norm",)),
-    ("dropout", ("dropout",)),
+    ("dropout", ("dropout", "masked_scale")),  # torch's dropout backward on CUDA: masked_scale_kernel
     ("softmax / loss", ("softmax", "nll_loss", "cross_entropy")),
     ("embedding / indexing", ("embedding", "index", "gather", "scatter")),
     ("reduction", ("reduce", "aten::sum", "aten::mean")),
@@ -124,11 +126,21 @@ def summarise(records: list[tuple[str, int, int]], steps: int, device: bool) -> 
     }
 
 
+DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's names; not gpu_user_annotation ranges
+
+
+def device_records(events) -> list[tuple[str, int, int]]:
+    """(name, start ns, duration ns) of the GPU's kernels, copies and memsets among kineto's events. Kineto
+    also files user-annotation ranges (the optimizer's step) and synchronisation events under the CUDA
+    device: those are spans, not work, and are left out."""
+    return [(e.name(), e.start_ns(), e.duration_ns()) for e in events
+            if e.device_type() == DeviceType.CUDA and e.activity_type() in DEVICE_ACTIVITIES and e.duration_ns() > 0]
+
+
 def profiled_records(prof, device: bool) -> list[tuple[str, int, int]]:
     """The device's kernels, copies and memsets, or, on the CPU, every operator with its self time."""
     if device:
-        return [(e.name(), e.start_ns(), e.duration_ns()) for e in prof.profiler.kineto_results.events()
-                if e.device_type() == DeviceType.CUDA and e.duration_ns() > 0]
+        return device_records(prof.profiler.kineto_results.events())
     return [(e.name, int(e.time_range.start * 1e3), int(e.self_cpu_time_total * 1e3)) for e in prof.events()
             if e.device_type == DeviceType.CPU and e.self_cpu_time_total > 0]
 
@@ -192,11 +204,12 @@ def main(argv=None) -> int:
             payload["cells"].append(cell)
             print(json.dumps({k: v for k, v in cell.items() if k != "top"}), flush=True)
             (args.out / "step_profile.json").write_text(json.dumps(payload, indent=1))
+            report(payload, args.out, quiet=True)  # a run stopped by its time limit still leaves the table
     report(payload, args.out)
     return 0
 
 
-def report(payload: dict, out: Path) -> None:
+def report(payload: dict, out: Path, quiet: bool = False) -> None:
     cells = [c for c in payload["cells"] if "error" not in c]
     kinds = [kind for kind in KIND_NAMES if any(kind in c["by_kind_ms"] for c in cells)]
     header = ["mode", "model", "S", "batch", "step ms", "host ms", "GPU busy ms", "kernels"] + kinds
@@ -218,7 +231,8 @@ def report(payload: dict, out: Path) -> None:
         lines += [f"- {t['ms']:.2f} ms, {t['calls']:.0f}× per step, {t['kind']}: `{t['name']}`" for t in c["top"]]
     text = "\n".join(lines) + "\n"
     (out / "step_profile.md").write_text(text)
-    print(text)
+    if not quiet:
+        print(text)
     with contextlib.suppress(ImportError):
         plot(payload, kinds, out / "step_profile.png")
 

@@ -22,12 +22,12 @@ def test_the_gpu_benchmark_runs_every_cell_in_its_dry_mode(tmp_path):
     cells = {(c["section"], c["model"]) for c in payload["cells"]}
     assert {section for section, _ in cells} == {"train", "gau_attention", "bare_loop", "infer"}
     assert ("train", "zoo RoFormerV2-base compiled") in cells
-    assert ("train", "zoo GAU-α-base, cuDNN attention first") in cells
+    assert ("train", "zoo GAU-α-base, cuDNN attention") in cells
     assert ("gau_attention", "heads sharing q/k (expand), cuDNN only") in cells
     for model in ("zoo RoFormerV2-base", "zoo GAU-α-base", "zoo DeepNet-12", "transformers BERT-base (sdpa)"):
         assert ("infer", model) in cells and ("infer", model + ", bf16 weights") in cells
     report = (tmp_path / "gpu.md").read_text()
     assert "- S=64: GAU-α / RoFormerV2 tokens/s = " in report
-    assert "- S=64: zoo RoFormerV2-base with CUDNN_ATTENTION first / sdpa's default order = " in report
+    assert "- S=64: zoo RoFormerV2-base with its attention through CUDNN_ATTENTION / sdpa's choice = " in report
     assert "- inference S=128: zoo GAU-α-base, bf16 weights / BERT-base, bf16 weights = " in report
     assert (tmp_path / "gpu.png").stat().st_size > 0

@@ -49,6 +49,10 @@ CUDA_KERNELS = {
     "void at::native::index_elementwise_kernel<128, 4, at::native::gpu_index_kernel<...> >(long, ...)": "embedding / indexing",
     "Memcpy HtoD (Pageable -> Device)": "copy / cast",
     "Memset (Device)": "copy / cast",
+    "void splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16, true, false, false>"
+    "(cublasSplitKParams<float>, __nv_bfloat16 const*, float const*, __nv_bfloat16*)": "matmul",
+    "void at::native::(anonymous namespace)::masked_scale_kernel<c10::BFloat16, bool, float>(at::Tensor&, "
+    "at::Tensor const&, at::Tensor const&, float)": "dropout",
     "triton_poi_fused__to_copy_add_mul_native_dropout_0": "compiled (inductor)",
     "triton_red_fused__fused_rms_norm_1": "compiled (inductor)",
 }
@@ -87,6 +91,32 @@ def test_busy_time_is_the_union_of_the_intervals():
         covered = set(itertools.chain.from_iterable(range(start, end) for start, end in intervals))
         assert step_profile.busy_ns(intervals) == len(covered)
     assert step_profile.busy_ns([(0, 10), (10, 20), (2, 5)]) == 20
+
+
+class KinetoEvent:
+    """The part of torch's `_KinetoEvent` that `device_records` reads."""
+
+    def __init__(self, name, device, activity, start, duration):
+        self._values = dict(name=name, device_type=device, activity_type=activity, start_ns=start, duration_ns=duration)
+
+    def __getattr__(self, key):
+        return lambda: self._values[key]
+
+
+def test_device_records_are_kernels_copies_and_memsets_only():
+    """Kineto files the optimizer's user-annotation range and synchronisation events under the CUDA device
+    too: spans, not work, which would be counted as kernels and fill the busy time's gaps."""
+    from torch.autograd import DeviceType
+
+    cuda, cpu = DeviceType.CUDA, DeviceType.CPU
+    events = [KinetoEvent("nvjet_tst_a", cuda, "kernel", 10, 5), KinetoEvent("Memcpy HtoD", cuda, "gpu_memcpy", 20, 2),
+              KinetoEvent("Memset (Device)", cuda, "gpu_memset", 30, 1),
+              KinetoEvent("Optimizer.step#AdamW.step", cuda, "gpu_user_annotation", 0, 100),
+              KinetoEvent("cudaDeviceSynchronize", cuda, "cuda_sync", 40, 50),
+              KinetoEvent("aten::mm", cpu, "cpu_op", 5, 8), KinetoEvent("cudaLaunchKernel", cpu, "cuda_runtime", 6, 1),
+              KinetoEvent("empty_kernel", cuda, "kernel", 50, 0)]
+    assert step_profile.device_records(events) == [("nvjet_tst_a", 10, 5), ("Memcpy HtoD", 20, 2),
+                                                   ("Memset (Device)", 30, 1)]
 
 
 def test_the_summary_is_per_step():

@@ -72,13 +72,20 @@ def test_the_backward_pass_is_one_cast_and_in_place_additions():
     assert all(torch.equal(g, o) for g, o in zip(grads, originals))  # the incoming gradients are not written to
 
 
-@pytest.mark.parametrize("case", ["no-autocast", "already-bf16"])
+@pytest.mark.parametrize("case", ["no-autocast", "already-bf16", "fp64", "fp64-no-grad"])
 def test_the_input_itself_where_autocast_would_not_cast(case):
+    """Outside autocast, in its dtype already, or in fp64 (which autocast never casts: an fp64 model under
+    autocast stays fp64), with or without a gradient to carry."""
     x = torch.randn(2, 4, requires_grad=True)
     if case == "already-bf16":
         x = x.bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case != "no-autocast"):
+    elif case.startswith("fp64"):
+        x = x.double()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case != "no-autocast"), \
+            torch.set_grad_enabled(case != "fp64-no-grad"):
         handles = cast_for_products(x, 3)
+        if case.startswith("fp64"):
+            assert F.linear(handles[0], torch.ones(3, 4, dtype=torch.float64)).dtype == torch.float64
     assert len(handles) == 3 and all(h is x for h in handles)
 
 

@@ -460,7 +460,8 @@ def test_triton_residual_norm_with_half_weights(dtype):
         out = residual_norm_kernels.ResidualNorm.apply(f, x, 1.3, p, 1e-7, 17, None, None)
         out.backward(on_device(grad))
         assert out.dtype == f.grad.dtype == x.grad.dtype == dtype
-        assert ((out.detach().double().cpu() - exact).abs() <= 2 * half_ulp(exact, dtype)).all()
+        units = 1 if DEVICE == "cuda" else 2  # the interpreter truncates where a GPU rounds to nearest
+        assert ((out.detach().double().cpu() - exact).abs() <= units * half_ulp(exact, dtype)).all()
         for got, want in ((f.grad, f64.grad), (x.grad, x64.grad)):
             assert (got.double().cpu() - want).norm() <= unit * want.norm()
 
