@@ -104,13 +104,13 @@ def test_the_training_forward_never_waits_for_the_gpu(preset):
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_rms_norm_and_rope_run_their_fused_kernels_on_cuda(dtype):
     """On CUDA the registry sends the RMS norm to torch's fused kernel and RoPE to the Triton kernel
     (zoo/kernels/triton_rope.py), forward and backward, each against the reference computed in fp64 from
-    the same inputs: fp32 to 1e-5 of the largest value (the norm's sums run in another order), bf16 to
-    one unit in the last place (one rounding of the fp32 result) plus 1e-5 of the largest value (where
-    the norm's gradient cancels, the fp32 error is larger than the small result's unit)."""
+    the same inputs: fp32 to 1e-5 of the largest value (the norm's sums run in another order), bf16 and
+    fp16 to one unit in the last place (one rounding of the fp32 result) plus 1e-5 of the largest value
+    (where the norm's gradient cancels, the fp32 error is larger than the small result's unit)."""
     from zoo.kernels import registry
     from zoo.norms import RMSNorm, rms_norm_reference
     from zoo.rope import apply_rope, rope_reference
@@ -123,9 +123,13 @@ def test_rms_norm_and_rope_run_their_fused_kernels_on_cuda(dtype):
     assert registry.select("rope", q, cos, sin).name == "triton"
     assert registry.select("rms_norm", h, 1e-7).name == "torch-fused"
 
+    fraction_bits = {torch.bfloat16: 7, torch.float16: 10}.get(dtype)
+
     def within(got, exact, scale):
-        ulp = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(1e-30))) - 7)
-        allowed = 1e-5 * scale + (ulp if dtype == torch.bfloat16 else 0.0)
+        allowed = 1e-5 * scale
+        if fraction_bits is not None:
+            ulp = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(1e-30))) - fraction_bits)
+            allowed = allowed + ulp.clamp_min(torch.finfo(dtype).smallest_normal * 2.0**-fraction_bits)
         return bool(((got.double() - exact).abs() <= allowed).all())
 
     for fn, args, reference in (
