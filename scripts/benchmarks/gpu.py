@@ -199,7 +199,8 @@ def attention_backends(names, runtime: Runtime):
 
 
 def gau_attention_cell(variant: str, length: int, batch: int, runtime: Runtime, steps: int, dry: bool) -> dict:
-    """GAU-α's attention alone (q, k [B,1,S,128], v [B,1,S,1536], dropout 0.1), forward and backward."""
+    """GAU-α's attention alone (q, k [B,1,S,128], v [B,1,S,1536], dropout 0.1, through cuDNN 0.125),
+    forward and backward."""
     import torch.nn.functional as F
 
     from zoo.attention import sdpa_shared_qk
