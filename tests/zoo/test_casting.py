@@ -100,8 +100,9 @@ def test_without_a_gradient_one_plain_cast_for_every_product(case):
     assert len(handles) == 3 and handles[0] is handles[1] is handles[2]
     assert handles[0].dtype == torch.bfloat16 and handles[0].grad_fn is None
     assert torch.equal(handles[0], x.detach().to(torch.bfloat16))
+    expected = F.linear(x.detach().bfloat16(), torch.ones(4, 4).bfloat16())
     for product in products:
-        assert product.dtype == torch.bfloat16 and torch.equal(product, F.linear(x.detach().bfloat16(), torch.ones(4, 4).bfloat16()))
+        assert product.dtype == torch.bfloat16 and torch.equal(product, expected)
 
 
 @pytest.mark.parametrize("family", ["roformer-v2", "deepnet"])
