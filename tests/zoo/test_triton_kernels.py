@@ -318,7 +318,9 @@ def test_a_model_with_the_triton_kernels_trains_under_fp16_autocast(preset):
     most 1.25× the reference path's (measured 0.6–1.01×). The reference's own error, 0.3–2%, is fp16
     rounding, not a broken path: 0.2–0.9% per parameter, except where a ReLU input lies near zero and
     flips (RoFormerV2-tiny's last FFN, 2% in fp16 as in bf16); without the loss scale GAU-α's small
-    gradients underflow (5.9%)."""
+    gradients underflow (5.9%). Without a GPU, RoPE takes the reference here (the Triton entry runs the
+    C++ kernel on CPU tensors, which takes no fp16; the Triton RoPE in fp16 is checked on its own above);
+    GAU's scale pair, which rotates inside, and the residual kernels run in fp16 through Triton."""
     loss, grads = training_step(preset, triton=False)
     half_loss, half_grads = training_step(preset, triton=False, autocast=True, half=torch.float16, loss_scale=2**12)
     fused_loss, fused_grads = training_step(preset, triton=True, autocast=True, half=torch.float16, loss_scale=2**12)
