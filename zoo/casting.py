@@ -1,5 +1,8 @@
 """One autocast copy of an input that several matrix products read.
 
+(Attention makes its q, k and v products as one where the modules allow, zoo/projections.py; this is
+how the modules run where they do not, and how a recomputed block's first product gets its input.)
+
 Under autocast every `F.linear` casts its input to the autocast dtype by itself, and autograd keeps
 each cast for the product's backward pass: the q, k and v projections of an attention block each keep
 their own bf16 copy of the same fp32 hidden states. `cast_for_products(x, n)` casts once and hands the

@@ -19,6 +19,7 @@ from .casting import cast_for_products
 from .dropout import Dropout
 from .initialization import dense
 from .norms import ScaleOffset, make_norm
+from .projections import project
 from .recompute import output_product, recompute_elementwise
 from .residual import residual_norm
 
@@ -60,10 +61,8 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
         batch, seq, _ = x.shape
         shape = (batch, seq, self.num_heads, self.head_size)
-        xq, xk, xv = cast_for_products(x, 3)  # one bf16 copy of x kept for the three products, not three
-        q = self.q_proj(xq).view(shape).transpose(1, 2)
-        k = self.k_proj(xk).view(shape).transpose(1, 2)
-        v = self.v_proj(xv).view(shape).transpose(1, 2)
+        # one product x·[W_q; W_k; W_v]ᵀ where the modules allow (zoo/projections.py)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in project(x, (self.q_proj, self.k_proj, self.v_proj)))
         out, probs = ctx.attend(
             q, k, v, normalization=self.normalization, dropout_p=self.dropout_p,
             training=self.training, need_weights=need_weights,
