@@ -14,7 +14,9 @@ Implementations: the softmax attention goes through the kernel registry (zoo/ker
 op "softmax_attention"), which tries its entries in order. "matmul" (`attention_backend`) is the
 explicit two-matmul kernel (bf16 matmuls, softmax with fp32 accumulation, the fast CPU dropout): on
 the CPU the compiled kernel `blocked_softmax_attention`, which works through blocks of query rows so
-the scores stay in cache, elsewhere (or without a compiler) `SoftmaxAttention`; "sdpa" is torch's
+the scores stay in cache; on CUDA in eager mode cuBLAS products with the softmax and dropout as one
+Triton kernel each way (zoo/kernels/triton_softmax_attention.py); elsewhere (under torch.compile, or
+without a compiler or Triton) `SoftmaxAttention`; "sdpa" is torch's
 scaled_dot_product_attention (GAU's wide head as heads sharing q/k on CUDA). On this CPU the matmul
 kernel is the faster one (BENCHMARKS.md), except fp32 inference; on CUDA sdpa is. "auto" picks
 accordingly.
@@ -202,6 +204,28 @@ def matmul_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
     """`SoftmaxAttention` (any device; on the CPU with the fast dropout mask)."""
     dtype = v.dtype
     return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, additive_bias(mask, dtype), scale, dropout_p, None), None
+
+
+def triton_explicit_applies(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
+    """The explicit attention asked for ("matmul") in eager mode, with rows that fit one Triton program."""
+    from .kernels.triton_softmax_attention import MAX_WIDTH
+
+    return (backend == "matmul" and not need_weights and not torch.compiler.is_compiling()
+            and q.shape[-2] > 0 and 0 < k.shape[-2] <= MAX_WIDTH)
+
+
+@register("softmax_attention", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
+          needs="triton", accepts=triton_explicit_applies, before="blocked-cpu-kernel")
+def triton_explicit_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
+    """`SoftmaxAttention`'s function with its softmax and dropout one Triton kernel each way
+    (zoo/kernels/triton_softmax_attention.py); the mask's seed from torch's CPU generator, as the
+    residual kernel's."""
+    from .kernels.triton_softmax_attention import ExplicitSoftmaxAttention
+
+    dtype = v.dtype
+    seed = int(torch.randint(0, 2**31 - 1, (1,))) if dropout_p > 0.0 else 0
+    out = ExplicitSoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, additive_bias(mask, dtype), scale, dropout_p, seed)
+    return out, None
 
 
 def sdpa_shared_qk(q, k, v, mask, dropout_p: float, scale: float, value_width: int | None = None) -> torch.Tensor:

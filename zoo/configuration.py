@@ -75,8 +75,9 @@ class EncoderConfig(PreTrainedConfig):
         initializer_order: the `order` of the bert4keras initialiser (2 RoFormerV2, 3 GAU-α).
         initializer_range: std of the "normal" initialiser and of heads that use it.
         deepnorm_alpha, deepnorm_beta: override the (2N)^¼ and (8N)^−¼ of §3.2 (None = from depth).
-        attention_backend: "matmul" (explicit bf16-friendly kernel, fastest on CPU), "sdpa"
-            (torch scaled_dot_product_attention, fastest on CUDA) or "auto" (chosen by device). Saved
+        attention_backend: "matmul" (the explicit kernel: scores in memory, the fast CPU kernel; on
+            CUDA cuBLAS products with a Triton softmax), "sdpa" (torch scaled_dot_product_attention,
+            the fused kernels on CUDA) or "auto" (chosen by device). Saved
             with the model. transformers' `attn_implementation` ("eager" = "matmul", "sdpa"), given to
             `from_pretrained` or `set_attn_implementation`, overrides it for that model instance.
         recompute_elementwise: GAU blocks keep for the backward pass only the gate's pre-activation

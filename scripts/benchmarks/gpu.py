@@ -14,8 +14,10 @@ bf16 matmul is reported beside it. Inference is a forward pass in eval mode, log
 under the same autocast, and again with the weights in bf16 (no autocast: no per-pass weight casts).
 Each cell: 3 warm-up steps, then `--steps` timed steps between device synchronisations; peak memory is
 the CUDA allocator's peak over the cell. Variants of ours: selective recomputation, the fused kernels
-switched off, and every attention through cuDNN's kernel. Also: GAU-α's attention alone (one wide head
-through sdpa vs heads sharing q/k, through cuDNN's kernel alone among others), and the bare loop at the
+switched off, every attention through cuDNN's kernel, and GAU-α with its score matrix in memory (the
+explicit attention: Triton's softmax between cuBLAS products); each family compiled. Also: GAU-α's
+attention alone (one wide head through sdpa vs heads sharing q/k, through cuDNN's kernel alone among
+others, vs the explicit attention), and the bare loop at the
 published recipe's micro-batch (64 × 512, LAMB every 8 micro-batches) to set beside `python -m
 pretrain`'s tokens/s.
 """
@@ -42,7 +44,10 @@ from zoo.runtime import Runtime  # noqa: E402
 
 OURS = {"zoo RoFormerV2-base": "roformer-v2-base", "zoo GAU-α-base": "gau-alpha-base", "zoo DeepNet-12": "deepnet-12"}
 # training-only variants of ours: name → (the model it varies, config overrides)
-VARIANTS = {"zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"recompute_elementwise": True}),
+VARIANTS = {"zoo GAU-α-base, explicit attention": ("zoo GAU-α-base", {"attention_backend": "matmul"}),
+            "zoo GAU-α-base, explicit attention, recompute_elementwise": (
+                "zoo GAU-α-base", {"attention_backend": "matmul", "recompute_elementwise": True}),
+            "zoo GAU-α-base, recompute_elementwise": ("zoo GAU-α-base", {"recompute_elementwise": True}),
             "zoo DeepNet-12, recompute_elementwise": ("zoo DeepNet-12", {"recompute_elementwise": True}),
             "zoo RoFormerV2-base, unfused elementwise": ("zoo RoFormerV2-base", {}),
             "zoo GAU-α-base, unfused elementwise": ("zoo GAU-α-base", {}),
@@ -62,7 +67,9 @@ PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)
 # inference with the weights in bf16 (a model loaded with torch_dtype=bf16), no autocast: nothing is cast
 # per forward pass, where autocast casts every fp32 weight each pass (48 of RoFormerV2-base's 207 launches)
 BF16_WEIGHTS = ", bf16 weights"
-INFER_MODELS = list(OURS) + ["transformers BERT-base (sdpa)"]
+INFER_MODELS = list(OURS) + ["zoo GAU-α-base, explicit attention", "transformers BERT-base (sdpa)"]
+# the compiled training cells (S = 512), most important first: the budget may skip the last ones
+COMPILED = ("zoo RoFormerV2-base", "transformers BERT-base (sdpa)", "zoo GAU-α-base", "zoo DeepNet-12")
 TRAIN_SHAPES = {512: 32, 2048: 8}  # sequence length → batch
 INFER_SHAPES = {128: 128, 512: 32, 2048: 8}
 MASK_RATE = 0.15
@@ -186,6 +193,11 @@ SHARED_QK_VARIANTS = {
 }
 
 
+# GAU's one head with its score matrix in memory: what `attention_backend="matmul"` runs (on CUDA the Triton
+# softmax and dropout between cuBLAS products, zoo/kernels/triton_softmax_attention.py; on the CPU the blocked kernel)
+EXPLICIT = "explicit scores (attention_backend=matmul)"
+
+
 def attention_backends(names, runtime: Runtime):
     """sdpa restricted to the named backends for a block (None: unrestricted). On the CPU (the dry run)
     cuDNN is replaced by the math backend, so that the cell checks the script."""
@@ -203,7 +215,7 @@ def gau_attention_cell(variant: str, length: int, batch: int, runtime: Runtime, 
     forward and backward."""
     import torch.nn.functional as F
 
-    from zoo.attention import sdpa_shared_qk
+    from zoo.attention import attention, sdpa_shared_qk
 
     size, width = (32, 128) if dry else (128, 1536)
     q, k = (torch.randn(batch, 1, length, size, device=runtime.device, dtype=runtime.compute_dtype, requires_grad=True)
@@ -213,6 +225,8 @@ def gau_attention_cell(variant: str, length: int, batch: int, runtime: Runtime, 
     def step():
         if variant == "one wide head":
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
+        elif variant == EXPLICIT:
+            out, _ = attention(q, k, v, None, dropout_p=0.1, training=True, backend="matmul")
         elif variant == "heads sharing q/k (copies)":  # q and k materialised per head
             groups = width // size
             out = F.scaled_dot_product_attention(
@@ -268,14 +282,15 @@ def plan(args) -> list[tuple[str, str, int, int, dict]]:
     infer = {k: v for k, v in INFER_SHAPES.items()} if not args.dry else {32: 8, 64: 4, 128: 2}
     cells = []
     for length, batch in train.items():
-        for name in list(OURS) + list(VARIANTS) + list(PEERS):
+        # BERT (the goals' yardstick) and the variants before transformers' RoFormer: the budget skips the last
+        for name in list(OURS) + ["transformers BERT-base (sdpa)"] + list(VARIANTS) + ["transformers RoFormer (eager)"]:
             cells.append(("train", name, length, batch, {}))
     first = next(iter(train))
     if not args.no_compile:
-        for name in ("zoo RoFormerV2-base", "transformers BERT-base (sdpa)"):
+        for name in COMPILED:
             cells.append(("train", name + " compiled", first, train[first], {"compile": True}))
     for length, batch in train.items():
-        for variant in ("one wide head", "heads sharing q/k (copies)", *SHARED_QK_VARIANTS):
+        for variant in ("one wide head", "heads sharing q/k (copies)", *SHARED_QK_VARIANTS, EXPLICIT):
             cells.append(("gau_attention", variant, length, batch, {}))
     cells.append(("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 64 if args.dry else 512, 64, {}))
     for length, batch in infer.items():
@@ -384,7 +399,7 @@ def ratio_lines(payload: dict) -> list[str]:
         best = max((c for c in (bert, bert_c) if c), key=lambda c: c["tokens_per_s"], default=None)
         rof = _cell(payload, "train", "zoo RoFormerV2-base", length)
         gau = _cell(payload, "train", "zoo GAU-α-base", length)
-        for name in list(OURS) + list(VARIANTS):
+        for name in list(OURS) + list(VARIANTS) + [name + " compiled" for name in COMPILED if name in OURS]:
             ours = _cell(payload, "train", name, length)
             if ours and best:
                 out.append(f"- S={length}: {name} / best BERT = {ours['tokens_per_s'] / best['tokens_per_s']:.2f}×")
@@ -398,6 +413,13 @@ def ratio_lines(payload: dict) -> list[str]:
             if plain and only:
                 out.append(f"- S={length}: {VARIANTS[name][0]} with its attention through {', '.join(backends)} / "
                            f"sdpa's choice = {only['tokens_per_s'] / plain['tokens_per_s']:.2f}× tokens/s")
+        rof_c, gau_c = (_cell(payload, "train", name + " compiled", length) for name in ("zoo RoFormerV2-base",
+                                                                                        "zoo GAU-α-base"))
+        if rof_c and gau_c:
+            out.append(f"- S={length}: compiled, GAU-α / RoFormerV2 tokens/s = "
+                       f"{gau_c['tokens_per_s'] / rof_c['tokens_per_s']:.2f}×, MFU ratio "
+                       f"{gau_c['model_tflops'] / rof_c['model_tflops']:.2f}×, "
+                       f"peak memory {gau_c['peak_mb'] / rof_c['peak_mb']:.2f}×")
         for label, cell in (("GAU-α", gau), *((name.removeprefix("zoo "), _cell(payload, "train", name, length))
                                                for name in VARIANTS if name not in KERNELS_OFF)):
             if rof and cell:
@@ -407,7 +429,7 @@ def ratio_lines(payload: dict) -> list[str]:
     for length in sorted({c["seq_len"] for c in payload["cells"] if c["section"] == "infer"}):
         for weights in ("", BF16_WEIGHTS):
             bert = _cell(payload, "infer", "transformers BERT-base (sdpa)" + weights, length)
-            for name in OURS:
+            for name in [name for name in INFER_MODELS if name.startswith("zoo")]:
                 ours = _cell(payload, "infer", name + weights, length)
                 if ours and bert:
                     out.append(f"- inference S={length}: {name}{weights} / BERT-base{weights} = "

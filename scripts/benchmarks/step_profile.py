@@ -47,7 +47,7 @@ import gpu  # noqa: E402
 
 from zoo.runtime import Runtime  # noqa: E402
 
-MODELS = list(gpu.OURS) + ["transformers BERT-base (sdpa)"]
+MODELS = list(gpu.OURS) + ["zoo GAU-α-base, explicit attention", "transformers BERT-base (sdpa)"]
 # (mode, S, batch): gpu.md §2's training shapes (at 2048 GAU-α's attention, which recomputes q·kᵀ for each
 # of the 12 heads sharing q and k, took about half its step on the H200); the inference shape where
 # RoFormerV2 ran at 0.39× BERT-base's tokens/s (BENCHMARKS.md)
@@ -176,14 +176,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("scripts/benchmarks/results/step_profile"))
     parser.add_argument("--steps", type=int, default=3, help="timed and profiled steps per cell")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
+    parser.add_argument("--models", nargs="+", default=MODELS, metavar="MODEL",
+                        help="the models to profile (each one argument), from: " + "; ".join(MODELS))
     parser.add_argument("--dry", action="store_true", help="tiny shapes on the CPU: checks the script, measures nothing")
     parser.add_argument("--replot", type=Path, default=None, help="write the table and PNG again from DIR/step_profile.json")
     args = parser.parse_args(argv)
     if args.replot is not None:
         report(json.loads((args.replot / "step_profile.json").read_text()), args.replot)
         return 0
-    models = [m.strip() for m in args.models.split(",")]
+    models = args.models
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"--models: unknown {unknown}; choose from {MODELS}")

@@ -21,13 +21,21 @@ def test_the_gpu_benchmark_runs_every_cell_in_its_dry_mode(tmp_path):
     assert not failed
     cells = {(c["section"], c["model"]) for c in payload["cells"]}
     assert {section for section, _ in cells} == {"train", "gau_attention", "bare_loop", "infer"}
-    assert ("train", "zoo RoFormerV2-base compiled") in cells
+    for model in ("zoo RoFormerV2-base", "zoo GAU-α-base", "zoo DeepNet-12", "transformers BERT-base (sdpa)"):
+        assert ("train", model + " compiled") in cells
+    assert ("train", "zoo GAU-α-base, explicit attention") in cells
+    assert ("gau_attention", "explicit scores (attention_backend=matmul)") in cells
     assert ("train", "zoo GAU-α-base, cuDNN attention") in cells
     assert ("gau_attention", "heads sharing q/k (expand), cuDNN only") in cells
-    for model in ("zoo RoFormerV2-base", "zoo GAU-α-base", "zoo DeepNet-12", "transformers BERT-base (sdpa)"):
+    for model in ("zoo RoFormerV2-base", "zoo GAU-α-base", "zoo DeepNet-12", "zoo GAU-α-base, explicit attention",
+                  "transformers BERT-base (sdpa)"):
         assert ("infer", model) in cells and ("infer", model + ", bf16 weights") in cells
     report = (tmp_path / "gpu.md").read_text()
     assert "- S=64: GAU-α / RoFormerV2 tokens/s = " in report
+    assert "- S=64: GAU-α-base, explicit attention / RoFormerV2 tokens/s = " in report
+    assert "- S=64: compiled, GAU-α / RoFormerV2 tokens/s = " in report
+    assert "- S=64: zoo DeepNet-12 compiled / best BERT = " in report
+    assert "- inference S=128: zoo GAU-α-base, explicit attention / BERT-base = " in report
     assert "- S=64: zoo RoFormerV2-base with its attention through CUDNN_ATTENTION / sdpa's choice = " in report
     assert "- inference S=128: zoo GAU-α-base, bf16 weights / BERT-base, bf16 weights = " in report
     assert (tmp_path / "gpu.png").stat().st_size > 0

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.cuda
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["roformer-v2-tiny", "gau-alpha-tiny", "deepnet-tiny"]
+# each family with the attention it is published with, and GAU-α with the explicit one (its Triton softmax)
+ATTENTIONS = [(preset, "auto") for preset in FAMILIES] + [("gau-alpha-tiny", "matmul")]
 
 
 def padded_batch(length=48, batch=3):
@@ -33,13 +35,15 @@ def padded_batch(length=48, batch=3):
     return ids, mask
 
 
-@pytest.mark.parametrize("preset", FAMILIES)
-def test_logits_and_gradients_on_cuda_equal_the_cpu(preset):
+@pytest.mark.parametrize("preset, backend", ATTENTIONS)
+def test_logits_and_gradients_on_cuda_equal_the_cpu(preset, backend):
     """fp32, padded batch. CUDA and the CPU sum in other orders (and GAU's attention is split into heads
-    that share q/k on CUDA): logits of size ≈ 6 agree to 1e-4 (measured 2–4e-6, gpu.md §1); gradients
-    of the whole model to 1e-3 relative to their norm. bf16 autocast against fp32: 0.15 (measured 0.02–0.03)."""
+    that share q/k on CUDA, or, with "matmul", runs through the Triton softmax between cuBLAS products):
+    logits of size ≈ 6 agree to 1e-4 (measured 2–4e-6, gpu.md §1); gradients of the whole model to 1e-3
+    relative to their norm. bf16 autocast against fp32: 0.15 (measured 0.02–0.03)."""
     torch.manual_seed(0)
-    model = zoo.create(preset, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    model = zoo.create(preset, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                       attention_backend=backend).train()
     ids, mask = padded_batch()
     labels = ids.masked_fill(mask == 0, -100)
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
@@ -60,10 +64,22 @@ def test_logits_and_gradients_on_cuda_equal_the_cpu(preset):
     assert (bf16[valid] - out.logits.detach()[valid]).abs().max() < 0.15
 
 
-@pytest.mark.parametrize("preset", FAMILIES)
-def test_training_with_dropout_on_cuda_is_finite_and_seeded(preset):
+def test_the_explicit_attention_takes_its_triton_entry_on_cuda():
+    """attention_backend="matmul" on CUDA: the Triton softmax between cuBLAS products (the entry that
+    test_triton_kernels.py checks against fp64); "auto" keeps sdpa, GAU's wide head as heads sharing q/k."""
+    from zoo.kernels import registry
+
+    q, wide_v = torch.zeros(2, 1, 16, 8, device="cuda"), torch.zeros(2, 1, 16, 24, device="cuda")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        args = (q.to(dtype), q.to(dtype), wide_v.to(dtype), None, 1.0, 0.1)
+        assert registry.select("softmax_attention", *args, backend="matmul", need_weights=False).name == "triton"
+        assert registry.select("softmax_attention", *args, backend="auto", need_weights=False).name == "sdpa-shared-qk"
+
+
+@pytest.mark.parametrize("preset, backend", ATTENTIONS)
+def test_training_with_dropout_on_cuda_is_finite_and_seeded(preset, backend):
     torch.manual_seed(0)
-    model = zoo.create(preset).cuda().train()
+    model = zoo.create(preset, attention_backend=backend).cuda().train()
     ids, mask = (t.cuda() for t in padded_batch())
     losses = []
     for _ in range(2):

@@ -66,7 +66,7 @@ def test_the_cuda_entries_take_what_they_are_registered_for():
     """No CUDA here: the entries' device and dtype keys and GAU's shape predicate, checked directly."""
     entries = {kernel.name: kernel for kernel in registry.implementations("softmax_attention")}
     assert [name for name, k in entries.items() if k.takes("cuda", torch.bfloat16)] == [
-        "sdpa-shared-qk", "sdpa", "sdpa-requested", "with-weights", "matmul"]
+        "sdpa-shared-qk", "sdpa", "sdpa-requested", "with-weights", "triton", "matmul"]
     q, wide_v = torch.zeros(2, 1, 5, 4), torch.zeros(2, 1, 5, 12)
     options = dict(backend="auto", need_weights=False)
     assert zoo.attention.gau_wide_head(q, q, wide_v, None, 1.0, 0.0, **options)
@@ -74,6 +74,17 @@ def test_the_cuda_entries_take_what_they_are_registered_for():
     assert not zoo.attention.gau_wide_head(q, q, torch.zeros(2, 1, 5, 10), None, 1.0, 0.0, **options)  # not a multiple
     assert not zoo.attention.gau_wide_head(q, q, wide_v, None, 1.0, 0.0, backend="matmul", need_weights=False)
     assert not zoo.attention.gau_wide_head(q, q, wide_v, None, 1.0, 0.0, backend="auto", need_weights=True)
+    # the explicit attention's Triton entry: asked for ("matmul"), rows of keys that one program takes
+    triton_softmax_attention = pytest.importorskip("zoo.kernels.triton_softmax_attention", reason="Triton is not installed")
+    explicit = zoo.attention.triton_explicit_applies
+    assert explicit(q, q, wide_v, None, 1.0, 0.0, backend="matmul", need_weights=False)
+    assert not explicit(q, q, wide_v, None, 1.0, 0.0, backend="auto", need_weights=False)
+    assert not explicit(q, q, wide_v, None, 1.0, 0.0, backend="matmul", need_weights=True)
+    long_keys = torch.zeros(1, 1, triton_softmax_attention.MAX_WIDTH + 1, 4)
+    assert not explicit(q, long_keys, long_keys, None, 1.0, 0.0, backend="matmul", need_weights=False)
+    assert not explicit(q[:, :, :0], q, q, None, 1.0, 0.0, backend="matmul", need_weights=False)  # no query rows
+    traced = torch.compile(explicit, backend="eager", fullgraph=True)
+    assert not traced(q, q, wide_v, None, 1.0, 0.0, backend="matmul", need_weights=False)  # inductor fuses the reference
 
 
 def test_a_new_entry_slots_in_before_another_and_is_gone_after_the_block():
@@ -93,7 +104,7 @@ def test_extended_lets_the_cuda_entries_of_a_name_take_cpu_tensors_for_the_block
     plain = zoo.norms.ScaleOffset(8, offset=False)
     with registry.extended("triton", "cpu"):
         names = [k.name for k in registry.implementations("scale_offset_pair")]
-        assert names == ["triton", "triton-on-cpu", "reference"]
+        assert names == ["triton-on-cpu", "triton", "reference"]  # tried where the entry itself is
         entry = registry.select("scale_offset_pair", z, plain, plain)
         assert entry.name == "triton-on-cpu" and entry.fn is zoo.norms.triton_scale_pair
         assert not entry.takes("cuda", torch.float32) and entry.takes("cpu", torch.bfloat16)
@@ -101,7 +112,7 @@ def test_extended_lets_the_cuda_entries_of_a_name_take_cpu_tensors_for_the_block
         assert registry.select("scale_offset_pair", z[0], plain, plain).name == "reference"  # and the predicate
         # RoPE's Triton entry is the operator with CUDA's output layout: on CPU tensors, after the CPU kernel's
         # entry, it runs the C++ kernel keeping q's layout
-        assert [k.name for k in registry.implementations("rope")] == ["cpu-kernel", "triton", "triton-on-cpu",
+        assert [k.name for k in registry.implementations("rope")] == ["cpu-kernel", "triton-on-cpu", "triton",
                                                                        "reference"]
         q = torch.zeros(2, 5, 3, 8).transpose(1, 2)
         cos = sin = torch.ones(1, 1, 5, 4)

@@ -25,7 +25,7 @@ from zoo.rope import rope_reference
 aot = pytest.importorskip("zoo.kernels.triton_aot", reason="Triton is not installed (pip install -e .[test])")
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from zoo.kernels import triton_residual_norm, triton_rope  # noqa: E402
+from zoo.kernels import triton_residual_norm, triton_rope, triton_softmax_attention  # noqa: E402
 
 REGISTER_BUDGET = 128
 
@@ -60,7 +60,10 @@ def test_no_kernel_spills_or_exceeds_the_register_budget(compiled):
     assert not spilling
     heavy = [(r["kernel"], r["arch"], r["registers"], r["case"]) for r in compiled if r["registers"] > REGISTER_BUDGET]
     assert not heavy
-    assert all(r["num_warps"] == 4 for r in compiled)
+    # four warps, except the explicit attention's rows of up to 8192 keys: 16 values per thread at most
+    assert all(r["num_warps"] == (triton_softmax_attention._warps(r["constexprs"]["SIZE"])
+                                  if r["kernel"].startswith("_softmax_dropout") else 4) for r in compiled)
+    assert {r["num_warps"] for r in compiled} == {4, 16}
 
 
 def test_a_new_dropout_seed_compiles_nothing_new():
@@ -106,6 +109,13 @@ def test_launches_follow_the_model_config():
     assert [(f.constexprs()["SIZE"], f.constexprs()["DROPOUT"], f.constexprs()["LAYER_NORM"]) for f in forward] == [
         (1024, True, False), (1024, False, False)]
     assert forward[0].dtypes()[:2] == ["bfloat16", "float32"]
+    # with the explicit attention, its two kernels over rows of 512 keys and of the most a program takes,
+    # in the products' dtype, with dropout and without
+    explicit = aot.model_launches(preset_config("gau-alpha-base", attention_backend="matmul"), "bf16-autocast")
+    softmax = [(launch.name, launch.constexprs()["SIZE"], launch.constexprs()["DROPOUT"], launch.dtypes()[0])
+               for launch in explicit if launch.name.startswith("_softmax_dropout")]
+    assert sorted(set(softmax)) == sorted((f"_softmax_dropout_{way}", size, dropout, "bfloat16") for way in
+                                          ("forward", "backward") for size in (512, 8192) for dropout in (True, False))
     deepnet = aot.model_launches(preset_config("deepnet-12"), "fp32")
     assert {launch.name for launch in deepnet} == {"_rope_rows", "_residual_norm_forward",
                                                    "_residual_layer_norm_backward"}

@@ -6,12 +6,13 @@
 - `attention_cpu.cpp`: softmax attention blocked over query rows (scores stay in cache, a vectorised
   exp, the same dropout mask), used by `zoo.attention` on the CPU;
 - `elementwise_cpu.cpp`: the RMS norm and RoPE as one pass each way (`zoo.norms`, `zoo.rope`);
-- `triton_rope.py`, `triton_scale_pair.py`, `triton_residual_norm.py`: CUDA kernels in Triton, RoPE
-  (the CUDA implementation of the same operator), GAU's q/k scale pair (rotated by RoPE, q times its
-  row factor, in the same kernel) and the post-norm residual step Norm(α·x + Dropout(F(x))) with the
-  RMS norm or LayerNorm, one launch each way instead of a chain of PyTorch operations (Triton comes
-  with torch's CUDA builds; the modules are imported on first use); `triton_aot.py` compiles them for
-  CUDA GPUs on a machine without one, to check their code.
+- `triton_rope.py`, `triton_scale_pair.py`, `triton_residual_norm.py`, `triton_softmax_attention.py`:
+  CUDA kernels in Triton, RoPE (the CUDA implementation of the same operator), GAU's q/k scale pair
+  (rotated by RoPE, q times its row factor, in the same kernel), the post-norm residual step
+  Norm(α·x + Dropout(F(x))) with the RMS norm or LayerNorm, and the softmax with dropout between the
+  explicit attention's cuBLAS products, one launch each way instead of a chain of PyTorch operations
+  (Triton comes with torch's CUDA builds; the modules are imported on first use); `triton_aot.py`
+  compiles them for CUDA GPUs on a machine without one, to check their code.
 
 Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
 when it is not possible, the loader returns None and callers use their PyTorch path.

@@ -94,18 +94,17 @@ def registered(op: str, name: str, fn: Callable, **options) -> Iterator[None]:
 @contextlib.contextmanager
 def extended(name: str, device_type: str) -> Iterator[None]:
     """For the block, every entry called `name` (of any op) also takes tensors on `device_type`, tried
-    just before the op's "reference" entry: this is how the suite and the benchmarks run the Triton
-    entries, registered for CUDA, on CPU tensors in Triton's interpreter (RoPE's runs its operator's
-    C++ kernel there, with CUDA's output layout)."""
+    just before the entry itself (so after the device's own entries ahead of it): this is how the suite
+    and the benchmarks run the Triton entries, registered for CUDA, on CPU tensors in Triton's
+    interpreter (RoPE's runs its operator's C++ kernel there, with CUDA's output layout)."""
     with contextlib.ExitStack() as stack:
         for op, entries in list(_TABLE.items()):
-            names = [entry.name for entry in entries]
-            for entry in entries:
+            for entry in list(entries):  # (the registration inserts into `entries`)
                 if entry.name != name or entry.device_types is None or device_type in entry.device_types:
                     continue
                 stack.enter_context(registered(op, f"{name}-on-{device_type}", entry.fn, device_types=(device_type,),
                                                dtypes=entry.dtypes, needs=entry.needs, accepts=entry.accepts,
-                                               before="reference" if "reference" in names else None))
+                                               before=entry.name))
         yield
 
 

@@ -39,9 +39,9 @@ from triton.backends.driver import DriverBase
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction, KernelInterface
 
-from . import triton_residual_norm, triton_rope, triton_scale_pair
+from . import triton_residual_norm, triton_rope, triton_scale_pair, triton_softmax_attention
 
-KERNEL_MODULES = (triton_rope, triton_scale_pair, triton_residual_norm)
+KERNEL_MODULES = (triton_rope, triton_scale_pair, triton_residual_norm, triton_softmax_attention)
 ARCHES = (80, 90)  # A100; H100 and H200
 BATCH, SEQ = 8, 512  # the shape a recorded launch is made for (rows divisible by 16, as in training)
 # (branch dtype, residual-stream dtype) of each way a model runs: fp32 weights; bf16 or fp16 autocast,
@@ -156,6 +156,21 @@ def _scale_pair_launches(config, dtype: torch.dtype) -> None:
         torch.autograd.backward((q, k), (torch.empty_like(q), torch.empty_like(k)))
 
 
+def _softmax_attention_launches(config, dtype: torch.dtype, p: float) -> None:
+    """The explicit attention (`attention_backend="matmul"`) forward and backward, with rows of SEQ keys
+    and of the most one program takes."""
+    gau = config.block_type == "gau"
+    heads = 1 if gau else config.num_attention_heads
+    size = config.attention_key_size if gau else config.hidden_size // heads
+    width = config.intermediate_size if gau else size
+    for keys in (SEQ, triton_softmax_attention.MAX_WIDTH):
+        q = torch.empty(1, heads, 4, size, dtype=dtype, requires_grad=True)
+        k = torch.empty(1, heads, keys, size, dtype=dtype, requires_grad=True)
+        v = torch.empty(1, heads, keys, width, dtype=dtype, requires_grad=True)
+        out = triton_softmax_attention.ExplicitSoftmaxAttention.apply(q, k, v, None, size**-0.5, p, 1234567)
+        out.backward(torch.empty_like(out))
+
+
 def model_launches(config, precision: str) -> list[Launch]:
     """The Triton launches of a training step (dropout on) and of an evaluation pass (dropout off) of
     a model with `config`, at `precision` (a key of PRECISIONS)."""
@@ -174,6 +189,9 @@ def model_launches(config, precision: str) -> list[Launch]:
             layer_norm = config.norm_type == "layernorm"
             for p in (config.hidden_dropout_prob, 0.0):
                 _residual_norm_launches(config.hidden_size, branch_dtype, residual_dtype, layer_norm, p)
+        if config.attention_backend == "matmul":
+            for p in (config.attention_probs_dropout_prob, 0.0):
+                _softmax_attention_launches(config, branch_dtype, p)
     return launches
 
 
@@ -271,16 +289,18 @@ def distinct(launches: list[Launch]) -> list[Launch]:
 
 
 def preset_launches(presets: list[str]) -> list[Launch]:
-    """The distinct launches of every precision of the named presets."""
+    """The distinct launches of every precision of the named presets, with the attention they are
+    published with and with the explicit one (`attention_backend="matmul"`)."""
     from ..presets import preset_config
 
     launches = []
     for preset in presets:
-        config = preset_config(preset)
-        for precision in PRECISIONS:
-            for launch in model_launches(config, precision):
-                launch.case = f"{preset} {precision}"
-                launches.append(launch)
+        for backend in ("auto", "matmul"):
+            config = preset_config(preset, attention_backend=backend)
+            for precision in PRECISIONS:
+                for launch in model_launches(config, precision):
+                    launch.case = f"{preset} {precision}" + (", matmul attention" if backend == "matmul" else "")
+                    launches.append(launch)
     return distinct(launches)
 
 
