@@ -267,15 +267,18 @@ def test_residual_norm_runs_its_triton_kernels_on_cuda(norm_type):
         assert (got.detach().double() - want).abs().max() <= 1e-5 * want.abs().max()
 
 
-def test_recompute_elementwise_on_cuda_same_gradients_less_memory():
-    """GAU-α with `recompute_elementwise`: the loss equal, gradients to 1e-5 of their norm (the attention
-    backward may accumulate in another order), and a lower peak than without (on the CPU's count, 0.53×
-    of the activations)."""
+@pytest.mark.parametrize("backend", ["auto", "matmul"])
+def test_recompute_elementwise_on_cuda_same_gradients_less_memory(backend):
+    """GAU-α with `recompute_elementwise`, its attention through sdpa or the explicit Triton kernels (which
+    run again in the backward pass on the kept product q·kᵀ, with the same dropout mask): the loss equal,
+    gradients to 1e-5 of their norm (the attention backward may accumulate in another order), and a lower
+    peak than without (on the CPU's count, 0.53× of the activations with sdpa)."""
     ids = torch.randint(104, 12000, (8, 512), generator=torch.Generator().manual_seed(0)).cuda()
     results = {}
     for recompute in (False, True):
         torch.manual_seed(0)
-        model = zoo.create("gau-alpha-base", num_hidden_layers=4, recompute_elementwise=recompute).cuda().train()
+        model = zoo.create("gau-alpha-base", num_hidden_layers=4, recompute_elementwise=recompute,
+                           attention_backend=backend).cuda().train()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()

@@ -263,14 +263,14 @@ def triton_entries(on: bool):
 
 
 def training_step(preset: str, triton: bool, recompute: bool = False, autocast: bool = False, half=torch.bfloat16,
-                  loss_scale: float = 1.0, backend: str = "auto"):
-    """Loss and gradients of one step on a padded batch, without dropout (the kernels draw their own
-    masks, so with dropout the two paths compute different, equally distributed, functions). The loss
+                  loss_scale: float = 1.0, backend: str = "auto", dropout: float = 0.0):
+    """Loss and gradients of one step on a padded batch, by default without dropout (the kernels draw
+    their own masks, so with dropout the two paths compute different, equally distributed, functions). The loss
     is multiplied by `loss_scale` before the backward pass and the gradients divided by it after, as fp16
     training does (GradScaler, DeepSpeed's loss scale) so that small gradients do not underflow."""
     torch.manual_seed(0)
     options = {"recompute_elementwise": True} if recompute else {}
-    model = zoo.create(preset, task="masked-lm", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    model = zoo.create(preset, task="masked-lm", hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                        attention_backend=backend, **options).to(DEVICE).train()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(104, 12000, (2, 24), generator=g)
@@ -353,12 +353,16 @@ def test_gau_takes_the_fused_pair_with_rope_and_row_scale_on_a_padded_batch():
     assert taken == [(True, True)] * layers  # tables and a row factor per sequence given, and taken
 
 
-def test_selective_recomputation_runs_the_triton_scale_pair_again_to_the_same_gradients():
-    """GAU-α with `recompute_elementwise`: the scale pair runs again in the backward pass; the same loss,
-    and the same gradients, bit for bit on the CPU (to 1e-6 on CUDA, whose attention backward may add in
-    another order from run to run)."""
-    loss, grads = training_step("gau-alpha-tiny", triton=True)
-    recomputed_loss, recomputed_grads = training_step("gau-alpha-tiny", triton=True, recompute=True)
+@pytest.mark.parametrize("backend, dropout", [("auto", 0.0), ("matmul", 0.0), ("matmul", 0.1)])
+def test_selective_recomputation_runs_the_triton_kernels_again_to_the_same_gradients(backend, dropout):
+    """GAU-α with `recompute_elementwise`: the scale pair (and with the "matmul" backend the explicit
+    attention's softmax, whose input, the kept product q·kᵀ, it must not overwrite, with the same
+    dropout mask: its seed is drawn again from the restored random state) runs again in the backward
+    pass; the same loss, and the same gradients, bit for bit on the CPU (to 1e-6 on CUDA, whose
+    attention backward may add in another order from run to run)."""
+    step = dict(triton=True, backend=backend, dropout=dropout)
+    loss, grads = training_step("gau-alpha-tiny", **step)
+    recomputed_loss, recomputed_grads = training_step("gau-alpha-tiny", recompute=True, **step)
     assert torch.equal(recomputed_loss, loss)
     if DEVICE == "cpu":
         assert all(torch.equal(recomputed_grads[n], grads[n]) for n in grads)
@@ -559,7 +563,7 @@ def explicit_attention_inputs(heads: int, q_len=19, k_len=23, size=16, width=48,
 
 def explicit_kept(shape, p: float, seed: int) -> torch.Tensor:
     """The kernels' keep-mask for scores of `shape`: a row of equal scores comes out as c/Sk where kept."""
-    return softmax_attention.softmax_dropout(on_device(torch.zeros(shape)), p, seed).cpu() != 0
+    return softmax_attention.softmax_dropout(on_device(torch.zeros(shape)), p, seed)[1].cpu() != 0
 
 
 def explicit_reference(q, k, v, mask, scale, kept, p):

@@ -15,9 +15,11 @@ S = 512. With one head the score matrix is small (S values per token, where a 12
 v's whole width.
 
 Between the products, one program per row of S: forward it reads the row (in the products' dtype),
-computes the softmax in fp32, writes P over S (kept for the backward pass) and c·P ⊙ M (only for the
-product with V; the same as P without dropout), M drawn from the seed and the element's index
-(Philox, `tl.rand`) and not stored; c·P ⊙ M is computed from the rounded P, so that the backward pass,
+computes the softmax in fp32, writes P (kept for the backward pass) and c·P ⊙ M (only for the product
+with V; the same as P without dropout), M drawn from the seed and the element's index (Philox,
+`tl.rand`) and not stored. P goes to a new tensor, not over S: selective recomputation
+(zoo/recompute.py) keeps the product S and runs the softmax again in the backward pass, which must
+find S as the product made it. c·P ⊙ M is computed from the rounded P, so that the backward pass,
 which makes it again from the kept P, gets the same values. Backward it reads dP̃ and P, makes M
 again, writes dS over dP̃ and c·P ⊙ M over P, which the backward pass then no longer needs (so the
 kept P is consumed: a second backward pass through the same graph is refused, as autograd refuses one
@@ -44,14 +46,14 @@ per_step_seed = triton.jit(do_not_specialize=["seed"])
 
 
 @per_step_seed
-def _softmax_dropout_forward(scores, dropped, size, p, scale, seed, DROPOUT: tl.constexpr, SIZE: tl.constexpr):
+def _softmax_dropout_forward(scores, probs, dropped, size, p, scale, seed, DROPOUT: tl.constexpr, SIZE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     col = tl.arange(0, SIZE)
     live = col < size
     a = tl.load(scores + row * size + col, mask=live, other=-float("inf")).to(tl.float32)
     e = tl.exp(a - tl.max(a, axis=0))
-    prob = (e / tl.sum(e, axis=0)).to(scores.dtype.element_ty)
-    tl.store(scores + row * size + col, prob, mask=live)
+    prob = (e / tl.sum(e, axis=0)).to(probs.dtype.element_ty)
+    tl.store(probs + row * size + col, prob, mask=live)
     if DROPOUT:
         keep = tl.rand(seed, (row * size + col).to(tl.uint32)) >= p
         tl.store(dropped + row * size + col, tl.where(keep, prob.to(tl.float32) * scale, 0.0)
@@ -78,17 +80,18 @@ def _warps(size: int) -> int:
     return min(16, max(4, triton.next_power_of_2(size) // 512))
 
 
-def softmax_dropout(scores: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """Row softmax of the contiguous `scores` in place (they become P); returns c·P ⊙ M for the product
-    with V (P itself when p = 0)."""
+def softmax_dropout(scores: torch.Tensor, p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row softmax P of the contiguous `scores`, and c·P ⊙ M for the product with V (P itself when p = 0)."""
     size = scores.shape[-1]
     rows = scores.numel() // size if size else 0
-    dropped = torch.empty_like(scores) if p > 0.0 else scores
+    probs = torch.empty_like(scores)
+    dropped = torch.empty_like(scores) if p > 0.0 else probs
     if rows:
         with zoo.kernels.triton_launch("softmax_dropout_forward"):
-            _softmax_dropout_forward[(rows,)](scores, dropped, size, float(p), 1.0 / (1.0 - p), seed, DROPOUT=p > 0.0,
-                                              SIZE=triton.next_power_of_2(size), num_warps=_warps(size))
-    return dropped
+            _softmax_dropout_forward[(rows,)](scores, probs, dropped, size, float(p), 1.0 / (1.0 - p), seed,
+                                              DROPOUT=p > 0.0, SIZE=triton.next_power_of_2(size),
+                                              num_warps=_warps(size))
+    return probs, dropped
 
 
 def softmax_dropout_backward(grad: torch.Tensor, probs: torch.Tensor, p: float, seed: int) -> torch.Tensor:
@@ -116,9 +119,10 @@ class ExplicitSoftmaxAttention(torch.autograd.Function):
             scores = torch.matmul(q_scaled, k.transpose(-1, -2)).contiguous()  # (matmul's output already is)
             if bias is not None:
                 scores.add_(bias)
-            dropped = softmax_dropout(scores, p, seed)  # scores become P
+            probs, dropped = softmax_dropout(scores, p, seed)
+            del scores
             out = torch.matmul(dropped, v)
-        ctx.save_for_backward(q_scaled, k, v, scores)
+        ctx.save_for_backward(q_scaled, k, v, probs)
         ctx.options = (scale, p, seed)
         return out
 
