@@ -2,7 +2,7 @@
 parameter-free RMS norm (RoFormerV2, GAU-α) or LayerNorm with γ and β (DeepNet).
 
 Forward, one program per row: read f (the branch output) and x (the residual stream), drop f's
-elements with a counter-based mask (Philox of the seed and the element's index, `tl.rand`), scale the
+elements with a counter-based mask (Philox of the seed and the element's 64-bit index, `tl.rand`), scale the
 kept ones by 1/(1 − p), add α·x (s), and normalise: x̂ = s / rms(s), or x̂ = (s − mean(s)) / std(s)
 and y = x̂ ⊙ γ + β; fp32 arithmetic, one rounding to the output's dtype (f's and x's promoted, as the
 reference's addition gives). Kept for the backward pass: x̂ (for the RMS norm that is y itself) and
@@ -45,7 +45,7 @@ def _residual_norm_forward(branch, residual, weight, bias, y, normed, rstd, size
     f = tl.load(branch + row * branch_stride + col, mask=live, other=0.0).to(tl.float32)
     x = tl.load(residual + row * residual_stride + col, mask=live, other=0.0).to(tl.float32)
     if DROPOUT:
-        keep = tl.rand(seed, (row * size + col).to(tl.uint32)) >= p
+        keep = tl.rand(seed, row * size + col) >= p
         f = tl.where(keep, f * scale, 0.0)
     s = alpha * x + f
     if LAYER_NORM:
@@ -73,7 +73,7 @@ def _residual_norm_backward(grad_y, y, rstd, grad_branch, grad_residual, size, g
     ds = (g - normed * (tl.sum(g * normed, axis=0) / size)) * inverse
     tl.store(grad_residual + row * size + col, (alpha * ds).to(grad_residual.dtype.element_ty), mask=live)
     if DROPOUT:
-        keep = tl.rand(seed, (row * size + col).to(tl.uint32)) >= p
+        keep = tl.rand(seed, row * size + col) >= p
         ds = tl.where(keep, ds * scale, 0.0)
     tl.store(grad_branch + row * size + col, ds.to(grad_branch.dtype.element_ty), mask=live)
 
@@ -101,7 +101,7 @@ def _residual_layer_norm_backward(grad_y, normed, rstd, weight, grad_branch, gra
         ds = (dn - tl.sum(dn, axis=0) / size - n * (tl.sum(dn * n, axis=0) / size)) * inverse
         tl.store(grad_residual + row * size + col, (alpha * ds).to(grad_residual.dtype.element_ty), mask=here)
         if DROPOUT:
-            keep = tl.rand(seed, (row * size + col).to(tl.uint32)) >= p
+            keep = tl.rand(seed, row * size + col) >= p
             ds = tl.where(keep, ds * scale, 0.0)
         tl.store(grad_branch + row * size + col, ds.to(grad_branch.dtype.element_ty), mask=here)
     # this program's share of dγ and dβ: partial[program, 0 or 1, :]
