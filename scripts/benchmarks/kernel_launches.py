@@ -27,6 +27,10 @@ registry is set as CUDA resolves it (cuda_registry.py), in two settings:
 - in both: the attention through sdpa (GAU-α's wide head as heads sharing q/k), one kernel each way,
   without attention dropout; hidden dropout as torch's `native_dropout`, one kernel each way.
 
+"zoo GAU-α-base, explicit attention" (`attention_backend="matmul"`, "fused" only) takes CUDA's explicit
+attention instead: cuBLAS products around one Triton softmax kernel each way
+(zoo/kernels/triton_softmax_attention.py).
+
 Side by side: our three families, and transformers' BERT-base (sdpa) at the same shape, whose
 LayerNorm, GELU, biases and dropout are one kernel each. The optimizer step (the same fused step for
 every model) is not counted. Writes `kernel_launches.json`, `.md` and `.png` to --out.
@@ -64,9 +68,13 @@ MODELS = {  # name → preset, or "bert"
     "zoo RoFormerV2-base": "roformer-v2-base",
     "zoo GAU-α-base": "gau-alpha-base",
     "zoo DeepNet-12": "deepnet-12",
+    "zoo GAU-α-base, explicit attention": "gau-alpha-base",
     "transformers BERT-base (sdpa)": "bert",
 }
 BERT = "transformers BERT-base (sdpa)"
+# config overrides; these run in the "fused" setting only (the explicit attention's Triton entry is one
+# of CUDA's fused entries: in the "reference" setting it would be `SoftmaxAttention`, which CUDA never ran)
+OVERRIDES = {"zoo GAU-α-base, explicit attention": {"attention_backend": "matmul"}}
 VOCAB = 12000
 # launch nothing, though not marked as views (_unsafe_view is reshape's view of a fresh copy); the last
 # three run on the host on CUDA too: the Triton dropout's seed, drawn from the CPU generator and read
@@ -104,7 +112,8 @@ def build(name: str) -> torch.nn.Module:
         config = BertConfig(vocab_size=VOCAB, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                             intermediate_size=3072, max_position_embeddings=2048, attention_probs_dropout_prob=0.0)
         return BertModel._from_config(config, attn_implementation="sdpa", add_pooling_layer=False).train()
-    return zoo.create(MODELS[name], task="base", attention_backend="sdpa", attention_probs_dropout_prob=0.0).train()
+    return zoo.create(MODELS[name], task="base", attention_probs_dropout_prob=0.0,
+                      **{"attention_backend": "sdpa", **OVERRIDES.get(name, {})}).train()
 
 
 def counted_launch(launch_context):
@@ -180,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "benchmarks" / "results" / "kernel_launches")
     args = parser.parse_args(argv)
-    cells = [(name, setting) for name in MODELS for setting in (SETTINGS[-1:] if name == BERT else SETTINGS)]
+    cells = [(name, setting) for name in MODELS
+             for setting in (SETTINGS[-1:] if name == BERT or name in OVERRIDES else SETTINGS)]
     rows = [count(name, setting) for name, setting in tqdm(cells, desc="kernel launches")]
     table = report(rows)
     print(table)

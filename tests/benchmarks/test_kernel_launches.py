@@ -1,5 +1,6 @@
 """scripts/benchmarks/kernel_launches.py: what it counts, and what the fused RMS norm and RoPE save."""
 
+import collections
 import sys
 from pathlib import Path
 
@@ -84,6 +85,31 @@ def test_deepnet_layer_norm_residual_step_is_one_launch_each_way(monkeypatch):
     assert fused["inference_by_operation"]["triton.residual_norm_forward"] == 2 * layers
     assert not any("dropout" in name for name in fused["inference_by_operation"])
     assert fused["inference"] < reference["inference"] and fused["total"] < reference["total"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counts on the CPU with Triton's interpreter, which the suite "
+                                                     "switches on only where there is no GPU (tests/conftest.py)")
+def test_gau_explicit_attention_is_its_products_and_one_softmax_launch_each_way(monkeypatch):
+    """GAU-α's explicit attention: per layer two products and the Triton softmax forward, four products
+    and the softmax backward, where sdpa's heads sharing q and k launch one kernel each way and then sum
+    the heads' gradients of q and of k (two sums); inference, two products and the softmax."""
+    monkeypatch.setitem(kernel_launches.MODELS, "tiny gau", "gau-alpha-tiny")
+    monkeypatch.setitem(kernel_launches.MODELS, "tiny gau explicit", "gau-alpha-tiny")
+    monkeypatch.setitem(kernel_launches.OVERRIDES, "tiny gau explicit", {"attention_backend": "matmul"})
+    shared, explicit = (kernel_launches.count(name, "fused") for name in ("tiny gau", "tiny gau explicit"))
+    layers = shared["layers"]
+    for key in ("by_operation", "inference_by_operation"):
+        more = collections.Counter(explicit[key]) - collections.Counter(shared[key])
+        fewer = collections.Counter(shared[key]) - collections.Counter(explicit[key])
+        if key == "by_operation":
+            assert more == {"aten.bmm.default": 6 * layers, "triton.softmax_dropout_forward": layers,
+                            "triton.softmax_dropout_backward": layers}
+            assert fewer == {"aten._scaled_dot_product_flash_attention_for_cpu.default": layers,
+                             "aten._scaled_dot_product_flash_attention_for_cpu_backward.default": layers,
+                             "aten.sum.dim_IntList": 2 * layers}
+        else:
+            assert more == {"aten.bmm.default": 2 * layers, "triton.softmax_dropout_forward": layers}
+            assert fewer == {"aten._scaled_dot_product_flash_attention_for_cpu.default": layers}
 
 
 def test_merging_the_heads_of_gau_attention_is_not_a_launch():
