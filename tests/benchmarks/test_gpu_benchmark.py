@@ -39,3 +39,23 @@ def test_the_gpu_benchmark_runs_every_cell_in_its_dry_mode(tmp_path):
     assert "- S=64: zoo RoFormerV2-base with its attention through CUDNN_ATTENTION / sdpa's choice = " in report
     assert "- inference S=128: zoo GAU-α-base, bf16 weights / BERT-base, bf16 weights = " in report
     assert (tmp_path / "gpu.png").stat().st_size > 0
+
+
+def test_the_cells_the_goals_need_come_first(monkeypatch):
+    """The budget skips the last cells, so the training section starts with what issue 15's goals are
+    measured by: our three families, BERT-base and GAU-α's explicit attention at both lengths, then the
+    compiled cells, then the other variants and transformers' RoFormer."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts" / "benchmarks"))
+    import gpu
+
+    train = [(name, length) for section, name, length, _, _ in gpu.plan(argparse.Namespace(dry=False, no_compile=False))
+             if section == "train"]
+    explicit = ["zoo GAU-α-base, explicit attention", "zoo GAU-α-base, explicit attention, recompute_elementwise"]
+    goals = [*gpu.OURS, "transformers BERT-base (sdpa)", *explicit]
+    assert train[:2 * len(goals)] == [(name, length) for length in (512, 2048) for name in goals]
+    assert train[2 * len(goals):2 * len(goals) + len(gpu.COMPILED)] == [(name + " compiled", 512) for name in gpu.COMPILED]
+    rest = train[2 * len(goals) + len(gpu.COMPILED):]
+    assert {name for name, _ in rest} == {*gpu.VARIANTS, *gpu.PEERS} - set(explicit) - {"transformers BERT-base (sdpa)"}
+    assert len(rest) == 2 * len({name for name, _ in rest})
