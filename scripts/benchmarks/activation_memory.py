@@ -18,13 +18,19 @@ merging the heads copies it, where CUDA's kernels return it sequence first and t
 such a copy is not counted. For a dense q both devices follow q's layout, which RoPE keeps sequence
 first: no copy either way.
 
+GAU-α with `attention_backend="matmul"` takes CUDA's explicit attention (cuBLAS products, the
+softmax and dropout as Triton kernels, zoo/kernels/triton_softmax_attention.py, run in the interpreter
+too): it keeps the probabilities P, S values per token and layer, where sdpa keeps a log-sum-exp per
+row and head; its rows are the only ones here whose per-token figure grows with S (by 2 bytes per key
+and layer in bf16: tests/benchmarks/test_activation_memory.py).
+
 Counted: every storage an operation makes during a bf16-autocast forward pass of the encoder (the
 MLM head is the same sparse tied head in every family) that is still alive when the pass returns,
 whoever holds it (autograd's saved tensors, the selective-recomputation cache, the output). Each model
 runs at batch 1 and 2; the difference per token is the activation memory per token, and what does
 not grow with the batch (the bf16 copies of the weights) is reported apart. Compared side by side:
-our three families, GAU-α and DeepNet with `recompute_elementwise`, and transformers' BERT-base (sdpa)
-at the same shape. Ratios are against RoFormerV2-base.
+our three families, GAU-α and DeepNet with `recompute_elementwise`, GAU-α with the explicit attention
+(with and without), and transformers' BERT-base (sdpa) at the same shape. Ratios are against RoFormerV2-base.
 
 `--step-rounds N` also times a training step of GAU-α (4 layers) and DeepNet (2 layers) on this CPU
 (its own kernels, bf16) with and without recomputation, alternating ABBA over N rounds: the price of
@@ -69,6 +75,9 @@ MODELS = {  # name → (preset or "bert", config overrides)
     "zoo DeepNet-12, recompute_elementwise": ("deepnet-12", {"recompute_elementwise": True}),
     "zoo GAU-α-base": ("gau-alpha-base", {}),
     "zoo GAU-α-base, recompute_elementwise": ("gau-alpha-base", {"recompute_elementwise": True}),
+    "zoo GAU-α-base, explicit attention": ("gau-alpha-base", {"attention_backend": "matmul"}),
+    "zoo GAU-α-base, explicit attention, recompute_elementwise": ("gau-alpha-base", {"attention_backend": "matmul",
+                                                                                   "recompute_elementwise": True}),
     "transformers BERT-base (sdpa)": ("bert", {}),
 }
 REFERENCE = "zoo RoFormerV2-base"
@@ -106,8 +115,8 @@ def build(name: str):
         config = BertConfig(vocab_size=VOCAB, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                             intermediate_size=3072, max_position_embeddings=2048, attention_probs_dropout_prob=0.0)
         return BertModel._from_config(config, attn_implementation="sdpa", add_pooling_layer=False).train()
-    return zoo.create(preset, task="base", attention_probs_dropout_prob=0.0, attention_backend="sdpa",
-                      **overrides).train()
+    return zoo.create(preset, task="base", attention_probs_dropout_prob=0.0, **{"attention_backend": "sdpa", **overrides}
+                      ).train()
 
 
 def retained_bytes(model, batch: int, length: int) -> int:
@@ -177,15 +186,20 @@ def plot(rows: list[dict], path: Path) -> None:
 
     lengths = sorted({row["seq_len"] for row in rows})
     names = list(dict.fromkeys(row["model"] for row in rows))
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        values = [next(r["bytes_per_token"] for r in rows if r["model"] == name and r["seq_len"] == s) / 1024 for s in lengths]
-        ax.bar([j + i * width for j in range(len(lengths))], values, width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(lengths))], [f"S = {s}" for s in lengths])
-    ax.set_ylabel("activations kept for backward, KiB per token")
-    ax.set_title("Activation memory per token (bf16 autocast, CUDA's implementations, counted on the CPU)")
-    ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.45 * len(names) * len(lengths)))
+    height = 0.8 / len(lengths)
+    for j, length in enumerate(lengths):
+        values = [next(r["bytes_per_token"] for r in rows if r["model"] == name and r["seq_len"] == length) / 1024
+                  for name in names]
+        bars = ax.barh([i + j * height for i in range(len(names))], values, height, label=f"S = {length}")
+        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names)
+    ax.invert_yaxis()
+    ax.margins(x=0.08)  # room for the labels
+    ax.set_xlabel("activations kept for backward, KiB per token")
+    ax.set_title("Activation memory per token\n(bf16 autocast, CUDA's implementations, counted on the CPU)", fontsize=10)
+    if len(lengths) > 1:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -193,7 +207,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # the count per token does not depend on S (no score matrix is kept); other lengths cost interpreter time:
+    # the count per token does not depend on S (no score matrix is kept; with the explicit attention it grows
+    # by 2 bytes per key and layer, tested); other lengths cost interpreter time:
     # the Triton kernels run one row per program, a few ms each in the interpreter, minutes per model at 512
     parser.add_argument("--lengths", default="512")
     parser.add_argument("--step-rounds", type=int, default=3, help="ABBA rounds timing recomputation (0: none)")

@@ -67,3 +67,37 @@ def test_recompute_elementwise_keeps_less_for_the_same_outputs(preset):
         outputs[recompute] = model(input_ids=torch.randint(104, 12000, (2, 16))).last_hidden_state
     assert per_token[True] < bound * per_token[False], per_token
     assert torch.equal(outputs[True], outputs[False])
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_the_explicit_attention_keeps_its_probabilities_where_sdpa_keeps_a_log_sum_exp(recompute, monkeypatch):
+    """GAU-α's explicit attention (CUDA's Triton entry, here in the interpreter) keeps P, one bf16 value
+    per key, for each token and layer; sdpa's heads sharing q and k keep one fp32 log-sum-exp per head
+    instead (e/s = 4 heads here); the rest is the same tensors, with or without recomputation (which keeps
+    the product q·kᵀ instead of P): per token 2·S − 4·4 bytes more per layer, exactly, at two lengths."""
+    shape = SMALL["gau-alpha-base"][0]
+    heads = shape["intermediate_size"] // shape["attention_key_size"]
+    launched = []
+    launch = zoo.kernels.triton_launch
+    monkeypatch.setattr(zoo.kernels, "triton_launch", lambda kernel: launched.append(kernel) or launch(kernel))
+    for length in (32, 64):
+        per_token = {}
+        for backend in ("sdpa", "matmul"):
+            model = zoo.create("gau-alpha-base", task="base", recompute_elementwise=recompute,
+                               attention_probs_dropout_prob=0.0, attention_backend=backend, **shape).train()
+            one, two = (activation_memory.retained_bytes(model, batch, length) for batch in (1, 2))
+            per_token[backend] = (two - one) / length
+            # one forward pass at batch 1 and one at batch 2
+            assert launched.count("softmax_dropout_forward") == (2 * shape["num_hidden_layers"] if backend == "matmul"
+                                                                 else 0)
+            launched.clear()
+        assert per_token["matmul"] - per_token["sdpa"] == shape["num_hidden_layers"] * (2 * length - 4 * heads), per_token
+
+
+def test_the_report_and_plot_take_several_lengths(tmp_path):
+    rows = [{"model": model, "seq_len": length, "bytes_per_token": 1024.0 * size * length / 512, "per_forward_bytes": 2.0**20}
+            for length in (512, 2048) for model, size in ((activation_memory.REFERENCE, 256), ("other", 300))]
+    table = activation_memory.report(rows, None)
+    assert "| other | 2048 | 1200.0 KiB | 1.17× | 18.8 GiB | 1 MiB |" in table  # 8 × 2048 tokens
+    activation_memory.plot(rows, tmp_path / "memory.png")
+    assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
