@@ -80,7 +80,7 @@ def test_the_explicit_attention_keeps_its_probabilities_where_sdpa_keeps_a_log_s
     launched = []
     launch = zoo.kernels.triton_launch
     monkeypatch.setattr(zoo.kernels, "triton_launch", lambda kernel: launched.append(kernel) or launch(kernel))
-    for length in (32, 64):
+    for length in (16, 32):
         per_token = {}
         for backend in ("sdpa", "matmul"):
             model = zoo.create("gau-alpha-base", task="base", recompute_elementwise=recompute,

@@ -353,7 +353,7 @@ def test_gau_takes_the_fused_pair_with_rope_and_row_scale_on_a_padded_batch():
     assert taken == [(True, True)] * layers  # tables and a row factor per sequence given, and taken
 
 
-@pytest.mark.parametrize("backend, dropout", [("auto", 0.0), ("matmul", 0.0), ("matmul", 0.1)])
+@pytest.mark.parametrize("backend, dropout", [("auto", 0.0), ("matmul", 0.1)])
 def test_selective_recomputation_runs_the_triton_kernels_again_to_the_same_gradients(backend, dropout):
     """GAU-α with `recompute_elementwise`: the scale pair (and with the "matmul" backend the explicit
     attention's softmax, whose input, the kept product q·kᵀ, it must not overwrite, with the same
