@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .dropout import dropout as fast_dropout
 from .dropout import keep_mask
@@ -206,16 +207,23 @@ def matmul_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
     return SoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, additive_bias(mask, dtype), scale, dropout_p, None), None
 
 
+EXPLICIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the explicit attention's Triton kernels take
+
+
 def triton_explicit_applies(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
-    """The explicit attention asked for ("matmul") in eager mode, with rows that fit one Triton program."""
+    """The explicit attention asked for ("matmul") in eager mode, with rows that fit one Triton program,
+    q, k and v of the same batch and heads (the kernels pair the rows of dP̃ = dO·vᵀ with those of P, so
+    a v broadcast wider than q and k would mispair them) and v, whose dtype the kernels run in, of one
+    they take."""
     from .kernels.triton_softmax_attention import MAX_WIDTH
 
     return (backend == "matmul" and not need_weights and not torch.compiler.is_compiling()
+            and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and v.dtype in EXPLICIT_DTYPES
             and q.shape[-2] > 0 and 0 < k.shape[-2] <= MAX_WIDTH)
 
 
-@register("softmax_attention", "triton", device_types=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
-          needs="triton", accepts=triton_explicit_applies, before="blocked-cpu-kernel")
+@register("softmax_attention", "triton", device_types=("cuda",), dtypes=EXPLICIT_DTYPES, needs="triton",
+          accepts=triton_explicit_applies, before="blocked-cpu-kernel")
 def triton_explicit_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
     """`SoftmaxAttention`'s function with its softmax and dropout one Triton kernel each way
     (zoo/kernels/triton_softmax_attention.py); the mask's seed from torch's CPU generator, as the
@@ -351,6 +359,7 @@ class SoftmaxAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # P is saved without its history, and the kernel writes in place: refused, not wrong
     def backward(ctx, grad_out):
         q_scaled, k, v, probs, keep = ctx.saved_tensors
         with torch.autocast(q_scaled.device.type, enabled=False):

@@ -83,6 +83,9 @@ def test_the_cuda_entries_take_what_they_are_registered_for():
     long_keys = torch.zeros(1, 1, triton_softmax_attention.MAX_WIDTH + 1, 4)
     assert not explicit(q, long_keys, long_keys, None, 1.0, 0.0, backend="matmul", need_weights=False)
     assert not explicit(q[:, :, :0], q, q, None, 1.0, 0.0, backend="matmul", need_weights=False)  # no query rows
+    # v broadcast over more heads than q and k (the kernels would pair the wrong rows), or of a dtype they lack
+    assert not explicit(q, q, wide_v.expand(2, 3, 5, 12), None, 1.0, 0.0, backend="matmul", need_weights=False)
+    assert not explicit(q, q, wide_v.double(), None, 1.0, 0.0, backend="matmul", need_weights=False)
     traced = torch.compile(explicit, backend="eager", fullgraph=True)
     assert not traced(q, q, wide_v, None, 1.0, 0.0, backend="matmul", need_weights=False)  # inductor fuses the reference
 

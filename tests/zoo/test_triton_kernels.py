@@ -647,6 +647,26 @@ def test_explicit_softmax_attention_consumes_its_probabilities():
             assert all(torch.equal(leaf.grad, 2 * g) for leaf, g in zip(leaves, first))
 
 
+@pytest.mark.parametrize("function", ["explicit attention", "residual norm", "SoftmaxAttention"])
+def test_a_double_backward_is_refused_by_name(function):
+    """These backward passes write through kernels (Triton's, or in place) outside autograd, and keep P
+    without its history: differentiating their gradients again is refused by name (once_differentiable),
+    not answered with second-order terms silently missing. (dO = 2·out is on the graph, as in a
+    gradient penalty.)"""
+    q, k, v, grad, mask = explicit_attention_inputs(1)
+    if function == "residual norm":
+        leaves = [on_device(t.float()).reshape(-1, 16).requires_grad_() for t in (q, 2 * q)]  # branch, residual
+        out = residual_norm_kernels.ResidualNorm.apply(*leaves, 0.7, 0.0, 1e-7, 3, None, None)
+    else:
+        leaves = [on_device(t.float()).requires_grad_() for t in (q, k, v)]
+        attention = (softmax_attention.ExplicitSoftmaxAttention if function == "explicit attention"
+                     else zoo.attention.SoftmaxAttention)
+        out = attention.apply(*leaves, None, 0.25, 0.0, 7 if function == "explicit attention" else None)
+    grad_first, = torch.autograd.grad(out.square().sum(), leaves[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_first.square().sum().backward()
+
+
 def test_explicit_softmax_attention_of_no_rows():
     q = on_device(torch.zeros(2, 1, 0, 16)).requires_grad_()
     k = on_device(torch.zeros(2, 1, 5, 16)).requires_grad_()

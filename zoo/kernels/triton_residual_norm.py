@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 import zoo.kernels
 
@@ -143,6 +144,7 @@ class ResidualNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the kernels write outside autograd: a double backward is refused, not wrong
     def backward(ctx, grad_y: torch.Tensor):
         normed, rstd, weight, bias = ctx.saved_tensors
         branch_dtype, residual_dtype, alpha, p, scale, seed = ctx.options

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 import zoo.kernels
 
@@ -214,6 +215,7 @@ class ScalePair(torch.autograd.Function):
         return scale_pair_forward(z, gamma_q.contiguous(), gamma_k.contiguous(), cos, sin, row_scale, q_scale)
 
     @staticmethod
+    @once_differentiable  # the kernel writes outside autograd: a double backward is refused, not wrong
     def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor):
         z, gamma_q, gamma_k, cos, sin, row_scale = ctx.saved_tensors
         grad_q = torch.zeros_like(z) if grad_q is None else zoo.kernels.unit_last_stride(grad_q.to(z.dtype))
