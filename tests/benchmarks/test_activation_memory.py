@@ -80,11 +80,12 @@ def test_the_explicit_attention_keeps_its_probabilities_where_sdpa_keeps_a_log_s
     launched = []
     launch = zoo.kernels.triton_launch
     monkeypatch.setattr(zoo.kernels, "triton_launch", lambda kernel: launched.append(kernel) or launch(kernel))
+    models = {backend: zoo.create("gau-alpha-base", task="base", recompute_elementwise=recompute,
+                                  attention_probs_dropout_prob=0.0, attention_backend=backend, **shape).train()
+              for backend in ("sdpa", "matmul")}
     for length in (16, 32):
         per_token = {}
-        for backend in ("sdpa", "matmul"):
-            model = zoo.create("gau-alpha-base", task="base", recompute_elementwise=recompute,
-                               attention_probs_dropout_prob=0.0, attention_backend=backend, **shape).train()
+        for backend, model in models.items():
             one, two = (activation_memory.retained_bytes(model, batch, length) for batch in (1, 2))
             per_token[backend] = (two - one) / length
             # one forward pass at batch 1 and one at batch 2
