@@ -1,5 +1,5 @@
-"""Softmax attention with the score matrix in memory, for CUDA: the four products by cuBLAS, the softmax
-and the dropout between them as one Triton kernel each way.
+"""Softmax attention with the score matrix in memory, for CUDA: its products by cuBLAS (two forward, four
+backward), the softmax and the dropout between them as one Triton kernel each way.
 
     forward:   S = (s·Q) Kᵀ + bias,  P = softmax(S),  O = (c · P ⊙ M) V
     backward:  dP̃ = dO Vᵀ,  dP = c · dP̃ ⊙ M,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),
