@@ -226,12 +226,13 @@ def triton_explicit_applies(q, k, v, mask, scale, dropout_p, *, backend: str, ne
           accepts=triton_explicit_applies, before="blocked-cpu-kernel")
 def triton_explicit_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
     """`SoftmaxAttention`'s function with its softmax and dropout one Triton kernel each way
-    (zoo/kernels/triton_softmax_attention.py); the mask's seed from torch's CPU generator, as the
-    residual kernel's."""
+    (zoo/kernels/triton_softmax_attention.py); the mask's seed from torch's CPU generator
+    (zoo/kernels/triton_dropout.py)."""
+    from .kernels import triton_dropout
     from .kernels.triton_softmax_attention import ExplicitSoftmaxAttention
 
     dtype = v.dtype
-    seed = int(torch.randint(0, 2**31 - 1, (1,))) if dropout_p > 0.0 else 0
+    seed = triton_dropout.new_seed() if dropout_p > 0.0 else 0
     out = ExplicitSoftmaxAttention.apply(q.to(dtype), k.to(dtype), v, additive_bias(mask, dtype), scale, dropout_p, seed)
     return out, None
 

@@ -39,10 +39,11 @@ def triton_residual_norm_applies(branch, residual, alpha, dropout, norm) -> bool
 def triton_residual_norm(branch, residual, alpha, dropout, norm):
     """One kernel each way; the mask's seed is drawn from torch's CPU generator (torch.manual_seed
     reproduces it; no wait for the GPU)."""
+    from .kernels.triton_dropout import new_seed
     from .kernels.triton_residual_norm import ResidualNorm
 
     p = dropout.p if dropout.training else 0.0
-    seed = int(torch.randint(0, 2**31 - 1, (1,))) if p > 0.0 else 0
+    seed = new_seed() if p > 0.0 else 0
     weight, bias = (norm.weight, norm.bias) if isinstance(norm, LayerNorm) else (None, None)
     return ResidualNorm.apply(branch, residual, alpha, p, norm.eps, seed, weight, bias)
 

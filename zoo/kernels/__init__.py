@@ -11,8 +11,9 @@
   (rotated by RoPE, q times its row factor, in the same kernel), the post-norm residual step
   Norm(α·x + Dropout(F(x))) with the RMS norm or LayerNorm, and the softmax with dropout between the
   explicit attention's cuBLAS products, one launch each way instead of a chain of PyTorch operations
-  (Triton comes with torch's CUDA builds; the modules are imported on first use); `triton_aot.py`
-  compiles them for CUDA GPUs on a machine without one, to check their code.
+  (Triton comes with torch's CUDA builds; the modules are imported on first use; `triton_dropout.py`
+  holds the dropout mask rule and seed they share); `triton_aot.py` compiles them for CUDA GPUs on a
+  machine without one, to check their code.
 
 Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
 when it is not possible, the loader returns None and callers use their PyTorch path.

@@ -95,9 +95,10 @@ class CompiledLaunch:
 
 
 def kernels() -> dict[str, KernelInterface]:
-    """Every Triton kernel of the zoo's kernel modules, by name."""
+    """Every Triton kernel the zoo's kernel modules define, by name (not the helpers they import, such
+    as triton_dropout.kept, which are compiled into the kernels that call them)."""
     return {name: value for module in KERNEL_MODULES for name, value in vars(module).items()
-            if isinstance(value, KernelInterface)}
+            if isinstance(value, KernelInterface) and value.fn.__module__ == module.__name__}
 
 
 @contextlib.contextmanager

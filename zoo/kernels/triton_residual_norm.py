@@ -1,12 +1,12 @@
 """The post-norm residual step y = Norm(α·x + Dropout_p(f)) as one Triton kernel each way, Norm the
 parameter-free RMS norm (RoFormerV2, GAU-α) or LayerNorm with γ and β (DeepNet).
 
-Forward, one program per row: read f (the branch output) and x (the residual stream), drop f's
-elements with a counter-based mask (Philox of the seed and the element's 64-bit index, `tl.rand`), scale the
-kept ones by 1/(1 − p), add α·x (s), and normalise: x̂ = s / rms(s), or x̂ = (s − mean(s)) / std(s)
-and y = x̂ ⊙ γ + β; fp32 arithmetic, one rounding to the output's dtype (f's and x's promoted, as the
-reference's addition gives). Kept for the backward pass: x̂ (for the RMS norm that is y itself) and
-the row's 1/rms or 1/std, no mask. Backward, with dx̂ = dy (RMS) or dy ⊙ γ (LayerNorm),
+Forward, one program per row: read f (the branch output) and x (the residual stream), drop f's elements
+with a counter-based mask (Philox of the seed and the element's index, zoo/kernels/triton_dropout.py),
+scale the kept ones by 1/(1 − p), add α·x (s), and normalise: x̂ = s / rms(s), or x̂ = (s − mean(s)) /
+std(s) and y = x̂ ⊙ γ + β; fp32 arithmetic, one rounding to the output's dtype (f's and x's promoted,
+as the reference's addition gives). Kept for the backward pass: x̂ (for the RMS norm that is y itself)
+and the row's 1/rms or 1/std, no mask. Backward, with dx̂ = dy (RMS) or dy ⊙ γ (LayerNorm),
 
     RMS:        ds = (dx̂ − x̂ · mean(dx̂ ⊙ x̂)) / rms
     LayerNorm:  ds = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ ⊙ x̂)) / std,   dγ = Σ_rows dy ⊙ x̂,   dβ = Σ_rows dy
@@ -30,11 +30,9 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 import zoo.kernels
+from zoo.kernels.triton_dropout import kept, per_step_seed
 
 MAX_WIDTH = 16384  # one row per program: wider rows take the PyTorch path
-# the mask's seed is a fresh integer each step: not specialised, or one in 16 (divisible by 16) and
-# seed 1 would each compile the kernel again in the middle of training
-per_step_seed = triton.jit(do_not_specialize=["seed"])
 
 
 @per_step_seed
@@ -46,7 +44,7 @@ def _residual_norm_forward(branch, residual, weight, bias, y, normed, rstd, size
     f = tl.load(branch + row * branch_stride + col, mask=live, other=0.0).to(tl.float32)
     x = tl.load(residual + row * residual_stride + col, mask=live, other=0.0).to(tl.float32)
     if DROPOUT:
-        keep = tl.rand(seed, row * size + col) >= p
+        keep = kept(seed, row * size + col, p)
         f = tl.where(keep, f * scale, 0.0)
     s = alpha * x + f
     if LAYER_NORM:
@@ -74,7 +72,7 @@ def _residual_norm_backward(grad_y, y, rstd, grad_branch, grad_residual, size, g
     ds = (g - normed * (tl.sum(g * normed, axis=0) / size)) * inverse
     tl.store(grad_residual + row * size + col, (alpha * ds).to(grad_residual.dtype.element_ty), mask=live)
     if DROPOUT:
-        keep = tl.rand(seed, row * size + col) >= p
+        keep = kept(seed, row * size + col, p)
         ds = tl.where(keep, ds * scale, 0.0)
     tl.store(grad_branch + row * size + col, ds.to(grad_branch.dtype.element_ty), mask=live)
 
@@ -102,7 +100,7 @@ def _residual_layer_norm_backward(grad_y, normed, rstd, weight, grad_branch, gra
         ds = (dn - tl.sum(dn, axis=0) / size - n * (tl.sum(dn * n, axis=0) / size)) * inverse
         tl.store(grad_residual + row * size + col, (alpha * ds).to(grad_residual.dtype.element_ty), mask=here)
         if DROPOUT:
-            keep = tl.rand(seed, row * size + col) >= p
+            keep = kept(seed, row * size + col, p)
             ds = tl.where(keep, ds * scale, 0.0)
         tl.store(grad_branch + row * size + col, ds.to(grad_branch.dtype.element_ty), mask=here)
     # this program's share of dγ and dβ: partial[program, 0 or 1, :]

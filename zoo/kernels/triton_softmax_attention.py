@@ -16,8 +16,8 @@ v's whole width.
 
 Between the products, one program per row of S: forward it reads the row (in the products' dtype),
 computes the softmax in fp32, writes P (kept for the backward pass) and c·P ⊙ M (only for the product
-with V; the same as P without dropout), M drawn from the seed and the element's 64-bit index (Philox,
-`tl.rand`) and not stored. P goes to a new tensor, not over S: selective recomputation
+with V; the same as P without dropout), M drawn from the seed and the element's index (the Triton kernels'
+shared rule, zoo/kernels/triton_dropout.py) and not stored. P goes to a new tensor, not over S: selective recomputation
 (zoo/recompute.py) keeps the product S and runs the softmax again in the backward pass, which must
 find S as the product made it. c·P ⊙ M is computed from the rounded P, so that the backward pass,
 which makes it again from the kept P, gets the same values. Backward it reads dP̃ and P, makes M
@@ -40,10 +40,9 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 import zoo.kernels
+from zoo.kernels.triton_dropout import kept, per_step_seed
 
 MAX_WIDTH = 8192  # keys per row: one row per program; longer rows take `SoftmaxAttention`
-# the mask's seed is a fresh integer each step: not specialised (see triton_residual_norm)
-per_step_seed = triton.jit(do_not_specialize=["seed"])
 
 
 @per_step_seed
@@ -56,7 +55,7 @@ def _softmax_dropout_forward(scores, probs, dropped, size, p, scale, seed, DROPO
     prob = (e / tl.sum(e, axis=0)).to(probs.dtype.element_ty)
     tl.store(probs + row * size + col, prob, mask=live)
     if DROPOUT:
-        keep = tl.rand(seed, row * size + col) >= p
+        keep = kept(seed, row * size + col, p)
         tl.store(dropped + row * size + col, tl.where(keep, prob.to(tl.float32) * scale, 0.0)
                  .to(dropped.dtype.element_ty), mask=live)
 
@@ -69,7 +68,7 @@ def _softmax_dropout_backward(grad, probs, size, p, scale, seed, DROPOUT: tl.con
     dp = tl.load(grad + row * size + col, mask=live, other=0.0).to(tl.float32)
     prob = tl.load(probs + row * size + col, mask=live, other=0.0).to(tl.float32)
     if DROPOUT:
-        keep = tl.rand(seed, row * size + col) >= p
+        keep = kept(seed, row * size + col, p)
         dp = tl.where(keep, dp * scale, 0.0)
         tl.store(probs + row * size + col, tl.where(keep, prob * scale, 0.0).to(probs.dtype.element_ty), mask=live)
     ds = prob * (dp - tl.sum(dp * prob, axis=0))
