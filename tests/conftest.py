@@ -65,3 +65,15 @@ def registry(tmp_path, monkeypatch):
     root = tmp_path / "registry"
     monkeypatch.setenv("ZOO_REGISTRY", str(root))
     return root
+
+
+@pytest.fixture
+def triton_launches(monkeypatch):
+    """The names of the Triton kernels launched during the test, in order (each wrapper launches through
+    `zoo.kernels.triton_launch`, which is wrapped for the test to record the name)."""
+    import zoo.kernels
+
+    names = []
+    launch = zoo.kernels.triton_launch
+    monkeypatch.setattr(zoo.kernels, "triton_launch", lambda kernel: names.append(kernel) or launch(kernel))
+    return names

@@ -70,16 +70,13 @@ def test_recompute_elementwise_keeps_less_for_the_same_outputs(preset):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_the_explicit_attention_keeps_its_probabilities_where_sdpa_keeps_a_log_sum_exp(recompute, monkeypatch):
+def test_the_explicit_attention_keeps_its_probabilities_where_sdpa_keeps_a_log_sum_exp(recompute, triton_launches):
     """GAU-α's explicit attention (CUDA's Triton entry, here in the interpreter) keeps P, one bf16 value
     per key, for each token and layer; sdpa's heads sharing q and k keep one fp32 log-sum-exp per head
     instead (e/s = 4 heads here); the rest is the same tensors, with or without recomputation (which keeps
     the product q·kᵀ instead of P): per token 2·S − 4·4 bytes more per layer, exactly, at two lengths."""
     shape = SMALL["gau-alpha-base"][0]
     heads = shape["intermediate_size"] // shape["attention_key_size"]
-    launched = []
-    launch = zoo.kernels.triton_launch
-    monkeypatch.setattr(zoo.kernels, "triton_launch", lambda kernel: launched.append(kernel) or launch(kernel))
     models = {backend: zoo.create("gau-alpha-base", task="base", recompute_elementwise=recompute,
                                   attention_probs_dropout_prob=0.0, attention_backend=backend, **shape).train()
               for backend in ("sdpa", "matmul")}
@@ -89,9 +86,9 @@ def test_the_explicit_attention_keeps_its_probabilities_where_sdpa_keeps_a_log_s
             one, two = (activation_memory.retained_bytes(model, batch, length) for batch in (1, 2))
             per_token[backend] = (two - one) / length
             # one forward pass at batch 1 and one at batch 2
-            assert launched.count("softmax_dropout_forward") == (2 * shape["num_hidden_layers"] if backend == "matmul"
+            assert triton_launches.count("softmax_dropout_forward") == (2 * shape["num_hidden_layers"] if backend == "matmul"
                                                                  else 0)
-            launched.clear()
+            triton_launches.clear()
         assert per_token["matmul"] - per_token["sdpa"] == shape["num_hidden_layers"] * (2 * length - 4 * heads), per_token
 
 

@@ -678,13 +678,10 @@ def test_explicit_softmax_attention_of_no_rows():
 
 
 @pytest.mark.parametrize("backend, launched", [("matmul", True), ("auto", False)])
-def test_the_explicit_attention_runs_where_it_is_asked_for(monkeypatch, backend, launched):
+def test_the_explicit_attention_runs_where_it_is_asked_for(triton_launches, backend, launched):
     """`attention_backend="matmul"` takes the Triton entry of the softmax attention on CUDA (here its
     entry extended to the CPU), forward and backward; "auto" keeps sdpa's kernels."""
-    names = []
-    launch = zoo.kernels.triton_launch
-    monkeypatch.setattr(zoo.kernels, "triton_launch", lambda kernel: names.append(kernel) or launch(kernel))
     training_step("gau-alpha-tiny", triton=True, backend=backend)
-    explicit = [name for name in names if name.startswith("softmax_dropout")]
+    explicit = [name for name in triton_launches if name.startswith("softmax_dropout")]
     layers = zoo.create("gau-alpha-tiny").config.num_hidden_layers
     assert explicit == (["softmax_dropout_forward"] * layers + ["softmax_dropout_backward"] * layers if launched else [])
