@@ -75,5 +75,5 @@ def triton_launches(monkeypatch):
 
     names = []
     launch = zoo.kernels.triton_launch
-    monkeypatch.setattr(zoo.kernels, "triton_launch", lambda kernel: names.append(kernel) or launch(kernel))
+    monkeypatch.setattr(zoo.kernels, "triton_launch", lambda kernel, device: names.append(kernel) or launch(kernel, device))
     return names

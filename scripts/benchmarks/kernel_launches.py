@@ -120,11 +120,11 @@ def counted_launch(launch_context):
     """`zoo.kernels.triton_launch`, also counting one launch, "triton.<kernel>", in the active `Launches`
     mode (a Triton kernel is no ATen operation, so the mode would not see it)."""
 
-    def counting(kernel: str):
+    def counting(kernel: str, device: torch.device):
         mode = torch.utils._python_dispatch._get_current_dispatch_mode()
         if isinstance(mode, Launches):
             mode.counts[f"triton.{kernel}"] += 1
-        return launch_context(kernel)
+        return launch_context(kernel, device)
 
     return counting
 

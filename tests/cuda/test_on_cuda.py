@@ -35,8 +35,7 @@ def padded_batch(length=48, batch=3):
     return ids, mask
 
 
-@pytest.mark.parametrize("preset, backend", ATTENTIONS)
-def test_logits_and_gradients_on_cuda_equal_the_cpu(preset, backend):
+def assert_cuda_equals_the_cpu(preset: str, backend: str, device: str = "cuda") -> None:
     """fp32, padded batch. CUDA and the CPU sum in other orders (and GAU's attention is split into heads
     that share q/k on CUDA, or, with "matmul", runs through the Triton softmax between cuBLAS products):
     logits of size ≈ 6 agree to 1e-4 (measured 2–4e-6, gpu.md §1); gradients of the whole model to 1e-3
@@ -50,8 +49,8 @@ def test_logits_and_gradients_on_cuda_equal_the_cpu(preset, backend):
     out.loss.backward()
     cpu_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    gpu = model.cuda()
-    out_gpu = gpu(input_ids=ids.cuda(), attention_mask=mask.cuda(), labels=labels.cuda())
+    gpu = model.to(device)
+    out_gpu = gpu(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
     out_gpu.loss.backward()
     valid = mask.bool()
     assert (out_gpu.logits.cpu()[valid] - out.logits.detach()[valid]).abs().max() < 1e-4
@@ -60,8 +59,26 @@ def test_logits_and_gradients_on_cuda_equal_the_cpu(preset, backend):
         assert (got - grad).norm() <= 1e-3 * grad.norm() + 1e-7, name
     gpu.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        bf16 = gpu(input_ids=ids.cuda(), attention_mask=mask.cuda()).logits.float().cpu()
+        bf16 = gpu(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
     assert (bf16[valid] - out.logits.detach()[valid]).abs().max() < 0.15
+
+
+@pytest.mark.parametrize("preset, backend", ATTENTIONS)
+def test_logits_and_gradients_on_cuda_equal_the_cpu(preset, backend):
+    assert_cuda_equals_the_cpu(preset, backend)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (a model on the second while the "
+                                                           "first is current)")
+@pytest.mark.parametrize("preset, backend", ATTENTIONS)
+def test_a_model_on_the_second_gpu_runs_its_triton_kernels_there(preset, backend):
+    """A model moved to cuda:1 while cuda:0 stays current (no set_device, as in a notebook): Triton launches
+    on the current GPU, so each of our Triton kernels (RoPE, the residual step, GAU's scale pair, the
+    explicit softmax) enters its tensors' GPU first; otherwise they would run on cuda:0, reading cuda:1's
+    memory (an illegal address, or a race with cuda:1's stream). The same results as on one GPU."""
+    torch.cuda.set_device(0)
+    assert_cuda_equals_the_cpu(preset, backend, device="cuda:1")
+    assert torch.cuda.current_device() == 0
 
 
 def test_the_explicit_attention_takes_its_triton_entry_on_cuda():

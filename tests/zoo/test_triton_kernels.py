@@ -685,3 +685,45 @@ def test_the_explicit_attention_runs_where_it_is_asked_for(triton_launches, back
     explicit = [name for name in triton_launches if name.startswith("softmax_dropout")]
     layers = zoo.create("gau-alpha-tiny").config.num_hidden_layers
     assert explicit == (["softmax_dropout_forward"] * layers + ["softmax_dropout_backward"] * layers if launched else [])
+
+
+def test_every_triton_launch_is_made_on_its_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device, which ATen's operators set for themselves and a Triton
+    launch does not: each wrapper enters its tensors' device (`zoo.kernels.on_device`) around its launch.
+    Recorded here for each of the eight kernels, forward and backward (on the CPU the interpreter's
+    launches; with a GPU the compiled ones on cuda:0). A model on a second GPU: tests/cuda."""
+    entered = []
+    real = zoo.kernels.on_device
+    monkeypatch.setattr(zoo.kernels, "on_device", lambda device: entered.append(device) or real(device))
+    device = torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu")
+
+    def leaf(*shape):
+        return on_device(torch.randn(*shape)).requires_grad_()
+
+    triton_rope.rope(on_device(torch.randn(2, 3, 5, 8)), on_device(torch.ones(1, 1, 5, 4)),
+                     on_device(torch.zeros(1, 1, 5, 4)), 1.0)
+    assert entered == [device]
+    steps = {
+        "scale pair": lambda: scale_pair.ScalePair.apply(leaf(2, 5, 8), leaf(8), leaf(8)),
+        "residual RMS norm": lambda: residual_norm_kernels.ResidualNorm.apply(leaf(10, 16), leaf(10, 16), 0.7, 0.1,
+                                                                              1e-6, 3, None, None),
+        "residual LayerNorm": lambda: residual_norm_kernels.ResidualNorm.apply(leaf(10, 16), leaf(10, 16), 0.7, 0.1,
+                                                                               1e-6, 3, leaf(16), leaf(16)),
+        "explicit attention": lambda: softmax_attention.ExplicitSoftmaxAttention.apply(
+            leaf(2, 1, 5, 8), leaf(2, 1, 6, 8), leaf(2, 1, 6, 12), None, 0.25, 0.1, 3),
+    }
+    for name, step in steps.items():
+        entered.clear()
+        outputs = step()
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        torch.autograd.backward(outputs, [torch.ones_like(out) for out in outputs])
+        assert entered == [device, device], name  # one launch forward, one backward
+
+
+def test_on_device_makes_the_tensors_gpu_current():
+    """For a CUDA device `on_device` is torch's device guard for that GPU (entered, it makes it current and
+    restores the previous one on leaving; built here without entering, as this machine may have no GPU);
+    elsewhere it does nothing."""
+    guard = zoo.kernels.on_device(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(zoo.kernels.on_device(torch.device("cpu")), contextlib.nullcontext)

@@ -31,6 +31,7 @@ zoo.rope) make inputs and incoming gradients contiguous first, which costs nothi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -154,15 +155,27 @@ def elementwise_kernels():
     return compiled("elementwise")
 
 
-def triton_launch(kernel: str):
-    """The context a Triton kernel (named, for the record) is launched in: with the dispatch modes set
-    aside. A launch is no ATen operation, but Triton's interpreter (the test suite's, without a GPU)
-    copies the arguments with ATen operations, which a mode such as selective recomputation's cache
-    (zoo.recompute) would answer from its first run; on a GPU the launch makes no ATen call, so nothing
-    changes there. `scripts/benchmarks/kernel_launches.py` counts launches through this function."""
+def on_device(device: torch.device):
+    """The context a kernel that is not an ATen operation (Triton's) is launched in on `device`: there,
+    that GPU made the current CUDA device. ATen's operators switch to their tensors' GPU themselves (a
+    device guard); a Triton launch goes to the current device and its stream, so a model on cuda:1 while
+    cuda:0 is current would otherwise run its kernels on the wrong GPU, racing the right one's stream.
+    Nothing on other devices (Triton's interpreter runs CPU tensors)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def triton_launch(kernel: str, device: torch.device):
+    """The context a Triton kernel (named, for the record) is launched in: on `device` (`on_device`), with
+    the dispatch modes set aside. A launch is no ATen operation, but Triton's interpreter (the test
+    suite's, without a GPU) copies the arguments with ATen operations, which a mode such as selective
+    recomputation's cache (zoo.recompute) would answer from its first run; on a GPU the launch makes no
+    ATen call, so nothing changes there. `scripts/benchmarks/kernel_launches.py` counts launches through
+    this function."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    return _disable_current_modes()
+    with _disable_current_modes(), on_device(device):
+        yield
 
 
 def unit_last_stride(t: torch.Tensor) -> torch.Tensor:

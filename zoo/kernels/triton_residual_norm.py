@@ -132,7 +132,7 @@ class ResidualNorm(torch.autograd.Function):
         rstd = torch.empty(rows, dtype=torch.float32, device=residual.device)
         scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
         if rows:
-            with zoo.kernels.triton_launch("residual_norm_forward"):
+            with zoo.kernels.triton_launch("residual_norm_forward", residual.device):
                 _residual_norm_forward[(rows,)](
                     branch_rows, residual_rows, weight if layer_norm else y, bias if layer_norm else y, y, normed, rstd,
                     size, branch_stride, residual_stride, float(alpha), float(p), scale, float(eps), seed,
@@ -152,7 +152,7 @@ class ResidualNorm(torch.autograd.Function):
         grad_residual = torch.empty(normed.shape, dtype=residual_dtype, device=normed.device)
         if weight is None:
             if rows:
-                with zoo.kernels.triton_launch("residual_norm_backward"):
+                with zoo.kernels.triton_launch("residual_norm_backward", normed.device):
                     _residual_norm_backward[(rows,)](
                         grad_rows, normed, rstd, grad_branch, grad_residual, size, grad_stride, alpha, p, scale, seed,
                         DROPOUT=p > 0.0, SIZE=triton.next_power_of_2(size))
@@ -161,7 +161,7 @@ class ResidualNorm(torch.autograd.Function):
         fresh = torch.empty if rows else torch.zeros  # with rows, each program writes its share
         partial = fresh((programs, 2, size), dtype=torch.float32, device=normed.device)
         if rows:
-            with zoo.kernels.triton_launch("residual_layer_norm_backward"):
+            with zoo.kernels.triton_launch("residual_layer_norm_backward", normed.device):
                 _residual_layer_norm_backward[(programs,)](
                     grad_rows, normed, rstd, weight, grad_branch, grad_residual, partial, rows, size, grad_stride,
                     triton.cdiv(rows, programs), alpha, p, scale, seed, DROPOUT=p > 0.0,

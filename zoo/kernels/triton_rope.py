@@ -72,10 +72,11 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float, kee
     def batch_stride(table: torch.Tensor) -> int:
         return 0 if table.shape[0] == 1 else table.stride(0)
 
-    _rope_rows[(triton.cdiv(rows, per_program),)](
-        x, cos, sin, out, rows, seq, heads, half,
-        x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        batch_stride(cos), cos.stride(2), batch_stride(sin), sin.stride(2),
-        float(sign), ROWS=per_program, HALF=pairs,
-    )
+    with zoo.kernels.on_device(x.device):  # an operator (zoo::rope) but not ATen's: no device guard of its own
+        _rope_rows[(triton.cdiv(rows, per_program),)](
+            x, cos, sin, out, rows, seq, heads, half,
+            x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            batch_stride(cos), cos.stride(2), batch_stride(sin), sin.stride(2),
+            float(sign), ROWS=per_program, HALF=pairs,
+        )
     return out

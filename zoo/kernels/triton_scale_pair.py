@@ -165,7 +165,7 @@ def scale_pair_forward(z: torch.Tensor, gamma_q: torch.Tensor, gamma_k: torch.Te
     rows = batch * seq
     if rows and size:
         pairs, per_program = _launch_shape(size, FORWARD_ELEMENTS)
-        with zoo.kernels.triton_launch("scale_pair_forward"):
+        with zoo.kernels.triton_launch("scale_pair_forward", z.device):
             _scale_pair_forward[(triton.cdiv(rows, per_program),)](
                 z, gamma_q, gamma_k, z if cos is None else cos, z if sin is None else sin,
                 z if row_scale is None else row_scale, q, k, rows, seq, size, z.stride(0), z.stride(1),
@@ -187,7 +187,7 @@ def scale_pair_backward(grad_q, grad_k, z, gamma_q, gamma_k, cos=None, sin=None,
     blocks = triton.cdiv(rows, per_block)
     programs = zoo.kernels.resident_programs(blocks, z.device)
     partial = torch.empty((programs, 2, size), dtype=torch.float32, device=z.device)
-    with zoo.kernels.triton_launch("scale_pair_backward"):
+    with zoo.kernels.triton_launch("scale_pair_backward", z.device):
         _scale_pair_backward[(programs,)](
             grad_q, grad_k, z, gamma_q, gamma_k, z if cos is None else cos, z if sin is None else sin,
             z if row_scale is None else row_scale, grad_z, partial, rows, seq, size,

@@ -87,7 +87,7 @@ def softmax_dropout(scores: torch.Tensor, p: float, seed: int) -> tuple[torch.Te
     probs = torch.empty_like(scores)
     dropped = torch.empty_like(scores) if p > 0.0 else probs
     if rows:
-        with zoo.kernels.triton_launch("softmax_dropout_forward"):
+        with zoo.kernels.triton_launch("softmax_dropout_forward", scores.device):
             _softmax_dropout_forward[(rows,)](scores, probs, dropped, size, float(p), 1.0 / (1.0 - p), seed,
                                               DROPOUT=p > 0.0, SIZE=triton.next_power_of_2(size),
                                               num_warps=_warps(size))
@@ -100,7 +100,7 @@ def softmax_dropout_backward(grad: torch.Tensor, probs: torch.Tensor, p: float, 
     size = probs.shape[-1]
     rows = probs.numel() // size if size else 0
     if rows:
-        with zoo.kernels.triton_launch("softmax_dropout_backward"):
+        with zoo.kernels.triton_launch("softmax_dropout_backward", probs.device):
             _softmax_dropout_backward[(rows,)](grad, probs, size, float(p), 1.0 / (1.0 - p), seed, DROPOUT=p > 0.0,
                                                SIZE=triton.next_power_of_2(size), num_warps=_warps(size))
         if p > 0.0:
