@@ -20,7 +20,7 @@ from .dropout import Dropout
 from .initialization import dense
 from .norms import ScaleOffset, make_norm
 from .projections import project
-from .recompute import output_product, recompute_elementwise
+from .recompute import recompute_elementwise, recomputed_product
 from .residual import residual_norm
 
 
@@ -89,7 +89,7 @@ class FeedForward(nn.Module):
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         activated = self.act(self.fc1(x))
-        with output_product():
+        with recomputed_product():
             return self.fc2(activated)
 
 
@@ -130,7 +130,7 @@ class GatedAttentionUnit(nn.Module):
             dropout_p=self.dropout_p, training=self.training, need_weights=need_weights,
         )
         gated = u * out.squeeze(1)  # squeeze, not [:, 0]: its backward is a view, select's a zero fill and a copy
-        with output_product():
+        with recomputed_product():
             return self.o_dense(gated), probs
 
 

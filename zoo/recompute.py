@@ -10,7 +10,7 @@ gates) and the views of them are made again. Random draws are made again too, fr
 the checkpoint restores first, so the function computed, and its gradients, are the same as without
 recomputation.
 
-The product that makes `fn`'s output (GAU's W_o, the FFN's W_2), run under `output_product()`, is not
+The product that makes `fn`'s output (GAU's W_o, the FFN's W_2), run under `recomputed_product()`, is not
 kept either: nothing in `fn` reads its output again, and the backward pass's run of `fn` stops (torch's
 early stop) once it has made again the tensors the backward formulas saved, which for that product are
 its inputs, so the product itself is not run twice.
@@ -80,27 +80,29 @@ def is_elementwise(op) -> bool:
 
 # the matrix products a linear layer runs, whatever its bias and the input's rank
 PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
-_IN_OUTPUT_PRODUCT = contextvars.ContextVar("zoo_recompute_output_product", default=False)
+_IN_RECOMPUTED_PRODUCT = contextvars.ContextVar("zoo_recompute_recomputed_product", default=False)
 
 
 @contextlib.contextmanager
-def output_product():
-    """Marks the product that makes a recomputed function's output (module docstring): under
-    `recompute_elementwise` its output is not kept; elsewhere this does nothing. Under torch.compile
-    it does nothing either (the partitioner keeps only what the backward graph reads; a ContextVar
-    would break the graph)."""
+def recomputed_product():
+    """Marks a matrix product whose output `recompute_elementwise` does not keep (elsewhere this does
+    nothing): the product that makes a recomputed function's output (module docstring), which the
+    backward pass's run never makes again, and the explicit attention's q·kᵀ
+    (zoo/kernels/triton_softmax_attention.py), a score matrix that the run makes again, 128 wide for
+    GAU, where keeping it would cost S values per token and layer. Under torch.compile it does nothing
+    (the partitioner keeps only what the backward graph reads; a ContextVar would break the graph)."""
     if torch.compiler.is_compiling():
         yield
         return
-    token = _IN_OUTPUT_PRODUCT.set(True)
+    token = _IN_RECOMPUTED_PRODUCT.set(True)
     try:
         yield
     finally:
-        _IN_OUTPUT_PRODUCT.reset(token)
+        _IN_RECOMPUTED_PRODUCT.reset(token)
 
 
 def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    if is_elementwise(op) or (op in PRODUCTS and _IN_OUTPUT_PRODUCT.get()):
+    if is_elementwise(op) or (op in PRODUCTS and _IN_RECOMPUTED_PRODUCT.get()):
         return CheckpointPolicy.PREFER_RECOMPUTE
     return CheckpointPolicy.MUST_SAVE
 

@@ -90,9 +90,10 @@ def test_deepnet_layer_norm_residual_step_is_one_launch_each_way(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="counts on the CPU with Triton's interpreter, which the suite "
                                                      "switches on only where there is no GPU (tests/conftest.py)")
 def test_gau_explicit_attention_is_its_products_and_one_softmax_launch_each_way(monkeypatch):
-    """GAU-α's explicit attention: per layer two products and the Triton softmax forward, four products
-    and the softmax backward, where sdpa's heads sharing q and k launch one kernel each way and then sum
-    the heads' gradients of q and of k (two sums); inference, two products and the softmax."""
+    """GAU-α's explicit attention: per layer two products and the Triton softmax forward, five products
+    (q·kᵀ made again, dP̃, dV, dQ, dK) and the softmax backward, where sdpa's heads sharing q and k launch
+    one kernel each way and then sum the heads' gradients of q and of k (two sums); inference, two
+    products and the softmax."""
     monkeypatch.setitem(kernel_launches.MODELS, "tiny gau", "gau-alpha-tiny")
     monkeypatch.setitem(kernel_launches.MODELS, "tiny gau explicit", "gau-alpha-tiny")
     monkeypatch.setitem(kernel_launches.OVERRIDES, "tiny gau explicit", {"attention_backend": "matmul"})
@@ -102,7 +103,7 @@ def test_gau_explicit_attention_is_its_products_and_one_softmax_launch_each_way(
         more = collections.Counter(explicit[key]) - collections.Counter(shared[key])
         fewer = collections.Counter(shared[key]) - collections.Counter(explicit[key])
         if key == "by_operation":
-            assert more == {"aten.bmm.default": 6 * layers, "triton.softmax_dropout_forward": layers,
+            assert more == {"aten.bmm.default": 7 * layers, "triton.softmax_dropout_forward": layers,
                             "triton.softmax_dropout_backward": layers}
             assert fewer == {"aten._scaled_dot_product_flash_attention_for_cpu.default": layers,
                              "aten._scaled_dot_product_flash_attention_for_cpu_backward.default": layers,

@@ -151,7 +151,7 @@ def test_the_output_product_is_neither_kept_nor_run_again(preset, monkeypatch):
 
     kept, backward_products, config = run(recompute=True)
     _, plain_backward_products, _ = run(recompute=False)
-    monkeypatch.setattr(zoo.layers, "output_product", contextlib.nullcontext)
+    monkeypatch.setattr(zoo.layers, "recomputed_product", contextlib.nullcontext)
     kept_with_output, _, _ = run(recompute=True)
     assert kept_with_output - kept == config.num_hidden_layers * ids.numel() * config.hidden_size * 2
     assert backward_products == plain_backward_products

@@ -563,7 +563,7 @@ def explicit_attention_inputs(heads: int, q_len=19, k_len=23, size=16, width=48,
 
 def explicit_kept(shape, p: float, seed: int) -> torch.Tensor:
     """The kernels' keep-mask for scores of `shape`: a row of equal scores comes out as c/Sk where kept."""
-    return softmax_attention.softmax_dropout(on_device(torch.zeros(shape)), p, seed)[1].cpu() != 0
+    return softmax_attention.softmax_dropout(on_device(torch.zeros(shape)), None, p, seed)[0].cpu() != 0
 
 
 def explicit_reference(q, k, v, mask, scale, kept, p):
@@ -629,22 +629,56 @@ def test_explicit_softmax_attention_in_half_precision_rounds_like_softmax_attent
     assert largest_error(got, expected) <= 1.25 * reference_error
 
 
-def test_explicit_softmax_attention_consumes_its_probabilities():
-    """With dropout the backward pass overwrites the kept P with c·P ⊙ M: a second backward pass through
-    the same graph is refused, as after any in-place change of a saved tensor. Without dropout P is
-    only read, and a second pass gives the same gradients."""
+def test_explicit_softmax_attention_keeps_no_score_matrix_and_runs_backward_again():
+    """The forward pass keeps q, k, v, the bias and one fp32 log-sum-exp per row, nothing of Sk per row; the
+    backward pass makes q·kᵀ again and writes only tensors of its own, so a second backward pass through
+    the same graph (retain_graph) gives the same gradients, with dropout (the mask drawn again from the
+    seed) and without."""
     q, k, v, grad, mask = explicit_attention_inputs(1)
     for p in (0.0, 0.2):
         leaves = [on_device(t.float()).requires_grad_() for t in (q, k, v)]
-        out = softmax_attention.ExplicitSoftmaxAttention.apply(*leaves, None, 0.25, p, 7)
+        bias = zoo.attention.additive_bias(on_device(mask), torch.float32)
+        out = softmax_attention.ExplicitSoftmaxAttention.apply(*leaves, bias, 0.25, p, 7)
+        saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+        assert [tuple(t.shape) for t in saved] == [(2, 1, 19, 16), (2, 1, 23, 16), (2, 1, 23, 48), (2, 1, 1, 23),
+                                                   (2, 1, 19)]
         out.backward(on_device(grad.float()), retain_graph=True)
         first = [leaf.grad.clone() for leaf in leaves]
-        if p:
-            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-                out.backward(on_device(grad.float()))
-        else:
-            out.backward(on_device(grad.float()))
-            assert all(torch.equal(leaf.grad, 2 * g) for leaf, g in zip(leaves, first))
+        out.backward(on_device(grad.float()))
+        assert all(torch.equal(leaf.grad, 2 * g) for leaf, g in zip(leaves, first)), p
+
+
+@pytest.mark.parametrize("masking", ["keys", "window", "per head"])
+def test_explicit_softmax_attention_reads_a_bias_broadcast_any_way(masking):
+    """The kernels read the bias through its strides: a key mask [B, 1, 1, Sk], a window [Sq, Sk] (the same
+    for every sequence and head) and a bias of q's whole shape [B, H, Sq, Sk] give the fp64 function's
+    output and gradients (three heads, dropout on; tolerance as in the fp32 test above)."""
+    q, k, v, grad, key_mask = explicit_attention_inputs(3, q_len=23)
+    if masking == "keys":
+        mask = key_mask
+    elif masking == "window":  # [Sq, Sk]: broadcast over batch and heads without their dimensions
+        mask = zoo.attention.AttentionMask(window=4).dense(23, 23, torch.device("cpu"))[0, 0]
+    else:
+        mask = torch.rand(2, 3, 23, 23, generator=torch.Generator().manual_seed(5)) < 0.7
+        mask[..., 0] = True  # every row sees a key
+    p, seed = 0.2, 99
+    kept = explicit_kept((2, 3, 23, 23), p, seed)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    expected = explicit_reference(*leaves, mask, 0.25, kept, p)
+    expected.backward(grad)
+    got = explicit_on_device(q, k, v, grad, mask, 0.25, p, seed, torch.float32)
+    assert largest_error(got, [expected.detach(), *(leaf.grad for leaf in leaves)]) <= 1e-6
+
+
+def test_explicit_softmax_attention_of_a_row_without_keys_is_finite_in_fp16():
+    """fp16's minimum, −65504, added to a negative score rounds to −∞ in fp16, so a row whose every key is
+    masked would be all −∞ and its softmax NaN. The kernels add the bias in fp32: such a row stays finite
+    (its weights are meaningless, as in any path, but nothing NaN reaches the gradients of the others)."""
+    q, k, v, grad, mask = explicit_attention_inputs(1)
+    q, k = 4 * q.abs(), -4 * k.abs()  # every score below −16, where fp16's score − 65504 rounds to −∞
+    mask[1] = False  # the second sequence sees no key at all
+    got = explicit_on_device(q, k, v, grad, mask, 1.0, 0.0, 0, torch.float16)
+    assert all(torch.isfinite(t).all() for t in got)
 
 
 @pytest.mark.parametrize("function", ["explicit attention", "residual norm", "SoftmaxAttention"])

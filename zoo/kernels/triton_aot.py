@@ -95,10 +95,12 @@ class CompiledLaunch:
 
 
 def kernels() -> dict[str, KernelInterface]:
-    """Every Triton kernel the zoo's kernel modules define, by name (not the helpers they import, such
-    as triton_dropout.kept, which are compiled into the kernels that call them)."""
+    """Every Triton kernel the zoo's kernel modules define, by name: not the helpers they import, such as
+    triton_dropout.kept, nor those a module names in its DEVICE_FUNCTIONS, which are compiled into the
+    kernels that call them."""
     return {name: value for module in KERNEL_MODULES for name, value in vars(module).items()
-            if isinstance(value, KernelInterface) and value.fn.__module__ == module.__name__}
+            if isinstance(value, KernelInterface) and value.fn.__module__ == module.__name__
+            and name not in getattr(module, "DEVICE_FUNCTIONS", ())}
 
 
 @contextlib.contextmanager
@@ -159,16 +161,18 @@ def _scale_pair_launches(config, dtype: torch.dtype) -> None:
 
 def _softmax_attention_launches(config, dtype: torch.dtype, p: float) -> None:
     """The explicit attention (`attention_backend="matmul"`) forward and backward, with rows of SEQ keys
-    and of the most one program takes."""
+    (no padding, as in pretraining) and of the most one program takes (a padded batch's key mask: the
+    kernels read the bias too)."""
     gau = config.block_type == "gau"
     heads = 1 if gau else config.num_attention_heads
     size = config.attention_key_size if gau else config.hidden_size // heads
     width = config.intermediate_size if gau else size
-    for keys in (SEQ, triton_softmax_attention.MAX_WIDTH):
+    for keys, padded in ((SEQ, False), (triton_softmax_attention.MAX_WIDTH, True)):
         q = torch.empty(1, heads, 4, size, dtype=dtype, requires_grad=True)
         k = torch.empty(1, heads, keys, size, dtype=dtype, requires_grad=True)
         v = torch.empty(1, heads, keys, width, dtype=dtype, requires_grad=True)
-        out = triton_softmax_attention.ExplicitSoftmaxAttention.apply(q, k, v, None, size**-0.5, p, 1234567)
+        bias = torch.empty(1, 1, 1, keys, dtype=dtype) if padded else None
+        out = triton_softmax_attention.ExplicitSoftmaxAttention.apply(q, k, v, bias, size**-0.5, p, 1234567)
         out.backward(torch.empty_like(out))
 
 
