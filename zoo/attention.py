@@ -211,14 +211,15 @@ EXPLICIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the exp
 
 
 def triton_explicit_applies(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
-    """The explicit attention asked for ("matmul") in eager mode, with rows that fit one Triton program,
-    q, k and v of the same batch and heads (the kernels pair the rows of dP̃ = dO·vᵀ with those of P, so
-    a v broadcast wider than q and k would mispair them) and v, whose dtype the kernels run in, of one
-    they take."""
+    """The explicit attention asked for ("matmul") in eager mode, with rows that fit one Triton program;
+    q, k and v of four dimensions [B, H, S, ·] (the kernels find a row's batch, head and query in its
+    index) and of the same batch and heads (the kernels pair the rows of dP̃ = dO·vᵀ with those of P, so a
+    v broadcast wider than q and k would mispair them); v, whose dtype the kernels run in, of one they
+    take."""
     from .kernels.triton_softmax_attention import MAX_WIDTH
 
     return (backend == "matmul" and not need_weights and not torch.compiler.is_compiling()
-            and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and v.dtype in EXPLICIT_DTYPES
+            and q.dim() == 4 and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and v.dtype in EXPLICIT_DTYPES
             and q.shape[-2] > 0 and 0 < k.shape[-2] <= MAX_WIDTH)
 
 

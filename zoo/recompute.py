@@ -13,7 +13,8 @@ recomputation.
 The product that makes `fn`'s output (GAU's W_o, the FFN's W_2), run under `recomputed_product()`, is not
 kept either: nothing in `fn` reads its output again, and the backward pass's run of `fn` stops (torch's
 early stop) once it has made again the tensors the backward formulas saved, which for that product are
-its inputs, so the product itself is not run twice.
+its inputs, so the product itself is not run twice. The explicit attention's q·kᵀ is marked too: it is
+made again in that run (zoo/kernels/triton_softmax_attention.py), not kept.
 
 With `config.recompute_elementwise` a GAU-α layer keeps the gate's pre-activation x·W_i and the
 attention output, instead of also keeping swish's output, q and k after scale, offset and RoPE,

@@ -71,12 +71,10 @@ def test_recompute_elementwise_keeps_less_for_the_same_outputs(preset):
 
 @pytest.mark.parametrize("recompute", [False, True])
 def test_the_explicit_attention_keeps_no_score_matrix(recompute, triton_launches):
-    """GAU-α's explicit attention (CUDA's Triton entry, here in the interpreter) keeps q, k, v and one fp32
-    log-sum-exp per row, and makes q·kᵀ again backward; sdpa's heads sharing q and k keep the same tensors
-    and one fp32 log-sum-exp per head (e/s = 4 heads here). Nothing grows with the length: per token and
-    layer, 4 − 4·4 bytes against sdpa, exactly, at two lengths. With recomputation the explicit attention's
-    log-sum-exp is made again too (a Triton kernel's output, not an operation's that the cache keeps):
-    −4·4 bytes."""
+    """GAU-α's explicit attention (CUDA's Triton entry, here in the interpreter) keeps q, k and v, and makes
+    q·kᵀ and the softmax again backward; sdpa's heads sharing q and k keep the same tensors and one fp32
+    log-sum-exp per head (e/s = 4 heads here). Nothing grows with the length: per token and layer, 4·4
+    bytes less than sdpa, exactly, at two lengths, with recomputation or without."""
     shape = SMALL["gau-alpha-base"][0]
     heads = shape["intermediate_size"] // shape["attention_key_size"]
     models = {backend: zoo.create("gau-alpha-base", task="base", recompute_elementwise=recompute,
@@ -91,8 +89,7 @@ def test_the_explicit_attention_keeps_no_score_matrix(recompute, triton_launches
             assert triton_launches.count("softmax_dropout_forward") == (2 * shape["num_hidden_layers"] if backend == "matmul"
                                                                  else 0)
             triton_launches.clear()
-        explicit_lse = 0 if recompute else 4
-        assert per_token["matmul"] - per_token["sdpa"] == shape["num_hidden_layers"] * (explicit_lse - 4 * heads), per_token
+        assert per_token["matmul"] - per_token["sdpa"] == -shape["num_hidden_layers"] * 4 * heads, per_token
 
 
 def test_the_report_and_plot_take_several_lengths(tmp_path):

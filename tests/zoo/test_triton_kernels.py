@@ -356,10 +356,10 @@ def test_gau_takes_the_fused_pair_with_rope_and_row_scale_on_a_padded_batch():
 @pytest.mark.parametrize("backend, dropout", [("auto", 0.0), ("matmul", 0.1)])
 def test_selective_recomputation_runs_the_triton_kernels_again_to_the_same_gradients(backend, dropout):
     """GAU-α with `recompute_elementwise`: the scale pair (and with the "matmul" backend the explicit
-    attention's softmax, whose input, the kept product q·kᵀ, it must not overwrite, with the same
-    dropout mask: its seed is drawn again from the restored random state) runs again in the backward
-    pass; the same loss, and the same gradients, bit for bit on the CPU (to 1e-6 on CUDA, whose
-    attention backward may add in another order from run to run)."""
+    attention's product q·kᵀ, which the cache does not keep, and its softmax, with the same dropout mask:
+    its seed is drawn again from the restored random state) runs again in the backward pass; the same
+    loss, and the same gradients, bit for bit on the CPU (to 1e-6 on CUDA, whose attention backward may
+    add in another order from run to run)."""
     step = dict(triton=True, backend=backend, dropout=dropout)
     loss, grads = training_step("gau-alpha-tiny", **step)
     recomputed_loss, recomputed_grads = training_step("gau-alpha-tiny", recompute=True, **step)
@@ -563,7 +563,7 @@ def explicit_attention_inputs(heads: int, q_len=19, k_len=23, size=16, width=48,
 
 def explicit_kept(shape, p: float, seed: int) -> torch.Tensor:
     """The kernels' keep-mask for scores of `shape`: a row of equal scores comes out as c/Sk where kept."""
-    return softmax_attention.softmax_dropout(on_device(torch.zeros(shape)), None, p, seed)[0].cpu() != 0
+    return softmax_attention.softmax_dropout(on_device(torch.zeros(shape)), None, p, seed).cpu() != 0
 
 
 def explicit_reference(q, k, v, mask, scale, kept, p):
@@ -630,18 +630,17 @@ def test_explicit_softmax_attention_in_half_precision_rounds_like_softmax_attent
 
 
 def test_explicit_softmax_attention_keeps_no_score_matrix_and_runs_backward_again():
-    """The forward pass keeps q, k, v, the bias and one fp32 log-sum-exp per row, nothing of Sk per row; the
-    backward pass makes q·kᵀ again and writes only tensors of its own, so a second backward pass through
-    the same graph (retain_graph) gives the same gradients, with dropout (the mask drawn again from the
-    seed) and without."""
+    """The forward pass keeps q, k, v and the bias, nothing per row; the backward pass makes q·kᵀ and the
+    softmax again and writes only tensors of its own, so a second backward pass through the same graph
+    (retain_graph) gives the same gradients, with dropout (the mask drawn again from the seed) and
+    without."""
     q, k, v, grad, mask = explicit_attention_inputs(1)
     for p in (0.0, 0.2):
         leaves = [on_device(t.float()).requires_grad_() for t in (q, k, v)]
         bias = zoo.attention.additive_bias(on_device(mask), torch.float32)
         out = softmax_attention.ExplicitSoftmaxAttention.apply(*leaves, bias, 0.25, p, 7)
         saved = [t for t in out.grad_fn.saved_tensors if t is not None]
-        assert [tuple(t.shape) for t in saved] == [(2, 1, 19, 16), (2, 1, 23, 16), (2, 1, 23, 48), (2, 1, 1, 23),
-                                                   (2, 1, 19)]
+        assert [tuple(t.shape) for t in saved] == [(2, 1, 19, 16), (2, 1, 23, 16), (2, 1, 23, 48), (2, 1, 1, 23)]
         out.backward(on_device(grad.float()), retain_graph=True)
         first = [leaf.grad.clone() for leaf in leaves]
         out.backward(on_device(grad.float()))
@@ -670,15 +669,40 @@ def test_explicit_softmax_attention_reads_a_bias_broadcast_any_way(masking):
     assert largest_error(got, [expected.detach(), *(leaf.grad for leaf in leaves)]) <= 1e-6
 
 
-def test_explicit_softmax_attention_of_a_row_without_keys_is_finite_in_fp16():
-    """fp16's minimum, −65504, added to a negative score rounds to −∞ in fp16, so a row whose every key is
-    masked would be all −∞ and its softmax NaN. The kernels add the bias in fp32: such a row stays finite
-    (its weights are meaningless, as in any path, but nothing NaN reaches the gradients of the others)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_explicit_softmax_attention_of_a_sequence_without_keys(dtype):
+    """A sequence whose every key is masked: the bias is the dtype's minimum on every key. In fp32 and bf16
+    (minimum −3.4e38) adding it swallows the scores in either path, so each row is uniform over the keys,
+    and that sequence's output and gradients equal `SoftmaxAttention`'s (fp32: to 1e-6 of the largest
+    value; bf16: to 2%, half-precision rounding as in the test above), as the kernels' backward pass
+    computes the row's softmax again from its maximum and sum (a log-sum-exp kept instead loses the sum
+    against −3.4e38: P of 1, not 1/Sk, on every key). In fp16 (minimum −65504) adding it in fp16, as
+    `SoftmaxAttention` does, rounds a score below −16 to −∞, and a row of them to NaN; the kernels add it
+    in fp32, so the row stays finite."""
     q, k, v, grad, mask = explicit_attention_inputs(1)
     q, k = 4 * q.abs(), -4 * k.abs()  # every score below −16, where fp16's score − 65504 rounds to −∞
     mask[1] = False  # the second sequence sees no key at all
-    got = explicit_on_device(q, k, v, grad, mask, 1.0, 0.0, 0, torch.float16)
-    assert all(torch.isfinite(t).all() for t in got)
+    got = explicit_on_device(q, k, v, grad, mask, 1.0, 0.0, 0, dtype)
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out = zoo.attention.SoftmaxAttention.apply(*leaves, zoo.attention.additive_bias(mask, dtype), 1.0, 0.0, None)
+    out.backward(grad.to(dtype))
+    reference = [t.detach().double() for t in (out, *(leaf.grad for leaf in leaves))]
+    if dtype == torch.float16:
+        assert torch.isnan(reference[0][1]).all() and not torch.isnan(reference[0][0]).any()
+        assert all(torch.isfinite(t).all() for t in got)
+    else:  # the masked sequence's output and gradients
+        assert largest_error([t[1] for t in got], [t[1] for t in reference]) <= (1e-6 if dtype == torch.float32 else 2e-2)
+
+
+def test_explicit_attention_takes_only_four_dimensional_q_k_and_v():
+    """The kernels index the bias by batch, head and row of [B, H, S, ·] tensors: other ranks are refused by
+    the registry's predicate (they take `SoftmaxAttention`) and by the Function, naming the shapes."""
+    q = on_device(torch.randn(2, 5, 8))
+    assert not zoo.attention.triton_explicit_applies(q, q, q, None, 1.0, 0.0, backend="matmul", need_weights=False)
+    assert zoo.attention.triton_explicit_applies(q[None], q[None], q[None], None, 1.0, 0.0, backend="matmul",
+                                                 need_weights=False)
+    with pytest.raises(ValueError, match=r"q, k \[B, H, S, d\].*got q \(2, 5, 8\)"):
+        softmax_attention.ExplicitSoftmaxAttention.apply(q, q, q, None, 1.0, 0.0, 0)
 
 
 @pytest.mark.parametrize("function", ["explicit attention", "residual norm", "SoftmaxAttention"])
