@@ -108,32 +108,28 @@ def _warps(size: int) -> int:
     return min(16, max(4, triton.next_power_of_2(size) // 512))
 
 
-def _bias_arguments(bias: torch.Tensor | None, scores: torch.Tensor) -> tuple:
-    """The bias and its (batch, head, query, key) strides as the kernels read it against scores
-    [B, H, Sq, Sk]: expanded to that shape, a view (stride 0 along what it is broadcast over)."""
-    if bias is None:
-        return scores, 0, 0, 0, 0
-    bias = bias.expand(scores.shape)
-    return bias, *bias.stride()
-
-
-def _row_shape(scores: torch.Tensor) -> tuple[int, int, int, int]:
-    """(rows, keys per row, queries per head, heads) of scores [B, H, Sq, Sk]."""
+def _launch_rows(kernel, name: str, scores: torch.Tensor, bias: torch.Tensor | None, written: torch.Tensor, p: float,
+                 seed: int) -> None:
+    """`kernel` (named `name`, for the record) over every row of the contiguous scores [B, H, Sq, Sk], one
+    program per row, writing `written`; the bias read as a view expanded to the scores' shape (stride 0
+    along what it is broadcast over)."""
     size = scores.shape[-1]
-    return (scores.numel() // size if size else 0), size, scores.shape[-2], scores.shape[-3]
+    rows = scores.numel() // size if size else 0
+    if not rows:
+        return
+    bias_view = scores if bias is None else bias.expand(scores.shape)
+    bias_strides = (0, 0, 0, 0) if bias is None else bias_view.stride()
+    with zoo.kernels.triton_launch(name, scores.device):
+        kernel[(rows,)](scores, bias_view, written, size, scores.shape[-2], scores.shape[-3], *bias_strides, float(p),
+                        1.0 / (1.0 - p), seed, DROPOUT=p > 0.0, BIAS=bias is not None,
+                        SIZE=triton.next_power_of_2(size), num_warps=_warps(size))
 
 
 def softmax_dropout(scores: torch.Tensor, bias: torch.Tensor | None, p: float, seed: int) -> torch.Tensor:
     """c·P ⊙ M (P when p = 0) in the scores' dtype, P = softmax(S + bias), from the contiguous scores S
     [B, H, Sq, Sk] (q·kᵀ, before the bias)."""
-    rows, size, q_len, heads = _row_shape(scores)
     dropped = torch.empty_like(scores)
-    if rows:
-        bias_data, *bias_strides = _bias_arguments(bias, scores)
-        with zoo.kernels.triton_launch("softmax_dropout_forward", scores.device):
-            _softmax_dropout_forward[(rows,)](scores, bias_data, dropped, size, q_len, heads, *bias_strides, float(p),
-                                              1.0 / (1.0 - p), seed, DROPOUT=p > 0.0, BIAS=bias is not None,
-                                              SIZE=triton.next_power_of_2(size), num_warps=_warps(size))
+    _launch_rows(_softmax_dropout_forward, "softmax_dropout_forward", scores, bias, dropped, p, seed)
     return dropped
 
 
@@ -141,13 +137,7 @@ def softmax_dropout_backward(scores: torch.Tensor, bias: torch.Tensor | None, gr
                              seed: int) -> torch.Tensor:
     """From the scores made again (contiguous, overwritten with c·P ⊙ M, or P when p = 0) and dP̃ (`grad`,
     contiguous, overwritten with dS): returns the scores' tensor, now the left operand of dV's product."""
-    rows, size, q_len, heads = _row_shape(scores)
-    if rows:
-        bias_data, *bias_strides = _bias_arguments(bias, scores)
-        with zoo.kernels.triton_launch("softmax_dropout_backward", scores.device):
-            _softmax_dropout_backward[(rows,)](scores, bias_data, grad, size, q_len, heads, *bias_strides, float(p),
-                                               1.0 / (1.0 - p), seed, DROPOUT=p > 0.0, BIAS=bias is not None,
-                                               SIZE=triton.next_power_of_2(size), num_warps=_warps(size))
+    _launch_rows(_softmax_dropout_backward, "softmax_dropout_backward", scores, bias, grad, p, seed)
     return scores
 
 
