@@ -335,6 +335,10 @@ class SoftmaxAttention(torch.autograd.Function):
             scores = torch.matmul(q_scaled, k.transpose(-1, -2))
             if bias is not None:
                 scores.add_(bias)
+                if scores.dtype == torch.float16:
+                    # fp16's minimum is −65504: a masked score below −16 rounds to −∞, and a row of keys all
+                    # masked would be NaN (and its zero gradients NaN too); clamped, it stays finite
+                    scores.clamp_(min=torch.finfo(torch.float16).min)
             # contiguous (a no-op after the matmul) because the dropout kernels index the mask by the
             # element's row-major position, in this forward pass and again in the backward one
             probs = torch.softmax(scores, dim=-1).contiguous()
