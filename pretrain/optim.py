@@ -90,7 +90,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     = ['Norm', 'bias']). Which parameter goes where is zoo.weight_decay's rule, shared with fine-tuning."""
     groups = weight_decay_groups(model, weight_decay)
     for group in groups[1:]:
-        group["adapt"] = False
+        # DeepSpeed's FusedLamb (CUDA) reads no `adapt`: it clips every tensor's ratio to its group's
+        # [min_coeff, max_coeff] (fused_lamb_cuda_kernel.cu), so pinning both to 1 leaves these unadapted there too
+        group.update(adapt=False, min_coeff=1.0, max_coeff=1.0)
     return groups
 
 

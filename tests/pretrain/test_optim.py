@@ -48,6 +48,37 @@ def test_norms_and_biases_neither_decay_nor_adapt():
     assert "lm_head.transform.2.weight" in excluded  # the head's LayerNorm, whatever its name
     assert all(p.dim() >= 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and no_decay["adapt"] is False
+    assert no_decay["min_coeff"] == no_decay["max_coeff"] == 1.0  # FusedLamb's way to say the same (below)
+
+
+def test_deepspeeds_fused_lamb_leaves_norms_and_biases_unadapted_too():
+    """On CUDA DeepSpeed's FusedLamb runs instead of our Lamb, with the same groups. It reads no `adapt`:
+    every tensor's ratio ‖x‖/‖u‖ is clipped to its group's [min_coeff, max_coeff], 1 where a norm is 0
+    (deepspeed/ops/csrc/lamb/fused_lamb_cuda_kernel.cu). One step of that rule, in numpy, over every
+    group: the same weights as our Lamb (fp32 moments), because the no-decay group pins both bounds to 1;
+    with the recipe's bounds there the norm gains and biases would move otherwise."""
+    import zoo
+
+    model = zoo.create("deepnet-mini")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=generator))  # ratios far from 1
+            p.grad = torch.randn(p.shape, generator=generator)
+    optimizer = Lamb(parameter_groups(model, 0.01), lr=0.05, eps=1e-6, weight_decay=0.01)
+    groups = optimizer.param_groups  # with the defaults filled in, as FusedLamb's are
+    fused = {id(p): [numpy_lamb(p.detach().double().numpy(), [p.grad.double().numpy()], 0.05, 0.9, 0.999, 1e-6,
+                                group["weight_decay"], True, bounds)
+                     for bounds in ((group["min_coeff"], group["max_coeff"]), (0.01, 10.0))]
+             for group in groups for p in group["params"]}
+    optimizer.step()
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert no_decay
+    for p in model.parameters():
+        pinned, recipe_bounds = fused[id(p)]
+        np.testing.assert_allclose(p.detach().numpy(), pinned, rtol=1e-5, atol=1e-6)
+        if id(p) in no_decay:
+            assert np.abs(recipe_bounds - pinned).max() > 1e-3
 
 
 def test_piecewise_linear_is_bert4keras():
