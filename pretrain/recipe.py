@@ -10,7 +10,8 @@
     stages:    [...]                      (optional: growth stages, see pretrain/stages.py)
     deepspeed: {...}                      handed to deepspeed.initialize unchanged, except that an
                                           optimizer DeepSpeed cannot run here (Lamb on CPU) is
-                                          replaced by ours with the same parameters; every key DeepSpeed
+                                          replaced by ours with the same parameters, and torch_autocast
+                                          without a dtype runs in bf16 on every device; every key DeepSpeed
                                           parses itself must be one it reads (deepspeed_keys.py; the
                                           optimizer's and scheduler's params go to their constructors)
 

@@ -163,9 +163,15 @@ def model_from_config(config_dict: dict, recipe: Recipe):
 
 
 def deepspeed_config(recipe: Recipe, device: torch.device) -> tuple[dict, dict | None]:
-    """The recipe's deepspeed section, and the optimizer block to run ourselves (Lamb off CUDA)."""
+    """The recipe's deepspeed section (torch_autocast in bf16 unless it names a dtype), and the optimizer
+    block to run ourselves (Lamb off CUDA)."""
     config = copy.deepcopy(recipe.deepspeed)
     config.setdefault("steps_per_print", 10**9)  # our own log reports progress
+    autocast = config.get("torch_autocast")
+    if isinstance(autocast, dict) and autocast.get("enabled") and autocast.get("dtype") is None:
+        # DeepSpeed hands torch.autocast dtype=None: bf16 on the CPU, but fp16 on CUDA, and then without a
+        # loss scale (it makes one only for an explicit float16); the run's evaluation and MFU assume bf16
+        autocast["dtype"] = "bfloat16"
     own_optimizer = None
     optimizer = config.get("optimizer")
     if optimizer and optimizer["type"].lower() == "lamb" and device.type != "cuda":

@@ -203,3 +203,22 @@ def test_deepspeed_keys_refuse_to_run_without_deepspeeds_source(monkeypatch):
             parse_recipe(recipe(deepspeed={**DS, "vocabulary_size": 12000}), source="r.yaml")
     finally:
         deepspeed_keys._outside_keys.cache_clear()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [None, "bfloat16", "float16"])
+def test_torch_autocast_without_a_dtype_runs_in_bf16_on_every_device(device, dtype):
+    """DeepSpeed reads a missing torch_autocast dtype as None and hands that to torch.autocast, whose default
+    is bf16 on the CPU but fp16 on CUDA (with no loss scale: DeepSpeed makes one only for float16 named).
+    The config the trainer hands DeepSpeed names bf16 then, the dtype the trainer evaluates in and takes
+    its MFU peak for; a named dtype stays."""
+    import torch
+    from deepspeed.runtime.config import get_torch_autocast_dtype
+
+    from pretrain.trainer import _compute_dtype, deepspeed_config
+
+    block = {"enabled": True} if dtype is None else {"enabled": True, "dtype": dtype}
+    config, _ = deepspeed_config(parse_recipe(recipe(deepspeed={**DS, "torch_autocast": block})), torch.device(device))
+    expected = torch.float16 if dtype == "float16" else torch.bfloat16
+    assert get_torch_autocast_dtype(config) == _compute_dtype(config) == expected
+    assert get_torch_autocast_dtype({**DS, "torch_autocast": {"enabled": True}}) is None  # what DeepSpeed reads alone
