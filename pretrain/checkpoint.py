@@ -95,7 +95,9 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "numpy": [keys.tolist(), int(position), int(has_gauss), float(cached)],
         "python": list(random.getstate()[1]),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this rank's GPU only: every GPU of the node is visible to each rank, and a resume on nodes with
+        # fewer of them (the same ranks, laid out otherwise) could not set the others
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
     }
 
 
@@ -105,7 +107,11 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     random.setstate((3, tuple(state["python"]), None))
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state, this rank's; checkpoints before that kept every visible GPU's: this rank's is its own index
+        saved = state["cuda"]
+        index = 0 if len(saved) == 1 else torch.cuda.current_device()
+        if index < len(saved):
+            torch.cuda.set_rng_state(saved[index])
 
 
 def _barrier() -> None:
