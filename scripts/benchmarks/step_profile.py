@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import statistics
 import sys
 import time
@@ -127,6 +128,17 @@ def summarise(records: list[tuple[str, int, int]], steps: int, device: bool) -> 
 
 
 DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's names; not gpu_user_annotation ranges
+# CUPTI's names of synchronisation events ("Context Sync", "Stream Wait Event", ...) and the runtime calls'
+SYNCHRONISATION = re.compile(r"\bSync\b|Synchroni[sz]e|Stream Wait Event")
+
+
+def is_device_work(event) -> bool:
+    """A kernel, copy or memset: by its activity type where torch binds `activity_type` (this machine's 2.13
+    does; the GPU image's 2.11 may not), else by what is not work: a user-annotation range, a synchronisation."""
+    activity = getattr(event, "activity_type", None)
+    if activity is not None:
+        return activity() in DEVICE_ACTIVITIES
+    return not event.is_user_annotation() and not SYNCHRONISATION.search(event.name())
 
 
 def device_records(events) -> list[tuple[str, int, int]]:
@@ -134,7 +146,7 @@ def device_records(events) -> list[tuple[str, int, int]]:
     also files user-annotation ranges (the optimizer's step) and synchronisation events under the CUDA
     device: those are spans, not work, and are left out."""
     return [(e.name(), e.start_ns(), e.duration_ns()) for e in events
-            if e.device_type() == DeviceType.CUDA and e.activity_type() in DEVICE_ACTIVITIES and e.duration_ns() > 0]
+            if e.device_type() == DeviceType.CUDA and is_device_work(e) and e.duration_ns() > 0]
 
 
 def profiled_records(prof, device: bool) -> list[tuple[str, int, int]]:

@@ -94,27 +94,35 @@ def test_busy_time_is_the_union_of_the_intervals():
 
 
 class KinetoEvent:
-    """The part of torch's `_KinetoEvent` that `device_records` reads."""
+    """The part of torch's `_KinetoEvent` that `device_records` reads; without `activity_type` where the
+    torch it stands for does not bind it."""
 
-    def __init__(self, name, device, activity, start, duration):
-        self._values = dict(name=name, device_type=device, activity_type=activity, start_ns=start, duration_ns=duration)
+    def __init__(self, name, device, activity, start, duration, bound=True):
+        self._values = dict(name=name, device_type=device, start_ns=start, duration_ns=duration,
+                            is_user_annotation=activity == "gpu_user_annotation")
+        if bound:
+            self._values["activity_type"] = activity
 
     def __getattr__(self, key):
+        if key not in self._values:
+            raise AttributeError(key)
         return lambda: self._values[key]
 
 
-def test_device_records_are_kernels_copies_and_memsets_only():
+@pytest.mark.parametrize("bound", [True, False], ids=["activity_type", "without activity_type"])
+def test_device_records_are_kernels_copies_and_memsets_only(bound):
     """Kineto files the optimizer's user-annotation range and synchronisation events under the CUDA device
-    too: spans, not work, which would be counted as kernels and fill the busy time's gaps."""
+    too: spans, not work, which would be counted as kernels and fill the busy time's gaps. Where torch
+    binds no `activity_type`, the annotation says it is one and the synchronisations' names say so."""
     from torch.autograd import DeviceType
 
     cuda, cpu = DeviceType.CUDA, DeviceType.CPU
-    events = [KinetoEvent("nvjet_tst_a", cuda, "kernel", 10, 5), KinetoEvent("Memcpy HtoD", cuda, "gpu_memcpy", 20, 2),
-              KinetoEvent("Memset (Device)", cuda, "gpu_memset", 30, 1),
-              KinetoEvent("Optimizer.step#AdamW.step", cuda, "gpu_user_annotation", 0, 100),
-              KinetoEvent("cudaDeviceSynchronize", cuda, "cuda_sync", 40, 50),
-              KinetoEvent("aten::mm", cpu, "cpu_op", 5, 8), KinetoEvent("cudaLaunchKernel", cpu, "cuda_runtime", 6, 1),
-              KinetoEvent("empty_kernel", cuda, "kernel", 50, 0)]
+    rows = [("nvjet_tst_a", cuda, "kernel", 10, 5), ("Memcpy HtoD", cuda, "gpu_memcpy", 20, 2),
+            ("Memset (Device)", cuda, "gpu_memset", 30, 1), ("Optimizer.step#AdamW.step", cuda, "gpu_user_annotation", 0, 100),
+            ("cudaDeviceSynchronize", cuda, "cuda_sync", 40, 50), ("Context Sync", cuda, "cuda_sync", 60, 5),
+            ("Stream Wait Event", cuda, "cuda_sync", 70, 5), ("aten::mm", cpu, "cpu_op", 5, 8),
+            ("cudaLaunchKernel", cpu, "cuda_runtime", 6, 1), ("empty_kernel", cuda, "kernel", 50, 0)]
+    events = [KinetoEvent(*row, bound=bound) for row in rows]
     assert step_profile.device_records(events) == [("nvjet_tst_a", 10, 5), ("Memcpy HtoD", 20, 2),
                                                    ("Memset (Device)", 30, 1)]
 
