@@ -106,6 +106,8 @@ def attention(
     scaling); the logit scale is 1/√d unless `logit_scale` says otherwise (1.0 for a q that already
     carries it). Returns the output and, with `need_weights`, the probabilities (before dropout).
     """
+    if not 0.0 <= dropout_p < 1.0:  # as configs refuse it; the kernels' rescaling 1/(1 − p) has no p = 1
+        raise ValueError(f"attention dropout_p must be in [0, 1), got {dropout_p}")
     q_len, k_len, device = q.shape[-2], k.shape[-2], q.device
     scale = q.shape[-1] ** -0.5 if logit_scale is None else logit_scale
     if row_scale is not None:

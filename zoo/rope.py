@@ -51,8 +51,8 @@ def fused_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
     """The one-pass kernels (CPU and Triton) take x [B, H, S, d] with tables [B or 1, 1, S, d/2] of x's
     dtype that need no gradient (they differentiate x only); the registry adds the device, the dtypes
     and whether the kernel is built or importable."""
-    if x.dim() != 4 or cos.requires_grad or sin.requires_grad:
-        return False
+    if x.dim() != 4 or x.shape[3] % 2 or cos.requires_grad or sin.requires_grad:
+        return False  # an odd width has no pairs to rotate: the reference refuses it by its shapes
     table = (x.shape[0], 1, x.shape[2], x.shape[3] // 2)
     for t in (cos, sin):
         if t.dtype != x.dtype or t.dim() != 4 or t.shape[0] not in (1, table[0]) or tuple(t.shape[1:]) != table[1:]:

@@ -333,3 +333,12 @@ def test_blocked_kernel_backward_allocates_no_gradient_for_the_probabilities():
     score_sized = [event.key for event in prof.key_averages(group_by_input_shape=True)
                    if event.key in ("aten::zeros", "aten::zero_", "aten::fill_") and "[6, 64, 64]" in str(event.input_shapes)]
     assert score_sized == []
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, float("nan")])
+def test_a_dropout_rate_outside_zero_to_one_is_refused_by_name(p):
+    """The kernels rescale what they keep by 1/(1 − p): at p = 1 that was a ZeroDivisionError from deep
+    inside them (CPU and Triton alike); configs refuse such rates, and so does the function."""
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match=rf"attention dropout_p must be in \[0, 1\), got {p}"):
+        zoo.attention.attention(q, q, q, None, dropout_p=p, training=True)

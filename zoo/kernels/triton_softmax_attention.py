@@ -67,8 +67,8 @@ def _softmax_row(scores, bias, row, col, live, size, q_len, heads, bias_b, bias_
         query = row % q_len
         head = row // q_len % heads
         batch = row // q_len // heads
-        a += tl.load(bias + batch * bias_b + head * bias_h + query * bias_q + col * bias_k, mask=live,
-                     other=0.0).to(tl.float32)
+        a += tl.load(bias + batch * bias_b + head * bias_h + query * bias_q + col.to(tl.int64) * bias_k,
+                     mask=live, other=0.0).to(tl.float32)
     e = tl.exp(a - tl.max(a, axis=0))
     return e / tl.sum(e, axis=0)
 
