@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
                    "budget_tokens_per_length": plan.budget_tokens},
         "masking": {"seed": args.seed, "rate": policy.rate, "mask": policy.mask, "random": policy.random,
                     "whole_word": policy.whole_word},
-        "device": str(args.device),
+        "device": str(loaded.model.device),  # where it ran, not what --device said ("auto")
         "complete": False,
         "results": {name: {} for name in probes},
     }

@@ -229,7 +229,8 @@ def run(args) -> dict:
             result = finetune(model, runner, task_data.train, task_data.dev, step_opts, description=spec.name)
             entry = {"dev": result.dev, "best_step": result.best_step, "steps": result.steps,
                      "seconds": round(result.seconds, 1), "history": result.history, "n_train": len(task_data.train),
-                     "n_dev": len(task_data.dev), "recipe": recipe.__dict__, "predict_files": {}}
+                     "n_dev": len(task_data.dev), "recipe": recipe.__dict__, "device": str(model.device),
+                     "predict_files": {}}
             if args.save_model:
                 model.save_pretrained(out_dir / spec.name / "model")
             if spec.name in ("ocnli", "cmnli") and (nli_model is None or spec.name == "ocnli"):

@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> dict:
         "masking": {"seed": args.seed, "rate": policy.rate, "mask": policy.mask, "random": policy.random,
                     "whole_word": policy.whole_word},
         "bucket_size": train_length,
-        "device": str(args.device),
+        "device": str(loaded.model.device),  # where it ran, not what --device said ("auto")
         "complete": False,
         "results": {name: {v.name: {} for v in variants} for name in sets},
     }

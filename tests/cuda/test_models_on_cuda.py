@@ -94,12 +94,13 @@ def test_training_with_dropout_on_cuda_is_finite_and_seeded(preset, backend):
     model = zoo.create(preset, attention_backend=backend).cuda().train()
     ids, mask = (t.cuda() for t in padded_batch())
     losses = []
-    for _ in range(2):
-        torch.manual_seed(7)
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             losses.append(model(input_ids=ids, attention_mask=mask, labels=ids).loss.float())
     assert torch.isfinite(torch.stack(losses)).all()
     assert losses[0].item() == losses[1].item()  # the same seed draws the same dropout masks
+    assert losses[2].item() != losses[0].item()  # another seed other masks: dropout is on
 
 
 @pytest.mark.parametrize("preset", FAMILIES)

@@ -137,6 +137,7 @@ def test_clue_dry_run_on_cuda(model_folder, tmp_path):
                  "tnews,cmrc2018,cluener", "--output", str(out), "--no-progress", "--device", "cuda"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert all(0 <= entry["dev"]["score"] <= 100 for entry in results["tasks"].values())
+    assert {entry["device"] for entry in results["tasks"].values()} == {"cuda:0"}  # it ran there
 
 
 def test_extrapolation_on_cuda_scores_what_the_cpu_does(model_folder, corpus_file, tmp_path):
@@ -149,7 +150,9 @@ def test_extrapolation_on_cuda_scores_what_the_cpu_does(model_folder, corpus_fil
                      "--lengths", "1,2", "--variants",
                      "baseline,ntk", "--device", device, "--out", str(out), "--quiet", "--max-tokens", "512",
                      "--targets", "4"]) == 0
-        scores[device] = json.loads((out / "results.json").read_text())["results"]
+        results = json.loads((out / "results.json").read_text())
+        assert results["device"] == {"cpu": "cpu", "cuda": "cuda:0"}[device]  # it ran where it was asked to
+        scores[device] = results["results"]
     for name, cells in scores["cpu"].items():
         for variant, lengths in cells.items():
             for length, cell in lengths.items():

@@ -221,6 +221,7 @@ def test_command_from_folder(tmp_path, model_folder, capsys):
     assert results["complete"] and results["train_length"] == N and results["lengths"] == [8, 16, 32]
     assert results["model"]["rope_dim"] == 16 and results["model"]["rope_base"] == 10000.0
     assert results["git"]["commit"] and results["masking"]["seed"] == 0
+    assert results["device"] == "cpu"  # where "auto" ran it on this machine, not "auto"
     assert results["sets"] == ["natural", "repeated", "fixed_target"]
     for name, cells in results["results"].items():
         base = cells["baseline"]

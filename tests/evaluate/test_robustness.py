@@ -91,6 +91,7 @@ def test_command(tmp_path, model_folder, capsys):  # noqa: F811
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and results["probes"] == list(PROBES) and results["lengths"] == [8, 32]
+    assert results["device"] == "cpu"  # where "auto" ran it on this machine, not "auto"
     cells = results["results"]
     for length in ("8", "32"):
         natural = cells["natural"][length]

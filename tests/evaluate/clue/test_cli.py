@@ -38,7 +38,7 @@ def test_dry_run_every_task_end_to_end(fixtures, tiny_folder, tmp_path, capsys):
     assert list(results["tasks"]) == list(CLUE_TASKS) + ["diagnostics"]
     for name in CLUE_TASKS:
         entry = results["tasks"][name]
-        assert entry["steps"] >= 1 and 0.0 <= entry["dev"]["score"] <= 100.0
+        assert entry["steps"] >= 1 and 0.0 <= entry["dev"]["score"] <= 100.0 and entry["device"] == "cpu"
     assert results["tasks"]["cmrc2018"]["dev"].keys() >= {"em", "f1"}
     assert results["tasks"]["cluener"]["dev"].keys() >= {"macro_f1", "micro_f1", "per_type"}
     assert results["tasks"]["diagnostics"]["predicted_with"] == "ocnli"
