@@ -297,6 +297,11 @@ class Trainer:
         recipe = self.recipe
         config, own_optimizer = deepspeed_config(recipe, self.runtime.device)
         self.zero_stage = int(config.get("zero_optimization", {}).get("stage", 0))
+        # ZeRO 1/2 and DeepSpeed's bf16 and fp16 optimizers measure the gradient norm themselves, over the fp32
+        # gradients they accumulate (the parameters' .grad holds one micro-batch's in bf16, or a loss-scaled
+        # sum in fp16); under ZeRO 0 without them (torch_autocast) the step measures it (_train_step)
+        self.measures_grad_norm = self.zero_stage == 0 and not any(
+            config.get(key, {}).get("enabled") for key in ("bf16", "bfloat16", "fp16"))
         global_batch = config.get("train_batch_size")
         if global_batch and len(self.corpus.train) < global_batch:  # before DeepSpeed builds its optimizer op
             raise RunError(f"the corpus has {len(self.corpus.train)} sequences of {recipe.data.seq_len} tokens, fewer "
@@ -504,8 +509,8 @@ class Trainer:
                 finite = self.runtime.sum_across_ranks([torch.isfinite(loss_sum).float()])
                 if float(finite[0]) < self.world:
                     self._stop_nonfinite(loss_sum / count)
-                if logging_step and self.zero_stage == 0:
-                    grad_norm = _gradient_norm(self.engine.module)  # ZeRO 0 does not report it
+                if logging_step and self.measures_grad_norm:
+                    grad_norm = _gradient_norm(self.engine.module)  # nothing in DeepSpeed reports it
             self.engine.step()
         self.stream_state = step_batches.state
         if logging_step and grad_norm is None:

@@ -94,6 +94,27 @@ def test_pretraining_steps_and_resume_on_cuda(tmp_path, corpus_file):
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
+def test_the_logged_gradient_norm_is_the_same_in_every_precision_mode(tmp_path, corpus_file):
+    """Step 1's gradient norm (dropout off, two micro-batches) under ZeRO 0 with torch_autocast (the step
+    measures it), DeepSpeed's bf16 optimizer and its fp16 one (they report it): the same norm to 2%, the
+    precisions' rounding. In fp16 the parameters' .grad holds a loss-scaled sum (×2^8 here), in bf16
+    one micro-batch's or none, so reading it there would be off by the scale or about half."""
+    norms = {}
+    modes = {"autocast": {"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}, "bf16": {"bf16": {"enabled": True}},
+             "fp16": {"fp16": {"enabled": True, "initial_scale_power": 8}}}  # 2^16: a first step that overflows
+    for mode, block in modes.items():
+        deepspeed = {"train_batch_size": 32, "train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 0},
+                     "optimizer": {"type": "AdamW", "params": {"lr": 0.003, "torch_adam": True}}, **block}
+        recipe = recipe_file(tmp_path, corpus_file, mode, steps=1, deepspeed=deepspeed,
+                             model={"preset": "roformer-v2-mini",
+                                    "config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}})
+        code, output = pretrain(recipe)
+        assert code == 0, output[-4000:]
+        norms[mode] = read_metrics(tmp_path / mode / "metrics.jsonl", "train")[0]["grad_norm"]
+    assert norms["bf16"] == pytest.approx(norms["autocast"], rel=0.02), norms
+    assert norms["fp16"] == pytest.approx(norms["autocast"], rel=0.02), norms
+
+
 def test_growth_mid_run_on_cuda(tmp_path, corpus_file):
     stages = [{"name": "small", "steps": 2},
               {"name": "wide", "grow": {"hidden_size": 256, "num_heads": 4, "intermediate_size": 1024}}]
