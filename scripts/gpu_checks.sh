@@ -78,7 +78,8 @@ section triton-kernels 120 python -m pytest -v tests/zoo/test_triton_kernels.py 
 # of kernel, per model
 section gpu-benchmark 170 python scripts/benchmarks/gpu.py --out "$OUT/gpu" --budget-s 130 ${GPU_BENCH_ARGS:-}
 section step-profile 120 python scripts/benchmarks/step_profile.py --out "$OUT/step_profile"
-# passed on an H200 before (BENCHMARKS.md); FusedLamb's build (about 40 s) is in its first test; the three 1-step runs of the gradient-norm test add about 40 s
+# passed on an H200 before (BENCHMARKS.md); FusedLamb's build (about 40 s) is in its first test; the three
+# one-step runs of the gradient-norm test add about 40 s
 section cuda-pipeline 240 python -m pytest -v -m cuda tests/cuda/test_pipeline_on_cuda.py -p no:cacheprovider -rs
 short_run roformer-v2-base roformer-v2-base 10
 short_run gau-alpha-base gau-alpha-base 6
