@@ -298,7 +298,7 @@ class Trainer:
         config, own_optimizer = deepspeed_config(recipe, self.runtime.device)
         self.zero_stage = int(config.get("zero_optimization", {}).get("stage", 0))
         # ZeRO 1/2 and DeepSpeed's bf16 and fp16 optimizers measure the gradient norm themselves, over the fp32
-        # gradients they accumulate (the parameters' .grad holds one micro-batch's in bf16, or a loss-scaled
+        # gradients they accumulate (the parameters' .grad holds at most one micro-batch's in bf16, a loss-scaled
         # sum in fp16); under ZeRO 0 without them (torch_autocast) the step measures it (_train_step)
         self.measures_grad_norm = self.zero_stage == 0 and not any(
             config.get(key, {}).get("enabled") for key in ("bf16", "bfloat16", "fp16"))
