@@ -12,14 +12,24 @@ model of a shape (zoo's `train_flops_per_token`: 6 × matmul weights + attention
 15%), and MFU is against the GPU's dense bf16 datasheet peak (pretrain.metrics); the measured 8192³
 bf16 matmul is reported beside it. Inference is a forward pass in eval mode, logits at every position,
 under the same autocast, and again with the weights in bf16 (no autocast: no per-pass weight casts).
-Each cell: 3 warm-up steps, then `--steps` timed steps between device synchronisations; peak memory is
-the CUDA allocator's peak over the cell. Variants of ours: selective recomputation, the fused kernels
+Each cell: 3 warm-up steps (2 for the bare loop), then `--steps` timed steps (a quarter of them, at
+least 2, for the compiled cells and the bare loop) between device synchronisations, both counts kept in
+the JSON; peak memory is the CUDA allocator's peak over the cell. Variants of ours: selective recomputation, the fused kernels
 switched off, every attention through cuDNN's kernel, and GAU-α with its score matrix in memory (the
 explicit attention: Triton's softmax between cuBLAS products); each family compiled. Also: GAU-α's
 attention alone (one wide head through sdpa vs heads sharing q/k, through cuDNN's kernel alone among
 others, vs the explicit attention), and the bare loop at the
 published recipe's micro-batch (64 × 512, LAMB every 8 micro-batches) to set beside `python -m
 pretrain`'s tokens/s.
+
+Cells run in the order of issue 15's goals, so that a budget cut leaves the rest: the eager training
+steps the goals are measured by (ours, BERT, GAU-α's explicit attention) at both lengths, inference of
+ours and BERT at the three lengths, the bare loop, the compiled cells, then the other variants. The
+report (written after every cell, so a run cut short still has one) ends with each goal, its threshold,
+the figure and PASS, FAIL or NOT MEASURED. The pretraining loop's own figures come from its runs'
+metrics.jsonl (scripts/gpu_checks.sh keeps them), added with `--pretrain-metrics`, on the GPU or later:
+
+    python scripts/benchmarks/gpu.py --replot DIR --pretrain-metrics roformer-v2-base=RUN/metrics.jsonl
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,6 +107,20 @@ def build(name: str, dry: bool):
                                             attn_implementation="eager")
 
 
+def build_on(runtime: Runtime, name: str, dry: bool):
+    """`build` with its weights initialised on the device (the CPU's truncated-normal draws take seconds
+    for a base model: 9 s for GAU-α-base on this project's CPUs, which the budget would pay in every cell);
+    built on the CPU and moved where that fails, so that no cell is lost to it."""
+    if runtime.is_cuda:
+        try:
+            with torch.device(runtime.device):
+                return build(name, dry)
+        except Exception as error:  # noqa: BLE001 - reported, then the CPU's way
+            print(f"{name}: not built on {runtime.device} ({type(error).__name__}: {error}); built on the CPU",
+                  flush=True)
+    return build(name, dry).to(runtime.device)
+
+
 def flops_config(name: str, dry: bool):
     """The config whose FLOP formula counts this model: ours, or RoFormerV2-base for BERT/RoFormer (same shape)."""
     if dry:
@@ -112,7 +137,10 @@ def make_batch(batch: int, length: int, device, seed: int = 0):
     return ids.to(device), labels.to(device), torch.nonzero(chosen.flatten()).flatten().to(device)
 
 
-def timed(runtime: Runtime, step, steps: int, warmup: int = 3) -> tuple[float, float]:
+WARMUP = 3
+
+
+def timed(runtime: Runtime, step, steps: int, warmup: int = WARMUP) -> tuple[float, float]:
     """(seconds per step, peak MB) of `step()` after `warmup` calls."""
     runtime.reset_peak_memory()
     for _ in range(warmup):
@@ -129,7 +157,7 @@ def training_step(name: str, length: int, batch: int, runtime: Runtime, dry: boo
     """One training step of the cell's model as a function (forward under autocast, MLM loss, backward,
     fused AdamW), on a fresh model and batch."""
     torch.manual_seed(0)
-    model = build(name, dry).to(runtime.device).train()
+    model = build_on(runtime, name, dry).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=runtime.is_cuda)
     forward = torch.compile(model) if compile else model
     ids, labels, positions = make_batch(batch, length, runtime.device)
@@ -160,7 +188,7 @@ def inference_step(name: str, length: int, batch: int, runtime: Runtime, dry: bo
     BF16_WEIGHTS, with the weights in bf16 and no autocast."""
     torch.manual_seed(0)
     bf16_weights = name.endswith(BF16_WEIGHTS)
-    model = build(name.removesuffix(BF16_WEIGHTS), dry).to(runtime.device).eval()
+    model = build_on(runtime, name.removesuffix(BF16_WEIGHTS), dry).eval()
     if bf16_weights:
         model = model.to(torch.bfloat16)
     ids, _, _ = make_batch(batch, length, runtime.device)
@@ -187,9 +215,9 @@ def infer_cell(name: str, length: int, batch: int, runtime: Runtime, steps: int,
 SHARED_QK_VARIANTS = {
     "heads sharing q/k (expand)": (1, None, 0.1),
     "heads sharing q/k (expand), cuDNN only": (1, ("CUDNN_ATTENTION",), 0.125),
-    "heads sharing q/k, v slices of 2×s": (2, ("EFFICIENT_ATTENTION", "MATH"), 0.1),
+    "heads sharing q/k, v slices of 2×s": (2, ("EFFICIENT_ATTENTION",), 0.1),
     "heads sharing q/k, v slices of 2×s, cuDNN only": (2, ("CUDNN_ATTENTION",), 0.125),
-    "heads sharing q/k, v slices of 4×s": (4, ("EFFICIENT_ATTENTION", "MATH"), 0.1),
+    "heads sharing q/k, v slices of 4×s": (4, ("EFFICIENT_ATTENTION",), 0.1),
 }
 
 
@@ -200,13 +228,14 @@ EXPLICIT = "explicit scores (attention_backend=matmul)"
 
 def attention_backends(names, runtime: Runtime):
     """sdpa restricted to the named backends for a block (None: unrestricted). On the CPU (the dry run)
-    cuDNN is replaced by the math backend, so that the cell checks the script."""
+    the CUDA-only backends (cuDNN's, the memory-efficient one) are replaced by the math backend, so that
+    the cell checks the script; on CUDA nothing is, so a call a backend declines fails its cell."""
     if names is None:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     if not runtime.is_cuda:
-        names = ["MATH" if name == "CUDNN_ATTENTION" else name for name in names]
+        names = ["MATH" if name in ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION") else name for name in names]
     return sdpa_kernel([getattr(SDPBackend, name) for name in names])
 
 
@@ -249,7 +278,7 @@ def bare_loop_cell(runtime: Runtime, steps: int, dry: bool) -> dict:
     micro-batch 64 × 512, bf16 autocast, the sparse head, LAMB (DeepSpeed's FusedLamb on CUDA) every 8."""
     micro, length, accumulation = (4, 64, 2) if dry else (64, 512, 8)
     torch.manual_seed(0)
-    model = build("zoo RoFormerV2-base", dry).to(runtime.device).train()
+    model = build_on(runtime, "zoo RoFormerV2-base", dry).train()
     if runtime.is_cuda:
         from deepspeed.ops.lamb import FusedLamb
 
@@ -269,39 +298,64 @@ def bare_loop_cell(runtime: Runtime, steps: int, dry: bool) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds, peak = timed(runtime, step, steps, warmup=2)
+    seconds, peak = timed(runtime, step, steps, warmup=BARE_LOOP_WARMUP)
     tokens = micro * length * accumulation
     fpt = flops_config("zoo RoFormerV2-base", dry).train_flops_per_token(length, masked_fraction=MASK_RATE)
     return {"seconds": seconds, "tokens_per_s": tokens / seconds, "model_tflops": tokens * fpt / seconds / 1e12,
-            "peak_mb": peak}
+            "peak_mb": peak, "batch": micro, "accumulation": accumulation}
+
+
+BARE_LOOP_WARMUP = 2
 
 
 def plan(args) -> list[tuple[str, str, int, int, dict]]:
-    """(section, model, length, batch, options) of every cell, most important first."""
-    train = {k: v for k, v in TRAIN_SHAPES.items()} if not args.dry else {64: 4, 128: 2}
-    infer = {k: v for k, v in INFER_SHAPES.items()} if not args.dry else {32: 8, 64: 4, 128: 2}
+    """(section, model, length, batch, options) of every cell, in the order they run: the budget skips the
+    last ones, so first what issue 15's goals are measured by, then what explains the figures."""
+    train = dict(TRAIN_SHAPES) if not args.dry else {64: 4, 128: 2}
+    infer = dict(INFER_SHAPES) if not args.dry else {32: 8, 64: 4, 128: 2}
+    bert = "transformers BERT-base (sdpa)"
+    explicit = [name for name in VARIANTS if name.startswith("zoo GAU-α-base, explicit attention")]
     cells = []
-    # the budget skips the last cells: first what the goals are measured by (ours, BERT as the yardstick,
-    # GAU-α's explicit attention) at both lengths, then the compiled cells, then the other variants
-    first_variants = [name for name in VARIANTS if name.startswith("zoo GAU-α-base, explicit attention")]
+    # the training goals: ours, BERT as the yardstick, and GAU-α's explicit attention (the other choice for
+    # its CUDA default), at both lengths
     for length, batch in train.items():
-        for name in list(OURS) + ["transformers BERT-base (sdpa)"] + first_variants:
-            cells.append(("train", name, length, batch, {}))
+        cells += [("train", name, length, batch, {}) for name in [*OURS, bert, *explicit]]
+    # the inference goal: ours and BERT under autocast, at the three lengths
+    for length, batch in infer.items():
+        cells += [("infer", name, length, batch, {}) for name in [*OURS, bert]]
+    # the loop goal's yardstick (its first run builds DeepSpeed's FusedLamb: about 40 s)
+    cells.append(("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 64 if args.dry else 512, 64, {}))
     first = next(iter(train))
     if not args.no_compile:
-        for name in COMPILED:
-            cells.append(("train", name + " compiled", first, train[first], {"compile": True}))
+        cells += [("train", name + " compiled", first, train[first], {"compile": True}) for name in COMPILED]
     for length, batch in train.items():
-        for name in [name for name in VARIANTS if name not in first_variants] + ["transformers RoFormer (eager)"]:
-            cells.append(("train", name, length, batch, {}))
-    for length, batch in train.items():
-        for variant in ("one wide head", "heads sharing q/k (copies)", *SHARED_QK_VARIANTS, EXPLICIT):
-            cells.append(("gau_attention", variant, length, batch, {}))
-    cells.append(("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 64 if args.dry else 512, 64, {}))
+        cells += [("train", name, length, batch, {}) for name in [*VARIANTS, *PEERS] if name not in [*explicit, bert]]
     for length, batch in infer.items():
-        for name in INFER_MODELS + [name + BF16_WEIGHTS for name in INFER_MODELS]:
-            cells.append(("infer", name, length, batch, {}))
+        cells += [("infer", name, length, batch, {}) for name in INFER_MODELS + [n + BF16_WEIGHTS for n in INFER_MODELS]
+                  if name not in [*OURS, bert]]
+    for length, batch in train.items():
+        cells += [("gau_attention", variant, length, batch, {})
+                  for variant in ("one wide head", "heads sharing q/k (copies)", *SHARED_QK_VARIANTS, EXPLICIT)]
     return cells
+
+
+def attach_pretrain_metrics(payload: dict, specs: list[str]) -> None:
+    """payload["pretrain"][NAME]: the median tokens/s and MFU of a `python -m pretrain` run's logged steps
+    (NAME=PATH to its metrics.jsonl), the first logged interval left out (it holds the warm-up: the first
+    steps, the optimizer op's load, a compilation)."""
+    from pretrain.metrics import read_metrics
+
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"--pretrain-metrics takes NAME=PATH, got {spec!r}")
+        records = read_metrics(Path(path), "train")[1:]
+        if not records:
+            raise SystemExit(f"{path}: no logged training step after the first")
+        payload.setdefault("pretrain", {})[name] = {
+            "path": str(path), "records": len(records), "steps": [r["step"] for r in records],
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
+            "mfu": statistics.median(r["mfu"] for r in records), "mfu_basis": records[-1].get("mfu_basis")}
 
 
 def main(argv=None) -> int:
@@ -311,12 +365,17 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=240.0, help="start no cell after this many seconds")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile cells")
     parser.add_argument("--sections", default="train,gau_attention,bare_loop,infer",
-                        help="which sections to run, in this order (default: all)")
+                        help="which sections to run (default: all), each cell in the plan's order")
     parser.add_argument("--dry", action="store_true", help="tiny shapes on the CPU: checks the script, measures nothing")
     parser.add_argument("--replot", type=Path, default=None, help="write the table and PNG again from DIR/gpu.json")
+    parser.add_argument("--pretrain-metrics", action="append", default=[], metavar="NAME=PATH",
+                        help="a `python -m pretrain` run's metrics.jsonl (NAME: its recipe, e.g. roformer-v2-base) "
+                             "for the goals measured in the pretraining loop; repeatable")
     args = parser.parse_args(argv)
     if args.replot is not None:
         payload = json.loads((args.replot / "gpu.json").read_text())
+        attach_pretrain_metrics(payload, args.pretrain_metrics)
+        (args.replot / "gpu.json").write_text(json.dumps(payload, indent=1))
         report(payload, args.replot)
         return 0
     normalize_cuda_arch_list()  # the bare loop builds DeepSpeed's FusedLamb
@@ -325,20 +384,25 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name(runtime.device) if runtime.is_cuda else "CPU (dry run)"
     sheet = datasheet_tflops(device_name, torch.bfloat16) if runtime.is_cuda else None
     measured = measure_matmul_peak(torch.bfloat16, 8192 if runtime.is_cuda else 256, device=runtime.device)
+    side = 8192 if runtime.is_cuda else 256
     payload = {"device": device_name, "torch": torch.__version__, "datasheet_tflops": sheet,
-               "measured_matmul_tflops": measured / 1e12, "dry": args.dry, "cells": []}
-    print(f"{device_name}: datasheet {sheet} TFLOP/s, measured 8192³ bf16 matmul {measured / 1e12:.0f} TFLOP/s",
+               "measured_matmul_tflops": measured / 1e12, "matmul_side": side, "dry": args.dry,
+               "train_lengths": list(TRAIN_SHAPES), "infer_lengths": list(INFER_SHAPES), "cells": []}
+    if args.dry:
+        payload["train_lengths"], payload["infer_lengths"] = [64, 128], [32, 64, 128]
+    attach_pretrain_metrics(payload, args.pretrain_metrics)
+    print(f"{device_name}: datasheet {sheet} TFLOP/s, measured {side}³ bf16 matmul {measured / 1e12:.3g} TFLOP/s",
           flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    order = [s.strip() for s in args.sections.split(",")]
-    cells = sorted((c for c in plan(args) if c[0] in order), key=lambda c: order.index(c[0]))
-    for section, name, length, batch, options in cells:
+    sections = {s.strip() for s in args.sections.split(",")}
+    for section, name, length, batch, options in [c for c in plan(args) if c[0] in sections]:
         cell = {"section": section, "model": name, "seq_len": length, "batch": batch}
         if time.perf_counter() - started > args.budget_s:
             cell["error"] = "skipped: time budget"
         else:
             try:
                 steps = max(2, args.steps // 4) if options.get("compile") or section == "bare_loop" else args.steps
+                cell.update(steps=steps, warmup=BARE_LOOP_WARMUP if section == "bare_loop" else WARMUP)
                 if section == "train":
                     cell.update(train_cell(name.removesuffix(" compiled"), length, batch, runtime, steps, args.dry,
                                            **options))
@@ -358,6 +422,7 @@ def main(argv=None) -> int:
         payload["cells"].append(cell)
         print(json.dumps(cell), flush=True)
         (args.out / "gpu.json").write_text(json.dumps(payload, indent=1))
+        report(payload, args.out, quiet=True)  # a run its time limit stops still leaves its report
     report(payload, args.out)
     return 0
 
@@ -365,24 +430,36 @@ def main(argv=None) -> int:
 def rows(payload: dict) -> list[list[str]]:
     table = []
     for c in payload["cells"]:
+        batch = f"{c['batch']}×{c['accumulation']}" if c.get("accumulation") else str(c["batch"])
         if "error" in c:
-            table.append([c["section"], c["model"], str(c["seq_len"]), str(c["batch"]), c["error"], "", "", ""])
+            table.append([c["section"], c["model"], str(c["seq_len"]), batch, c["error"], "", "", ""])
             continue
         mfu = f"{c['mfu']:.1%}" if c.get("mfu") is not None else "–"
-        table.append([c["section"], c["model"], str(c["seq_len"]), str(c["batch"]), f"{c['tokens_per_s']:,.0f}",
-                      f"{c['model_tflops']:.1f}", mfu, f"{c['peak_mb'] / 1024:.1f}"])
+        peak = f"{c['peak_mb'] / 1024:.1f}" if not payload.get("dry") else "–"  # the CPU's is the process's RSS
+        table.append([c["section"], c["model"], str(c["seq_len"]), batch, f"{c['tokens_per_s']:,.0f}",
+                      f"{c['model_tflops']:.1f}", mfu, peak])
     return table
 
 
-def report(payload: dict, out: Path) -> None:
-    header = ["section", "model", "S", "batch", "tokens/s", "model TFLOP/s", "MFU", "peak GB"]
+def report(payload: dict, out: Path, quiet: bool = False) -> None:
+    """gpu.md (table, ratios, goals) and, unless `quiet` (the report after each cell), gpu.png and the text
+    printed."""
+    header = ["section", "model", "S", "batch", "tokens/s", "model TFLOP/s", "MFU", "peak GiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(payload)]
+    side = payload.get("matmul_side", 8192)
     lines += ["", f"{payload['device']}, torch {payload['torch']}: datasheet {payload['datasheet_tflops']} TFLOP/s "
-                  f"(dense bf16), measured 8192³ bf16 matmul {payload['measured_matmul_tflops']:.0f} TFLOP/s."]
-    ratios = ratio_lines(payload)
-    text = "\n".join(lines + [""] + ratios) + "\n"
+                  f"(dense bf16), measured {side}³ bf16 matmul {payload['measured_matmul_tflops']:.3g} TFLOP/s."]
+    if payload.get("dry"):
+        lines.append("Dry run: tiny shapes on the CPU, to check the script; no figure here measures anything.")
+    for name, run in payload.get("pretrain", {}).items():
+        lines.append(f"`python -m pretrain` {name}: {run['tokens_per_s']:,.0f} tokens/s, MFU {run['mfu']:.1%} "
+                     f"({run['mfu_basis']}), median of the logged steps {run['steps']} ({run['path']}).")
+    text = "\n".join(lines + ["", "Ratios:", ""] + ratio_lines(payload) + ["", "Goals (issue 15):", ""]
+                     + goal_lines(payload)) + "\n"
     (out / "gpu.md").write_text(text)
+    if quiet:
+        return
     print(text)
     with contextlib.suppress(ImportError):
         plot(payload, out / "gpu.png")
@@ -395,19 +472,28 @@ def _cell(payload, section, model, length):
     return None
 
 
+BERT = "transformers BERT-base (sdpa)"
+
+
+def best_bert(payload: dict, length: int) -> dict | None:
+    """BERT-base's faster training cell at `length`, eager or compiled, its name in "model"."""
+    cells = [c for c in (_cell(payload, "train", BERT, length), _cell(payload, "train", BERT + " compiled", length)) if c]
+    return max(cells, key=lambda c: c["tokens_per_s"], default=None)
+
+
 def ratio_lines(payload: dict) -> list[str]:
-    """The issue's goals as ratios of this run's cells."""
+    """This run's cells against each other: ours against BERT and RoFormerV2, each variant against the
+    model it varies, the fused kernels and backends on and off, inference against BERT's."""
     out = []
     for length in sorted({c["seq_len"] for c in payload["cells"] if c["section"] == "train"}):
-        bert = _cell(payload, "train", "transformers BERT-base (sdpa)", length)
-        bert_c = _cell(payload, "train", "transformers BERT-base (sdpa) compiled", length)
-        best = max((c for c in (bert, bert_c) if c), key=lambda c: c["tokens_per_s"], default=None)
+        best = best_bert(payload, length)
         rof = _cell(payload, "train", "zoo RoFormerV2-base", length)
         gau = _cell(payload, "train", "zoo GAU-α-base", length)
         for name in list(OURS) + list(VARIANTS) + [name + " compiled" for name in COMPILED if name in OURS]:
             ours = _cell(payload, "train", name, length)
             if ours and best:
-                out.append(f"- S={length}: {name} / best BERT = {ours['tokens_per_s'] / best['tokens_per_s']:.2f}×")
+                out.append(f"- S={length}: {name} / best BERT ({best['model'].removeprefix('transformers ')}) = "
+                           f"{ours['tokens_per_s'] / best['tokens_per_s']:.2f}×")
         for name, entries in KERNELS_OFF.items():
             fused, unfused = _cell(payload, "train", VARIANTS[name][0], length), _cell(payload, "train", name, length)
             if fused and unfused:
@@ -418,6 +504,12 @@ def ratio_lines(payload: dict) -> list[str]:
             if plain and only:
                 out.append(f"- S={length}: {VARIANTS[name][0]} with its attention through {', '.join(backends)} / "
                            f"sdpa's choice = {only['tokens_per_s'] / plain['tokens_per_s']:.2f}× tokens/s")
+        for name, (base, _) in VARIANTS.items():  # the other variants against the model they vary
+            cell, base_cell = _cell(payload, "train", name, length), _cell(payload, "train", base, length)
+            if cell and base_cell and name not in KERNELS_OFF and name not in SDPA_ONLY:
+                out.append(f"- S={length}: {name.removeprefix('zoo ')} / {base.removeprefix('zoo ')} tokens/s = "
+                           f"{cell['tokens_per_s'] / base_cell['tokens_per_s']:.2f}×, "
+                           f"peak memory {cell['peak_mb'] / base_cell['peak_mb']:.2f}×")
         rof_c, gau_c = (_cell(payload, "train", name + " compiled", length) for name in ("zoo RoFormerV2-base",
                                                                                         "zoo GAU-α-base"))
         if rof_c and gau_c:
@@ -425,20 +517,84 @@ def ratio_lines(payload: dict) -> list[str]:
                        f"{gau_c['tokens_per_s'] / rof_c['tokens_per_s']:.2f}×, MFU ratio "
                        f"{gau_c['model_tflops'] / rof_c['model_tflops']:.2f}×, "
                        f"peak memory {gau_c['peak_mb'] / rof_c['peak_mb']:.2f}×")
+        gau_variants = [name for name in VARIANTS if name.startswith("zoo GAU-α-base") and name not in KERNELS_OFF]
         for label, cell in (("GAU-α", gau), *((name.removeprefix("zoo "), _cell(payload, "train", name, length))
-                                               for name in VARIANTS if name not in KERNELS_OFF)):
+                                               for name in gau_variants)):
             if rof and cell:
                 out.append(f"- S={length}: {label} / RoFormerV2 tokens/s = {cell['tokens_per_s'] / rof['tokens_per_s']:.2f}×, "
                            f"MFU ratio {cell['model_tflops'] / rof['model_tflops']:.2f}×, "
                            f"peak memory {cell['peak_mb'] / rof['peak_mb']:.2f}×")
     for length in sorted({c["seq_len"] for c in payload["cells"] if c["section"] == "infer"}):
         for weights in ("", BF16_WEIGHTS):
-            bert = _cell(payload, "infer", "transformers BERT-base (sdpa)" + weights, length)
+            bert = _cell(payload, "infer", BERT + weights, length)
             for name in [name for name in INFER_MODELS if name.startswith("zoo")]:
                 ours = _cell(payload, "infer", name + weights, length)
                 if ours and bert:
                     out.append(f"- inference S={length}: {name}{weights} / BERT-base{weights} = "
                                f"{ours['tokens_per_s'] / bert['tokens_per_s']:.2f}× tokens/s")
+    return out
+
+
+# issue 15's thresholds
+GOAL_MFU, GOAL_OVER_BERT, GOAL_GAU_MFU, GOAL_GAU_MEMORY, GOAL_INFERENCE, GOAL_LOOP = 0.45, 1.5, 1.0, 0.8, 1.2, 0.95
+PRETRAIN_RUNS = {"zoo RoFormerV2-base": "roformer-v2-base", "zoo DeepNet-12": "deepnet-base"}  # model → recipe
+
+
+def goal_lines(payload: dict) -> list[str]:
+    """Each of issue 15's goals: PASS, FAIL or NOT MEASURED (a cell skipped or failed, a run not attached),
+    the threshold and the figure, with where it comes from. In a dry run the lengths stand in for 512 and
+    2048 (training) and 128, 512 and 2048 (inference)."""
+    train = payload.get("train_lengths") or sorted({c["seq_len"] for c in payload["cells"] if c["section"] == "train"})
+    infer = payload.get("infer_lengths") or sorted({c["seq_len"] for c in payload["cells"] if c["section"] == "infer"})
+    out = []
+
+    def goal(text: str, value: float | None, threshold: float, fmt: str, at_most: bool = False, source: str = ""):
+        if value is None:
+            verdict, shown = "NOT MEASURED", "–"
+        else:
+            verdict = "PASS" if (value <= threshold if at_most else value >= threshold) else "FAIL"
+            shown = format(value, fmt)
+        out.append(f"- [{verdict}] {text} {'≤' if at_most else '≥'} {format(threshold, fmt)}: {shown}"
+                   + (f" ({source})" if source else ""))
+
+    def ratio(a, b, key):
+        return a[key] / b[key] if a and b else None
+
+    short = train[0]
+    for name in PRETRAIN_RUNS:
+        run = payload.get("pretrain", {}).get(PRETRAIN_RUNS[name])
+        cell = _cell(payload, "train", name, short)
+        if run is not None:
+            goal(f"{name} MFU in `python -m pretrain --config {PRETRAIN_RUNS[name]}`", run["mfu"], GOAL_MFU, ".1%",
+                 source=run["path"])
+        else:
+            goal(f"{name} MFU at S={short}", cell["mfu"] if cell and "mfu" in cell else None, GOAL_MFU, ".1%",
+                 source="this benchmark's training step; no pretraining run attached")
+        best = best_bert(payload, short)
+        goal(f"{name} / best BERT-base tokens/s, S={short}", ratio(cell, best, "tokens_per_s"), GOAL_OVER_BERT, ".2f",
+             source=f"against {best['model']}" if best else "")
+    rof_name = "zoo RoFormerV2-base"
+    # GAU-α as it comes, and each choice a user can make for it (not the diagnostic switches)
+    gau_names = ["zoo GAU-α-base"] + [name for name in VARIANTS if name.startswith("zoo GAU-α-base")
+                                      and name not in KERNELS_OFF and name not in SDPA_ONLY]
+    for length in train:
+        rof = _cell(payload, "train", rof_name, length)
+        for name in gau_names:
+            gau = _cell(payload, "train", name, length)
+            label = name.removeprefix("zoo ")
+            goal(f"{label} / RoFormerV2-base MFU, S={length}", ratio(gau, rof, "model_tflops"), GOAL_GAU_MFU, ".2f")
+            goal(f"{label} / RoFormerV2-base peak memory, S={length}", ratio(gau, rof, "peak_mb"), GOAL_GAU_MEMORY,
+                 ".2f", at_most=True)
+    for length in infer:
+        bert = _cell(payload, "infer", BERT, length)
+        for name in OURS:
+            goal(f"inference {name} / BERT-base tokens/s, S={length}",
+                 ratio(_cell(payload, "infer", name, length), bert, "tokens_per_s"), GOAL_INFERENCE, ".2f")
+    bare = next((c for c in payload["cells"] if c["section"] == "bare_loop" and "error" not in c), None)
+    run = payload.get("pretrain", {}).get("roformer-v2-base")
+    goal("`python -m pretrain` roformer-v2-base / the bare loop, tokens/s",
+         run["tokens_per_s"] / bare["tokens_per_s"] if run and bare else None, GOAL_LOOP, ".3f",
+         source="" if run else "attach its metrics.jsonl with --pretrain-metrics roformer-v2-base=PATH")
     return out
 
 

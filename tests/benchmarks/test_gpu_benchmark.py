@@ -34,28 +34,98 @@ def test_the_gpu_benchmark_runs_every_cell_in_its_dry_mode(tmp_path):
     assert "- S=64: GAU-α / RoFormerV2 tokens/s = " in report
     assert "- S=64: GAU-α-base, explicit attention / RoFormerV2 tokens/s = " in report
     assert "- S=64: compiled, GAU-α / RoFormerV2 tokens/s = " in report
-    assert "- S=64: zoo DeepNet-12 compiled / best BERT = " in report
+    assert "- S=64: zoo DeepNet-12 compiled / best BERT (BERT-base (sdpa)" in report
+    assert "- S=64: DeepNet-12, recompute_elementwise / DeepNet-12 tokens/s = " in report  # against its own model
+    goals = report.split("Goals (issue 15):")[1]
+    for text in ("zoo RoFormerV2-base MFU at S=64", "zoo DeepNet-12 / best BERT-base tokens/s, S=64",
+                 "GAU-α-base, explicit attention / RoFormerV2-base MFU, S=128",
+                 "GAU-α-base, recompute_elementwise / RoFormerV2-base peak memory, S=128",
+                 "inference zoo GAU-α-base / BERT-base tokens/s, S=32", "roformer-v2-base / the bare loop"):
+        assert text in goals, text
     assert "- inference S=128: zoo GAU-α-base, explicit attention / BERT-base = " in report
     assert "- S=64: zoo RoFormerV2-base with its attention through CUDNN_ATTENTION / sdpa's choice = " in report
     assert "- inference S=128: zoo GAU-α-base, bf16 weights / BERT-base, bf16 weights = " in report
     assert (tmp_path / "gpu.png").stat().st_size > 0
 
 
-def test_the_cells_the_goals_need_come_first(monkeypatch):
-    """The budget skips the last cells, so the training section starts with what issue 15's goals are
-    measured by: our three families, BERT-base and GAU-α's explicit attention at both lengths, then the
-    compiled cells, then the other variants and transformers' RoFormer."""
-    import argparse
-
+def gpu_module(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "scripts" / "benchmarks"))
     import gpu
 
-    train = [(name, length) for section, name, length, _, _ in gpu.plan(argparse.Namespace(dry=False, no_compile=False))
-             if section == "train"]
+    return gpu
+
+
+def test_the_cells_the_goals_need_come_first(monkeypatch):
+    """The budget skips the last cells, so they run in the order of issue 15's goals, across sections:
+    the eager training steps of our three families, BERT-base and GAU-α's explicit attention at both
+    lengths; inference of ours and BERT at the three lengths; the bare loop; the compiled cells; then
+    the other training variants and transformers' RoFormer, the other inference cells, and GAU-α's
+    attention alone."""
+    import argparse
+
+    gpu = gpu_module(monkeypatch)
+    cells = [(section, name, length) for section, name, length, _, _ in
+             gpu.plan(argparse.Namespace(dry=False, no_compile=False))]
     explicit = ["zoo GAU-α-base, explicit attention", "zoo GAU-α-base, explicit attention, recompute_elementwise"]
-    goals = [*gpu.OURS, "transformers BERT-base (sdpa)", *explicit]
-    assert train[:2 * len(goals)] == [(name, length) for length in (512, 2048) for name in goals]
-    assert train[2 * len(goals):2 * len(goals) + len(gpu.COMPILED)] == [(name + " compiled", 512) for name in gpu.COMPILED]
-    rest = train[2 * len(goals) + len(gpu.COMPILED):]
-    assert {name for name, _ in rest} == {*gpu.VARIANTS, *gpu.PEERS} - set(explicit) - {"transformers BERT-base (sdpa)"}
-    assert len(rest) == 2 * len({name for name, _ in rest})
+    train_goals = [("train", name, length) for length in (512, 2048) for name in [*gpu.OURS, gpu.BERT, *explicit]]
+    infer_goals = [("infer", name, length) for length in (128, 512, 2048) for name in [*gpu.OURS, gpu.BERT]]
+    bare = [("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 512)]
+    compiled = [("train", name + " compiled", 512) for name in gpu.COMPILED]
+    first = train_goals + infer_goals + bare + compiled
+    assert cells[:len(first)] == first
+    rest = cells[len(first):]
+    train_rest = {name for section, name, _ in rest if section == "train"}
+    assert train_rest == {*gpu.VARIANTS, *gpu.PEERS} - set(explicit) - {gpu.BERT}
+    infer_rest = {name for section, name, _ in rest if section == "infer"}
+    infer_all = {*gpu.INFER_MODELS, *(name + gpu.BF16_WEIGHTS for name in gpu.INFER_MODELS)}
+    assert infer_rest == infer_all - {*gpu.OURS, gpu.BERT}
+    assert [section for section, _, _ in rest] == sorted((section for section, _, _ in rest),
+                                                        key=["train", "infer", "gau_attention"].index)
+    assert len(set(cells)) == len(cells)
+
+
+def test_the_goals_say_pass_fail_or_not_measured(monkeypatch, tmp_path):
+    """Each goal against its threshold from the cells, a missing cell (skipped, failed) NOT MEASURED, and
+    the pretraining loop's figures from its metrics.jsonl, the first logged interval (warm-up) left out."""
+    gpu = gpu_module(monkeypatch)
+
+    def cell(section, model, length, tokens, tflops=None, peak=1000.0, **extra):
+        c = {"section": section, "model": model, "seq_len": length, "batch": 1, "tokens_per_s": tokens,
+             "model_tflops": tflops or tokens / 1e3, "peak_mb": peak, **extra}
+        if tflops:
+            c["mfu"] = tflops / 989.4
+        return c
+
+    cells = [cell("train", "zoo RoFormerV2-base", 512, 300e3, tflops=470.0, peak=10e3),
+             cell("train", "transformers BERT-base (sdpa)", 512, 250e3),
+             cell("train", "transformers BERT-base (sdpa) compiled", 512, 190e3),
+             cell("train", "zoo GAU-α-base", 512, 270e3, tflops=480.0, peak=7.5e3),
+             cell("train", "zoo RoFormerV2-base", 2048, 200e3, tflops=400.0, peak=10e3),
+             cell("train", "zoo GAU-α-base", 2048, 150e3, tflops=390.0, peak=9e3),
+             cell("infer", "zoo RoFormerV2-base", 128, 1.3e6), cell("infer", "transformers BERT-base (sdpa)", 128, 1e6),
+             cell("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 512, 420e3),
+             {"section": "train", "model": "zoo DeepNet-12", "seq_len": 512, "batch": 32, "error": "skipped: time budget"}]
+    metrics = tmp_path / "metrics.jsonl"
+    steps = [(10, 100e3, 0.1), (20, 390e3, 0.46), (30, 385e3, 0.455), (40, 380e3, 0.45)]
+    metrics.write_text("".join(json.dumps({"kind": "train", "step": step, "tokens_per_s": tokens, "mfu": mfu,
+                                           "mfu_basis": "datasheet"}) + "\n" for step, tokens, mfu in steps))
+    payload = {"cells": cells, "train_lengths": [512, 2048], "infer_lengths": [128, 512, 2048]}
+    gpu.attach_pretrain_metrics(payload, [f"roformer-v2-base={metrics}"])
+    assert payload["pretrain"]["roformer-v2-base"]["steps"] == [20, 30, 40]
+    lines = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in gpu.goal_lines(payload)}
+
+    def verdict(text):
+        return next(key.split("]")[0][3:] for key in lines if text in key)
+
+    assert verdict("RoFormerV2-base MFU in `python -m pretrain --config roformer-v2-base`") == "PASS"  # 45.5%
+    assert verdict("zoo RoFormerV2-base / best BERT-base tokens/s, S=512") == "FAIL"  # 300 / 250 = 1.2
+    assert "against transformers BERT-base (sdpa)" in lines[next(k for k in lines if "RoFormerV2-base / best BERT" in k)]
+    assert verdict("zoo DeepNet-12 MFU at S=512") == "NOT MEASURED"
+    assert verdict("zoo DeepNet-12 / best BERT-base") == "NOT MEASURED"
+    assert verdict("] GAU-α-base / RoFormerV2-base MFU, S=512") == "PASS"  # 480 / 470
+    assert verdict("] GAU-α-base / RoFormerV2-base peak memory, S=512") == "PASS"  # 0.75
+    assert verdict("] GAU-α-base / RoFormerV2-base MFU, S=2048") == "FAIL"  # 0.975
+    assert verdict("] GAU-α-base / RoFormerV2-base peak memory, S=2048") == "FAIL"  # 0.9
+    assert verdict("inference zoo RoFormerV2-base / BERT-base tokens/s, S=128") == "PASS"  # 1.3
+    assert verdict("inference zoo RoFormerV2-base / BERT-base tokens/s, S=512") == "NOT MEASURED"
+    assert verdict("roformer-v2-base / the bare loop") == "FAIL"  # 385 / 420 = 0.92
