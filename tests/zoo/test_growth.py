@@ -241,6 +241,27 @@ def test_every_head_reads_the_grown_state(family, task):
         assert max_diff(got[finite], expected[finite]) <= rel * scale, key
 
 
+@pytest.mark.parametrize("family, task", [("roformer-v2", "sequence-classification"), ("deepnet", "masked-lm"),
+                                          ("gau-alpha", "global-pointer")])
+def test_growth_keeps_every_tensor_on_the_models_device(family, task):
+    """Growing a model on a GPU: every value and mask the rules make is on the small tensor's device, also
+    for the rules without an axis (a head's bias, which moves no mask), and so are mapped gradients. The
+    meta device stands in for the GPU (the masks used to be the CPU's, and the torch.where that grows a
+    parameter or an optimizer moment failed across the two devices)."""
+    small, _, plan = grow_case(family, {"hidden_size": 64, "num_layers": 4}, task=task, num_labels=3,
+                               global_pointer_head_size=8)
+    params = {name: p.detach().to("meta") for name, p in small.named_parameters()}
+    axisless = 0
+    for name, rule in plan.rules.items():
+        if rule.kind == "map":
+            axisless += all(axis is None for axis in rule.axes)
+            assert {t.device.type for t in rule.gather(params[rule.source])} == {"meta"}, name
+    assert axisless  # the case the fix is about
+    for what in ("grad", "second"):  # gradients, and the masks optimizer moments are mapped with
+        mapped = plan.map_tensors(params, what)
+        assert {t.device.type for pair in mapped.values() for t in pair} == {"meta"}
+
+
 @pytest.mark.parametrize("family", ["roformer-v2", "gau-alpha", "deepnet"])
 def test_tied_and_untied_decoders(family):
     small, big, plan = grow_case(family, {"hidden_size": 64})

@@ -173,8 +173,10 @@ class TensorRule:
         the remaining new entries keep the big model's initial values.
         """
         out = small.detach().to(torch.float64)
-        mapped = torch.ones((), dtype=torch.bool)
-        zero = torch.zeros((), dtype=torch.bool)
+        # on the tensor's device: a rule with no axis (a head's bias) never moves them, and expanded they are
+        # the masks of a parameter that may be on a GPU
+        mapped = torch.ones((), dtype=torch.bool, device=out.device)
+        zero = torch.zeros((), dtype=torch.bool, device=out.device)
         for dim, axis in enumerate(self.axes):
             if axis is None:
                 continue
