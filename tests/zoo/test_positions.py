@@ -385,6 +385,23 @@ def test_window_with_rope_chunked_equals_library_kernel_fp32():
     torch.testing.assert_close(chunked, library, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["rerope_w4", "window_half"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_chunked_kernel_runs_in_fp32_under_autocast_with_padding(name, dtype):
+    """Under autocast (a model run in bf16 or fp16) the chunked kernel's products stayed fp32 only by
+    their inputs: autocast made them bf16, and filling a padded key with fp32's minimum then failed
+    ("cannot be converted to type BFloat16 without overflow"). It keeps autocast off: the same output
+    as without autocast, to the bit."""
+    q, k, v = (t.float() for t in qkv(s=20, d=16, seed=4))
+    key_valid = torch.ones(2, 20, dtype=torch.bool)
+    key_valid[1, 13:] = False
+    ctx = build(name, 8, 20, key_valid=key_valid, encoder=Encoder(dim=16), chunk_size=6)
+    expected, _ = chunked_attention(q, k, v, ctx, normalization="softmax")
+    with torch.autocast("cpu", dtype=dtype):
+        got, _ = chunked_attention(q, k, v, ctx, normalization="softmax")
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
 def test_window_larger_than_sequence_is_an_error():
     with pytest.raises(ValueError, match=r"'window_full': window 15 is larger than the sequence: a 10-token input"):
         build("window_full", 16, 10)

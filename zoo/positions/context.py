@@ -125,8 +125,14 @@ def chunked_attention(q, k, v, ctx: PositionAttentionContext, *, normalization: 
 
     Same function as `zoo.attention.attention` for the same mask, tables and row scales; in addition
     the clipped-relative scores of ReRoPE (three matrices, B.5) and the entropy recorder. Scores and
-    softmax run in float32 (float64 for float64 inputs).
+    softmax run in float32 (float64 for float64 inputs), under autocast too.
     """
+    with torch.autocast(q.device.type, enabled=False):  # else its products are bf16, and masking them fails
+        return _chunked_attention(q, k, v, ctx, normalization, dropout_p, training, need_weights)
+
+
+def _chunked_attention(q, k, v, ctx: PositionAttentionContext, normalization: str, dropout_p: float, training: bool,
+                       need_weights: bool):
     batch, heads, seq_len, dim = q.shape
     dtype = torch.promote_types(q.dtype, torch.float32)
     out_dtype = v.dtype
