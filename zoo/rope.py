@@ -139,7 +139,9 @@ class RotaryEmbedding(nn.Module):
         if position_ids is None and inv_freq is None and mscale == 1.0 and not torch.compiler.is_compiling():
             # (compiled, the tables are computed in the graph, which inductor folds into its kernels: a
             # cache filled while tracing would be a guard that fails, a recompilation, on the next call)
-            key = (seq_len, dtype, device)
+            # tables made under inference_mode are inference tensors, which a later training forward could
+            # not save for its backward pass: kept apart
+            key = (seq_len, dtype, device, torch.is_inference_mode_enabled())
             if key not in self._cache:
                 if len(self._cache) > 16:
                     self._cache.clear()

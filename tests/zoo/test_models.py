@@ -132,6 +132,23 @@ def test_rope_has_no_length_cap_and_is_shift_invariant():
     assert_close(shifted, plain, rel=1e-9)
 
 
+@pytest.mark.parametrize("family", ["roformer-v2", "gau-alpha"])
+def test_training_after_an_inference_mode_forward(family):
+    """A forward under torch.inference_mode, then training at the same length: the RoPE tables cached by
+    the first were inference tensors, which autograd refuses to save ("Inference tensors cannot be saved
+    for backward"). The training step's gradients are those of a model that never ran in inference mode."""
+    config = make_config(family, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids, _ = batch()
+    fresh, used = (model_class(config, "masked-lm")(config).train() for _ in range(2))
+    used.load_state_dict(fresh.state_dict())
+    with torch.inference_mode():
+        used(input_ids=ids)
+    for model in (fresh, used):
+        model(input_ids=ids, labels=ids).loss.backward()
+    for (name, a), b in zip(fresh.named_parameters(), used.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("family", list(SMALL))
 def test_bf16_autocast_close_to_fp32(family):
     config = make_config(family)
