@@ -20,8 +20,9 @@ autograd's slices would fill a zero tensor per block and add them.
 
 The one product stands in for the modules' own forward passes, so it applies only where nothing else
 would see those: plain `nn.Linear`s (not a PEFT or quantised subclass), without hooks of their own or
-global module hooks (DeepSpeed's ZeRO-3 gathers partitioned weights in hooks), with weights of one dtype
-and device and biases on all or none. Elsewhere each module runs itself, on one shared autocast copy of
+global module hooks (DeepSpeed's ZeRO-3 gathers partitioned weights in hooks) or a forward replaced on
+the instance (accelerate's offloading), with weights of one dtype and device (not "meta") and biases on
+all or none. Elsewhere each module runs itself, on one shared autocast copy of
 the input (`cast_for_products`).
 """
 
@@ -54,8 +55,11 @@ class _ColumnBlocks(torch.autograd.Function):
 
 
 def _hooked(linear: nn.Module) -> bool:
+    """Hooks of its own, or a forward replaced on the instance: accelerate's offloading (device_map with
+    "cpu" or "disk") sets `_hf_hook` and wraps `forward`, which moves the weights in for the call, while
+    the module's own weight stays on "meta"."""
     return bool(linear._forward_hooks or linear._forward_pre_hooks or linear._backward_hooks
-                or linear._backward_pre_hooks)
+                or linear._backward_pre_hooks or hasattr(linear, "_hf_hook") or "forward" in vars(linear))
 
 
 def one_product_applies(linears) -> bool:
@@ -65,9 +69,9 @@ def one_product_applies(linears) -> bool:
         return False
     first = linears[0].weight
     with_bias = linears[0].bias is not None
-    return all(type(linear) is nn.Linear and not _hooked(linear) and linear.weight.dtype == first.dtype
-               and linear.weight.device == first.device and (linear.bias is not None) == with_bias
-               for linear in linears)
+    return first.device.type != "meta" and all(
+        type(linear) is nn.Linear and not _hooked(linear) and linear.weight.dtype == first.dtype
+        and linear.weight.device == first.device and (linear.bias is not None) == with_bias for linear in linears)
 
 
 def project(x: torch.Tensor, linears) -> tuple[torch.Tensor, ...]:

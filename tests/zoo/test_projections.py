@@ -118,11 +118,13 @@ def test_fewer_operations_and_the_same_bytes_kept(monkeypatch):
     assert v.is_contiguous()
 
 
-@pytest.mark.parametrize("case", ["hook", "pre-hook", "global-hook", "subclass", "one-bias", "dtypes"])
+@pytest.mark.parametrize("case", ["hook", "pre-hook", "global-hook", "subclass", "offloaded", "one-bias", "dtypes"])
 def test_the_modules_run_themselves_where_something_would_see_them(case):
     """A forward hook (PEFT's, DeepSpeed ZeRO-3's gathering), a global module hook, a subclass (a LoRA or
-    quantised layer), biases on some only, weights of two dtypes: the one product does not apply, and
-    each module's own forward pass runs."""
+    quantised layer), a forward wrapped on the instance (accelerate's offloading, whose module keeps its
+    weight on "meta" and sets `_hf_hook`: the one product read that weight, uninitialised memory, and
+    gave wrong outputs without an error), biases on some only, weights of two dtypes: the one product
+    does not apply, and each module's own forward pass runs."""
     modules = list(linears(True, torch.float32))
     calls = []
     handles = []
@@ -139,6 +141,14 @@ def test_the_modules_run_themselves_where_something_would_see_them(case):
                 return super().forward(x)
 
         modules[2] = Lora(16, 16)
+    elif case == "offloaded":  # as accelerate's add_hook_to_module leaves a module
+        module, original = modules[1], modules[1].forward
+
+        def offloaded_forward(x):
+            calls.append("offloaded")
+            return original(x)
+
+        module._hf_hook, module.forward = object(), offloaded_forward
     elif case == "one-bias":
         modules[0] = nn.Linear(16, 16, bias=False)
     else:
@@ -158,6 +168,11 @@ def test_the_modules_run_themselves_where_something_would_see_them(case):
         for handle in handles:
             handle.remove()
     assert one_product_applies(linears(True)) and one_product_applies(linears(False))
+
+
+def test_weights_on_meta_are_not_concatenated():
+    """Offloaded weights are on "meta" until their module's own forward brings them in."""
+    assert not one_product_applies([linear.to("meta") for linear in linears(True)])
 
 
 def test_an_unused_block_gets_a_zero_gradient():
