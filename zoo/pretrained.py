@@ -113,15 +113,17 @@ def from_pretrained(
 ):
     """Load a zoo model for `task` from a registry name, `name@version`, folder or Hub repo id.
 
-    Extra keyword arguments go to the config / `from_pretrained` (e.g. `num_labels=3`,
-    `dtype=torch.bfloat16`, `attention_backend="sdpa"`, `hidden_dropout_prob=0.0`).
+    Extra keyword arguments go to the config where they name one of its fields (`num_labels=3`,
+    `attention_backend="sdpa"`, `hidden_dropout_prob=0.0`), else to transformers' `from_pretrained`
+    (`dtype=torch.bfloat16`, `device_map=...`, `max_memory=...`, `offload_folder=...`), which refuses
+    what it does not take.
     """
     resolved = resolve(ref, registry, revision)
-    config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k not in _LOAD_KWARGS}
-    config = AutoConfig.from_pretrained(resolved.path, **config_kwargs)
+    load_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOAD_KWARGS}
+    config, unused = AutoConfig.from_pretrained(resolved.path, return_unused_kwargs=True, **kwargs)
     cls = families.model_class(config, task)
     check_weights_match_config(resolved.path, cls, config)
-    model = cls.from_pretrained(resolved.path, config=config, **kwargs)
+    model = cls.from_pretrained(resolved.path, config=config, **load_kwargs, **unused)
     model.zoo_ref = resolved.ref
     return model
 
@@ -172,6 +174,7 @@ def check_weights_match_config(folder: Path, cls, config) -> None:
         raise UsageError(f"config/weights mismatch in {folder}: {shown}")
 
 
+# loader options that a config would take for a field of its own (its `dtype`) or keep: sent to the loader
 _LOAD_KWARGS = {"dtype", "device_map", "output_loading_info", "ignore_mismatched_sizes", "low_cpu_mem_usage", "state_dict"}
 
 

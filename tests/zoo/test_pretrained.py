@@ -159,6 +159,20 @@ def test_unknown_name_lists_close_matches(registry):
         zoo.from_pretrained("roformer-v2-tiny")
 
 
+def test_keywords_go_to_the_config_or_the_loader(tmp_path):
+    """A config field goes to the config; anything else to transformers' loader (device_map's companions
+    `max_memory`, `offload_folder`, ...; here `use_safetensors=False`, which has it look for a
+    pytorch_model.bin that is not there), where zoo.from_pretrained used to drop it without a word; a
+    keyword neither takes is refused by name."""
+    zoo.create("roformer-v2-tiny").save_pretrained(tmp_path / "m")
+    model = zoo.from_pretrained(tmp_path / "m", hidden_dropout_prob=0.0)
+    assert model.config.hidden_dropout_prob == 0.0
+    with pytest.raises(OSError, match="pytorch_model.bin"):
+        zoo.from_pretrained(tmp_path / "m", use_safetensors=False)
+    with pytest.raises(TypeError, match="hiden_dropout_prob"):
+        zoo.from_pretrained(tmp_path / "m", hiden_dropout_prob=0.0)
+
+
 def test_config_weights_shape_mismatch_is_named(tmp_path):
     zoo.create("roformer-v2-mini").save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
