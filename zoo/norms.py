@@ -131,7 +131,8 @@ def triton_scale_pair_applies(z: torch.Tensor, first: ScaleOffset, second: Scale
     return (not torch.compiler.is_compiling() and z.dim() == 3 and first.bias is None and second.bias is None
             and first.weight.shape == second.weight.shape == z.shape[-1:]
             and (cos is None or fused_rope_applies(z[:, None], cos, sin))
-            and (row_scale is None or (row_scale.dim() == 4 and row_scale.shape[0] in (1, z.shape[0])
+            and (row_scale is None or (row_scale.dim() == 4 and row_scale.device == z.device
+                                       and row_scale.shape[0] in (1, z.shape[0])
                                        and row_scale.shape[1] == row_scale.shape[3] == 1
                                        and row_scale.shape[2] in (1, z.shape[1]) and not row_scale.requires_grad
                                        and row_scale.is_floating_point())))

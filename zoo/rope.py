@@ -55,7 +55,10 @@ def fused_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
         return False  # an odd width has no pairs to rotate: the reference refuses it by its shapes
     table = (x.shape[0], 1, x.shape[2], x.shape[3] // 2)
     for t in (cos, sin):
-        if t.dtype != x.dtype or t.dim() != 4 or t.shape[0] not in (1, table[0]) or tuple(t.shape[1:]) != table[1:]:
+        # (a table on another device than x, e.g. another GPU's, is the reference's to refuse: the kernels
+        # would read it through a pointer of the wrong device)
+        if (t.device != x.device or t.dtype != x.dtype or t.dim() != 4 or t.shape[0] not in (1, table[0])
+                or tuple(t.shape[1:]) != table[1:]):
             return False
     return True
 

@@ -342,3 +342,27 @@ def test_a_dropout_rate_outside_zero_to_one_is_refused_by_name(p):
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match=rf"attention dropout_p must be in \[0, 1\), got {p}"):
         zoo.attention.attention(q, q, q, None, dropout_p=p, training=True)
+
+
+def test_an_attention_context_moves_to_a_layers_device():
+    """A device_map that spreads the layers over GPUs: accelerate's hooks move each layer's arguments with
+    their `.to`, the context among them (it had none, so a layer on the second GPU got the first's tables
+    and mask). Every tensor moves (the meta device stands in for a GPU), a position variant's too; what
+    is already there is the same object."""
+    from zoo.positions import EntropyRecorder, variant
+
+    model = zoo.create("roformer-v2-tiny")
+    ids, mask = batch()
+    ctx = model.encoder.attention_context(*ids.shape, mask, None, torch.float32, torch.device("cpu"))
+    assert ctx.to("cpu") is ctx
+    moved = ctx.to("meta")
+    assert type(moved) is type(ctx) and moved.backend == ctx.backend
+    assert {t.device.type for t in (moved.cos, moved.sin, moved.mask.key_valid)} == {"meta"}
+    assert ctx.cos.device.type == "cpu"  # a copy: the first GPU's layers keep theirs
+    rerope = variant("rerope_w4", train_length=8)
+    rerope_ctx = model.encoder.attention_context(*ids.shape, mask, None, torch.float32, torch.device("cpu"),
+                                                 position_variant=rerope)
+    rerope_ctx.entropy = EntropyRecorder()
+    moved = rerope_ctx.to("meta")
+    assert moved.clipped.positions.device.type == moved.clipped.near_cos.device.type == "meta"
+    assert moved.entropy is rerope_ctx.entropy  # shared across the layers, wherever they are

@@ -94,6 +94,7 @@ def test_fused_rope_is_used_only_where_it_applies():
     assert not zoo.rope.fused_rope_applies(x[0], cos[0], sin[0])  # not [B, H, S, d]
     assert not zoo.rope.fused_rope_applies(x, cos[..., :4], sin[..., :4])
     assert not zoo.rope.fused_rope_applies(x, cos.clone().requires_grad_(), sin)  # tables to differentiate
+    assert not zoo.rope.fused_rope_applies(x, cos.to("meta"), sin.to("meta"))  # tables on another device
     odd = torch.randn(2, 3, 9, 17)  # no pairs to rotate: the kernels left its last column unwritten
     assert not zoo.rope.fused_rope_applies(odd, cos, sin)
     with pytest.raises(RuntimeError, match="size"):
