@@ -62,7 +62,8 @@ class GlobalPointer(nn.Module):
         batch, seq, _ = hidden_states.shape
         qk = self.dense(hidden_states).float().view(batch, seq, self.heads, 2 * self.head_size).transpose(1, 2)
         q, k = qk[..., : self.head_size], qk[..., self.head_size :]
-        cos, sin = rope_cos_sin(torch.arange(seq, device=q.device), rope_inv_freq(self.head_size), torch.float32)
+        cos, sin = rope_cos_sin(torch.arange(seq, device=q.device), rope_inv_freq(self.head_size, device=q.device),
+                                torch.float32)  # made on the device: no copy from the host per forward
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         logits = torch.matmul(q, k.transpose(-1, -2)) / self.head_size**0.5
         return logits.masked_fill(~_span_mask(attention_mask, seq, q.device), NEG_INF)
@@ -85,7 +86,8 @@ class EfficientGlobalPointer(nn.Module):
         seq = hidden_states.shape[1]
         p = self.p_dense(hidden_states).float()
         q, k = p[..., 0::2], p[..., 1::2]
-        cos, sin = rope_cos_sin(torch.arange(seq, device=p.device), rope_inv_freq(self.head_size), torch.float32)
+        cos, sin = rope_cos_sin(torch.arange(seq, device=p.device), rope_inv_freq(self.head_size, device=p.device),
+                                torch.float32)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         logits = torch.matmul(q, k.transpose(-1, -2)) / self.head_size**0.5  # [B, S, S]
         bias = (self.q_dense(p.to(self.q_dense.weight.dtype)).float() / 2).transpose(1, 2)  # [B, 2·heads, S]
