@@ -327,3 +327,52 @@ def test_the_step_profile_reads_the_gpu_kernels():
     assert 0 < cell["busy_ms"] <= sum(kinds.values()) + 1e-9
     assert cell["busy_ms"] <= 1.25 * cell["step_ms"], cell
     assert 0 < cell["host_ms"] <= 1.25 * cell["step_ms"] + 1.0, cell
+
+
+def test_growing_a_classifier_on_cuda_equals_growing_it_on_the_cpu():
+    """zoo.expand of a model on the GPU with a head bias (rules without an axis: their masks were made on
+    the CPU and torch.where failed across devices): the grown model's logits equal the one grown on the
+    CPU to fp32 rounding of CUDA's other summation order."""
+    torch.manual_seed(0)
+    small = zoo.create("roformer-v2-tiny", task="sequence-classification", num_labels=3,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).eval()
+    ids, mask = padded_batch()
+    sizes = dict(num_layers=small.config.num_hidden_layers + 2, hidden_size=2 * small.config.hidden_size)
+    on_cpu = zoo.expand(small, **sizes).eval()
+    on_gpu = zoo.expand(small.cuda(), **sizes).eval()
+    assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
+    with torch.no_grad():
+        expected = on_cpu(input_ids=ids, attention_mask=mask).logits
+        got = on_gpu(input_ids=ids.cuda(), attention_mask=mask.cuda()).logits.cpu()
+    assert (got - expected).abs().max() <= 1e-4 * max(1.0, expected.abs().max().item())
+
+
+@pytest.mark.parametrize("preset", ["roformer-v2-tiny", "gau-alpha-tiny"])
+def test_training_on_cuda_after_an_inference_mode_forward(preset):
+    """The RoPE tables an inference_mode forward cached (through the Triton entries on CUDA) are not
+    handed to the next training forward, which could not save them for its backward pass."""
+    model = zoo.create(preset).cuda()
+    ids, _ = padded_batch()
+    with torch.inference_mode():
+        model.eval()(input_ids=ids.cuda())
+    model.train()(input_ids=ids.cuda(), labels=ids.cuda()).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["rerope_w4", "leaky_rerope_w4_kauto"])
+def test_a_chunked_position_variant_under_autocast_on_cuda_equals_the_cpu(name):
+    """ReRoPE's chunked kernel under bf16 autocast with a padded batch (it failed: autocast made its scores
+    bf16, and fp32's minimum could not mask them) computes in fp32: the GPU's logits equal the CPU's
+    fp32 ones to the bf16 tolerance of the other layers (0.15, as above)."""
+    from zoo.positions import variant
+
+    torch.manual_seed(0)
+    model = zoo.create("roformer-v2-tiny").eval()
+    ids, mask = padded_batch(length=40)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, position_variant=variant(name, train_length=16)).logits
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = model.cuda()(input_ids=ids.cuda(), attention_mask=mask.cuda(),
+                               position_variant=variant(name, train_length=16)).logits.float().cpu()
+    valid = mask.bool()
+    assert (got[valid] - expected[valid]).abs().max() < 0.15
