@@ -173,6 +173,23 @@ def test_keywords_go_to_the_config_or_the_loader(tmp_path):
         zoo.from_pretrained(tmp_path / "m", hiden_dropout_prob=0.0)
 
 
+@pytest.mark.parametrize("preset", ["roformer-v2-tiny", "gau-alpha-tiny"])
+def test_a_layer_offloaded_by_device_map_gives_the_same_logits(tmp_path, preset):
+    """device_map with the first layer on "disk" (accelerate keeps its weights on "meta" and brings them
+    in around the layer's own forward passes): the logits are the model's in memory, to the bit. The
+    one q/k/v product read the meta weights, uninitialised memory (logits off by ~0.4, no error), and
+    `offload_folder` never reached the loader."""
+    model = zoo.create(preset).eval()
+    model.save_pretrained(tmp_path / "m")
+    ids = torch.randint(104, 12000, (2, 10), generator=torch.Generator().manual_seed(0))
+    layers = {f"encoder.layers.{i}": "disk" if i == 0 else "cpu" for i in range(model.config.num_hidden_layers)}
+    device_map = {"encoder.embeddings": "cpu", **layers, "lm_head": "cpu"}
+    offloaded = zoo.from_pretrained(tmp_path / "m", device_map=device_map, offload_folder=tmp_path / "offload")
+    assert any(p.device.type == "meta" for p in offloaded.encoder.layers[0].parameters())
+    with torch.no_grad():
+        assert torch.equal(offloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
 def test_config_weights_shape_mismatch_is_named(tmp_path):
     zoo.create("roformer-v2-mini").save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
