@@ -18,7 +18,7 @@ import torch.distributed as dist
 # what PyTorch's fp32 matmuls use unless TF32 is switched on. First match wins.
 DATASHEET_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     (r"\bH100 PCIe\b", {"bf16": 756.5, "fp16": 756.5, "fp32": 51.2}),
-    (r"\bH100 NVL\b", {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0}),
+    (r"\bH[12]00 NVL\b", {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0}),  # H100 NVL, H200 NVL
     (r"\b(GH200|H200|H100|H800)\b", {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9}),  # SXM
     (r"\b(A100|A800)\b", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
     (r"\bL40S\b", {"bf16": 362.1, "fp16": 362.1, "fp32": 91.6}),

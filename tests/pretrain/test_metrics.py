@@ -13,6 +13,8 @@ from zoo.runtime import Runtime
     ("NVIDIA H200", torch.bfloat16, 989.4),
     ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4),
     ("NVIDIA H100 PCIe", torch.bfloat16, 756.5),
+    ("NVIDIA H100 NVL", torch.bfloat16, 835.5),
+    ("NVIDIA H200 NVL", torch.bfloat16, 835.5),  # not the SXM H200's 989.4
     ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0),
     ("NVIDIA A100 80GB PCIe", torch.float32, 19.5),
     ("NVIDIA A10", torch.bfloat16, 125.0),
