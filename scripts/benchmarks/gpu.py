@@ -14,11 +14,11 @@ bf16 matmul is reported beside it. Inference is a forward pass in eval mode, log
 under the same autocast, and again with the weights in bf16 (no autocast: no per-pass weight casts).
 Each cell: 3 warm-up steps (2 for the bare loop), then `--steps` timed steps (a quarter of them, at
 least 2, for the compiled cells and the bare loop) between device synchronisations, both counts kept in
-the JSON; peak memory is the CUDA allocator's peak over the cell. Variants of ours: selective recomputation, the fused kernels
-switched off, every attention through cuDNN's kernel, and GAU-α with its score matrix in memory (the
-explicit attention: Triton's softmax between cuBLAS products); each family compiled. Also: GAU-α's
-attention alone (one wide head through sdpa vs heads sharing q/k, through cuDNN's kernel alone among
-others, vs the explicit attention), and the bare loop at the
+the JSON; peak memory is the CUDA allocator's peak over the cell. Variants of ours: selective
+recomputation, the fused kernels switched off, every attention through cuDNN's kernel, and GAU-α with
+its score matrix in memory (the explicit attention: Triton's softmax between cuBLAS products); each
+family compiled. Also: GAU-α's attention alone (one wide head through sdpa vs heads sharing q/k,
+through cuDNN's kernel alone among others, vs the explicit attention), and the bare loop at the
 published recipe's micro-batch (64 × 512, LAMB every 8 micro-batches) to set beside `python -m
 pretrain`'s tokens/s.
 
@@ -75,6 +75,7 @@ KERNELS_OFF = {"zoo RoFormerV2-base, unfused elementwise": ("torch-fused", "trit
 SDPA_ONLY = {"zoo RoFormerV2-base, cuDNN attention": ("CUDNN_ATTENTION",),
              "zoo GAU-α-base, cuDNN attention": ("CUDNN_ATTENTION",)}
 PEERS = {"transformers BERT-base (sdpa)": "bert", "transformers RoFormer (eager)": "roformer"}
+BERT = "transformers BERT-base (sdpa)"  # the yardstick
 # inference with the weights in bf16 (a model loaded with torch_dtype=bf16), no autocast: nothing is cast
 # per forward pass, where autocast casts every fp32 weight each pass (48 of RoFormerV2-base's 207 launches)
 BF16_WEIGHTS = ", bf16 weights"
@@ -313,26 +314,25 @@ def plan(args) -> list[tuple[str, str, int, int, dict]]:
     last ones, so first what issue 15's goals are measured by, then what explains the figures."""
     train = dict(TRAIN_SHAPES) if not args.dry else {64: 4, 128: 2}
     infer = dict(INFER_SHAPES) if not args.dry else {32: 8, 64: 4, 128: 2}
-    bert = "transformers BERT-base (sdpa)"
     explicit = [name for name in VARIANTS if name.startswith("zoo GAU-α-base, explicit attention")]
     cells = []
     # the training goals: ours, BERT as the yardstick, and GAU-α's explicit attention (the other choice for
     # its CUDA default), at both lengths
     for length, batch in train.items():
-        cells += [("train", name, length, batch, {}) for name in [*OURS, bert, *explicit]]
+        cells += [("train", name, length, batch, {}) for name in [*OURS, BERT, *explicit]]
     # the inference goal: ours and BERT under autocast, at the three lengths
     for length, batch in infer.items():
-        cells += [("infer", name, length, batch, {}) for name in [*OURS, bert]]
+        cells += [("infer", name, length, batch, {}) for name in [*OURS, BERT]]
     # the loop goal's yardstick (its first run builds DeepSpeed's FusedLamb: about 40 s)
     cells.append(("bare_loop", "zoo RoFormerV2-base, recipe shape, LAMB", 64 if args.dry else 512, 64, {}))
     first = next(iter(train))
     if not args.no_compile:
         cells += [("train", name + " compiled", first, train[first], {"compile": True}) for name in COMPILED]
     for length, batch in train.items():
-        cells += [("train", name, length, batch, {}) for name in [*VARIANTS, *PEERS] if name not in [*explicit, bert]]
+        cells += [("train", name, length, batch, {}) for name in [*VARIANTS, *PEERS] if name not in [*explicit, BERT]]
     for length, batch in infer.items():
         cells += [("infer", name, length, batch, {}) for name in INFER_MODELS + [n + BF16_WEIGHTS for n in INFER_MODELS]
-                  if name not in [*OURS, bert]]
+                  if name not in [*OURS, BERT]]
     for length, batch in train.items():
         cells += [("gau_attention", variant, length, batch, {})
                   for variant in ("one wide head", "heads sharing q/k (copies)", *SHARED_QK_VARIANTS, EXPLICIT)]
@@ -383,8 +383,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     device_name = torch.cuda.get_device_name(runtime.device) if runtime.is_cuda else "CPU (dry run)"
     sheet = datasheet_tflops(device_name, torch.bfloat16) if runtime.is_cuda else None
-    measured = measure_matmul_peak(torch.bfloat16, 8192 if runtime.is_cuda else 256, device=runtime.device)
     side = 8192 if runtime.is_cuda else 256
+    measured = measure_matmul_peak(torch.bfloat16, side, device=runtime.device)
     payload = {"device": device_name, "torch": torch.__version__, "datasheet_tflops": sheet,
                "measured_matmul_tflops": measured / 1e12, "matmul_side": side, "dry": args.dry,
                "train_lengths": list(TRAIN_SHAPES), "infer_lengths": list(INFER_SHAPES), "cells": []}
@@ -470,9 +470,6 @@ def _cell(payload, section, model, length):
         if (c["section"], c["model"], c["seq_len"]) == (section, model, length) and "error" not in c:
             return c
     return None
-
-
-BERT = "transformers BERT-base (sdpa)"
 
 
 def best_bert(payload: dict, length: int) -> dict | None:
