@@ -632,6 +632,10 @@ class Trainer:
         del small, weights, state
         # a fresh engine over the grown model
         self.engine = self.optimizer = self.scheduler = None
+        if self.recipe.training.compile:
+            # the small model's graphs (training and evaluation) are of no more use, and each growth would
+            # add two recompilations of the same forward: past dynamo's limit (8) it falls back to eager
+            torch._dynamo.reset()
         gc.collect()
         if self.runtime.is_cuda:
             torch.cuda.empty_cache()

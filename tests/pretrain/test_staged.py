@@ -194,3 +194,24 @@ def test_zero1_growth_carries_the_partitioned_adam_state(tmp_path, corpus_file, 
     curve = losses(run)
     assert sorted(curve) == list(range(1, 7))
     assert all(loss < curve[1] + 0.5 for loss in curve.values())  # no blow-up after the growth
+
+
+@pytest.mark.slow
+def test_a_compiled_run_compiles_each_stage_afresh(tmp_path, corpus_file, cache_dir):
+    """training.compile with two growths: the grown model's forward is the same code, so dynamo counted
+    each stage's training and evaluation graphs as recompilations of one function (two per growth) and,
+    past its limit of 8, would have run eager without saying so. The graphs of a stage it leaves are
+    dropped (torch._dynamo.reset), so each stage recompiles once (evaluation after training, or the
+    reverse), and the run finishes its 6 steps compiled. (Slow: six inductor compilations on the CPU.)"""
+    recipe = yaml.safe_load(write_staged(tmp_path, corpus_file, cache_dir, "compiled", steps=6, grow_at=2).read_text())
+    recipe["training"]["compile"] = True
+    recipe["stages"] = [{"name": "small", "steps": 2}, {"name": "wide", "steps": 2, "grow": {**GROW, "seed": 3}},
+                        {"name": "deep", "grow": {"num_layers": 6, "seed": 4}}]
+    path = tmp_path / "compiled.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, output = launch(path, ranks=1, env_extra={"TORCH_LOGS": "recompiles"})
+    assert code == 0, output[-3000:]
+    assert len(growth_records(tmp_path / "compiled")) == 2
+    recompiles = [line for line in output.splitlines() if "Recompiling function forward" in line]
+    assert len(recompiles) <= 3, "\n".join(recompiles)
+    assert "recompile_limit" not in output and "cache_size_limit" not in output
