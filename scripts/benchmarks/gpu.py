@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import sys
@@ -417,6 +418,7 @@ def main(argv=None) -> int:
             except Exception as error:  # one failed cell (an OOM, a compile error) must not lose the others
                 cell["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
             finally:
+                gc.collect()  # a compiled model can outlive its cell in a reference cycle: not in the next peak
                 if runtime.is_cuda:
                     torch.cuda.empty_cache()
         payload["cells"].append(cell)
