@@ -24,7 +24,6 @@ accordingly.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from .kernels import keep_scale as kernel_keep_scale
 from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register, select
 from .norms import scale_offset_pair
 from .rope import apply_rope
+from .runtime import map_tensors
 
 
 @dataclass
@@ -421,7 +421,7 @@ class AttentionContext:
     def to(self, device, non_blocking: bool = False) -> AttentionContext:
         """The context with its tensors on `device` (itself where they are there): where a device_map
         spreads the layers over GPUs, accelerate's hooks move each layer's arguments with their `.to`."""
-        return _on_device(self, torch.device(device), non_blocking)
+        return map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
 
     def attend(
         self,
@@ -464,16 +464,3 @@ class AttentionContext:
         q, k = scale_offset_pair(z, first, second, self.cos, self.sin, self.row_scale, z.shape[-1] ** -0.5)
         return attention(q[:, None], k[:, None], v, self.mask, backend=self.backend,
                          logit_scale=None if self.row_scale is None else 1.0, **options)
-
-
-def _on_device(value, device: torch.device, non_blocking: bool):
-    """`value` with the tensors in it (a dataclass's fields, recursively) on `device`; the same object
-    where nothing moves (shared state, like an entropy recorder, stays shared)."""
-    if torch.is_tensor(value):
-        return value.to(device, non_blocking=non_blocking)
-    if not dataclasses.is_dataclass(value) or isinstance(value, type):
-        return value
-    moved = {f.name: _on_device(getattr(value, f.name), device, non_blocking) for f in dataclasses.fields(value) if f.init}
-    if all(moved[name] is getattr(value, name) for name in moved):
-        return value
-    return dataclasses.replace(value, **moved)

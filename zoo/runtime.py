@@ -15,6 +15,7 @@ tensors: reading them (`.tolist()`) is the caller's one host synchronisation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import resource
 from collections.abc import Mapping
@@ -98,13 +99,13 @@ class Runtime:
         without blocking; safe to call from a prefetching thread."""
         if not self.is_cuda:
             return batch
-        return _map_tensors(batch, lambda t: t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t)
+        return map_tensors(batch, lambda t: t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t)
 
     def to_device(self, batch):
         """A batch (tensor, or dict/list/tuple of them) on this device; pinned CPU tensors are copied
         asynchronously (the caching host allocator keeps them alive until the copy is done)."""
         device = self.device
-        return _map_tensors(batch, lambda t: t.to(device, non_blocking=t.is_pinned()) if t.device != device else t)
+        return map_tensors(batch, lambda t: t.to(device, non_blocking=t.is_pinned()) if t.device != device else t)
 
     # -- collectives
     @property
@@ -153,13 +154,22 @@ def _short(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}.get(dtype, str(dtype))
 
 
-def _map_tensors(obj, fn):
+def map_tensors(obj, fn):
+    """`obj` with `fn` applied to every tensor in it: dicts (transformers' BatchEncoding and ModelOutput
+    too) become plain dicts, lists and tuples keep their type, a dataclass is replaced field by field,
+    or is itself where no field changes (what it shares, like an entropy recorder, stays shared);
+    anything else is itself."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    if isinstance(obj, Mapping):  # dicts and transformers' BatchEncoding alike become plain dicts
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init}
+        if all(value is getattr(obj, name) for name, value in fields.items()):
+            return obj
+        return dataclasses.replace(obj, **fields)
     return obj
 
 
