@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import RunError
+from .optim import pin_unadapted_ratios
 
 MARKER = "COMPLETE"
 UNIVERSAL_SUFFIX = "_universal"
@@ -176,6 +177,8 @@ def load(engine, directory: Path, tag: str, rank: int, rng_from: Path | None) ->
                                                 load_lr_scheduler_states=True)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {directory / tag}")
+    if engine.optimizer is not None:  # the groups are the checkpoint's now: older ones lack the pins
+        pin_unadapted_ratios(engine.optimizer.param_groups)
     if rng_from is not None and (rng_from / f"rng_rank{rank}.pt").is_file():
         set_rng_state(torch.load(rng_from / f"rng_rank{rank}.pt", weights_only=True))
     return client_state or {}

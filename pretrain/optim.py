@@ -90,9 +90,20 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     = ['Norm', 'bias']). Which parameter goes where is zoo.weight_decay's rule, shared with fine-tuning."""
     groups = weight_decay_groups(model, weight_decay)
     for group in groups[1:]:
-        # DeepSpeed's FusedLamb (CUDA) reads no `adapt`: it clips every tensor's ratio to its group's
-        # [min_coeff, max_coeff] (fused_lamb_cuda_kernel.cu), so pinning both to 1 leaves these unadapted there too
-        group.update(adapt=False, min_coeff=1.0, max_coeff=1.0)
+        group["adapt"] = False
+    return pin_unadapted_ratios(groups)
+
+
+def pin_unadapted_ratios(groups: list[dict]) -> list[dict]:
+    """Pin the trust ratio of every group with `adapt=False` to 1 (min_coeff = max_coeff = 1).
+
+    DeepSpeed's FusedLamb (CUDA) reads no `adapt`: it clips every tensor's ratio to its group's [min_coeff,
+    max_coeff] (fused_lamb_cuda_kernel.cu), so the pins leave these tensors unadapted there too. A resume
+    pins again: loading an optimizer's state puts back the groups as the checkpoint saved them, and
+    checkpoints written before the pins existed have FusedLamb's [0.01, 10] in that group."""
+    for group in groups:
+        if group.get("adapt", True) is False:
+            group.update(min_coeff=1.0, max_coeff=1.0)
     return groups
 
 

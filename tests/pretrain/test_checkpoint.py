@@ -1,12 +1,19 @@
-"""The random state a checkpoint keeps per rank, and what a resume restores of it on CUDA."""
+"""The random state a checkpoint keeps per rank, and what a resume restores of it on CUDA; the optimizer
+groups a resume restores."""
 
+import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from pretrain import checkpoint
+
+from .test_trainer import ROOT, free_port
 
 
 class FakeGPUs:
@@ -72,3 +79,50 @@ def test_an_older_checkpoint_from_more_gpus_than_the_rank_sees_leaves_its_state(
     gpus = FakeGPUs(monkeypatch, count=4, current=3, first=100)
     checkpoint.set_rng_state(state)
     assert gpus.numbers() == [100, 101, 102, 103]
+
+
+RESUME_SCRIPT = """
+import json, sys
+from pathlib import Path
+import deepspeed, torch
+import zoo
+from pretrain import checkpoint
+from pretrain.optim import Lamb, parameter_groups
+
+directory = Path(sys.argv[1])
+config = {"train_micro_batch_size_per_gpu": 1, "torch_autocast": {"enabled": True, "dtype": "bfloat16"},
+          "zero_optimization": {"stage": 0}}
+
+def engine():
+    torch.manual_seed(0)
+    model = zoo.create("deepnet-mini")
+    return deepspeed.initialize(model=model, optimizer=Lamb(parameter_groups(model, 0.01), lr=1e-3),
+                                config=config)[0]
+
+saved = engine()
+saved.save_checkpoint(str(directory), tag="step_1")
+# as checkpoints written before the pins: FusedLamb's default bounds in the no-decay group
+[states] = directory.glob("step_1/*model_states.pt")
+state = torch.load(states, weights_only=False)
+for group in state["optimizer"]["param_groups"]:
+    group.update(min_coeff=0.01, max_coeff=10.0)
+torch.save(state, states)
+resumed = engine()
+checkpoint.load(resumed, directory, "step_1", rank=0, rng_from=None)
+print(json.dumps([[g["adapt"], g["min_coeff"], g["max_coeff"]] for g in resumed.optimizer.param_groups]))
+"""
+
+
+def test_a_resume_pins_the_unadapted_groups_of_an_older_checkpoint(tmp_path):
+    """DeepSpeed's engine puts back the optimizer's groups as the checkpoint saved them, hyperparameters
+    included; one saved before the no-decay group pinned its trust ratio to 1 would give FusedLamb's [0.01,
+    10] clipping back to the norm gains and biases on CUDA (tests/pretrain/test_optim.py). Resumed, the
+    group is pinned again and the decaying group keeps what it saved. A real ZeRO-0 engine, in a process
+    of its own (DeepSpeed initialises torch.distributed)."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+           "LOCAL_RANK": "0", "WORLD_SIZE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    groups = json.loads(result.stdout.strip().splitlines()[-1])
+    assert groups == [[True, 0.01, 10.0], [False, 1.0, 1.0]]
