@@ -173,6 +173,38 @@ def map_tensors(obj, fn):
     return obj
 
 
+# the backends whose fp32 matrix products may run at a lower precision when a user or a library asks for
+# it: TF32 tensor cores on CUDA, bf16 through oneDNN on CPUs
+FP32_MATMUL_BACKENDS = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+
+
+@contextlib.contextmanager
+def ieee_float32():
+    """fp32 computed as fp32 inside, whatever the caller set: no autocast (CUDA or CPU) and IEEE fp32 matrix
+    products. For checks that claim fp32 exactness (a growth's function preservation):
+    `torch.backends.cuda.matmul.allow_tf32 = True` or `torch.set_float32_matmul_precision("high")`, as many
+    GPU users set, rounds the products' inputs to 10 mantissa bits.
+
+    torch keeps two views of this setting, the legacy one (`set_float32_matmul_precision`, `allow_tf32`)
+    and the backends' `fp32_precision`, and a CUDA product refuses to run while they disagree; so the
+    legacy call sets both inside, and each is put back afterwards as the caller left it (the legacy one
+    where it can be read: not after the caller used only the new one, which it then does not depend on)."""
+    backends = {backend: backend.fp32_precision for backend in FP32_MATMUL_BACKENDS}
+    try:
+        legacy = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller set `fp32_precision`, which now disagrees with the legacy view
+        legacy = None
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        for backend, precision in backends.items():
+            backend.fp32_precision = precision
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter (the CPU for a module without parameters)."""
     for parameter in module.parameters():

@@ -405,6 +405,33 @@ def test_an_approximation_beyond_max_change_is_refused():
     assert plan.probe_max_abs_change > 1e-4
 
 
+def test_the_probe_measures_in_the_models_precision_whatever_the_caller_set():
+    """The probe's bound is fp32's, so it runs in fp32 whatever the caller set: inside a bf16 autocast
+    region the outputs of the same model differ by bf16's rounding (0.16 here) and a lossless growth was
+    refused; with TF32 on (`set_float32_matmul_precision("high")`, as many GPU users set), CUDA rounds
+    the products' inputs to 10 mantissa bits. Inside the probe the products are IEEE fp32 and autocast is
+    off; afterwards the caller's settings are as they were."""
+    config = make_config("roformer-v2")
+    small = randomize(model_class(config, "masked-lm")(config)).eval()
+    sizes = {"hidden_size": 48, "num_heads": 6, "head_size": 16, "intermediate_size": 100, "num_layers": 4}
+    _, plain = expand(small, **sizes, return_plan=True)
+    seen = []
+    small.register_forward_pre_hook(lambda module, args: seen.append(
+        (torch.is_autocast_enabled("cpu"), torch.backends.cuda.matmul.fp32_precision,
+         torch.backends.mkldnn.matmul.fp32_precision)))
+    torch.set_float32_matmul_precision("high")
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, plan = expand(small, **sizes, return_plan=True)
+            assert torch.is_autocast_enabled("cpu")
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert seen == [(False, "ieee", "ieee")]
+    assert plan.probe_max_abs_change == plain.probe_max_abs_change < 1e-5
+
+
 # --------------------------------------------------------------------------- optimizer state
 
 

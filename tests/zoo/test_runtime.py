@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zoo.runtime import DeviceError, Runtime, parse_device
+from zoo.runtime import DeviceError, Runtime, ieee_float32, parse_device
 
 
 def test_auto_is_cuda_when_present_else_cpu():
@@ -37,6 +37,52 @@ def test_autocast_follows_the_compute_dtype():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with Runtime.resolve("cpu", torch.float32).autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+MATMUL = torch.backends.cuda.matmul
+
+
+def _precision_state() -> dict:
+    """torch's views of the fp32 matmul precision; "refused" where torch refuses to read one (it does so
+    for the legacy views after a caller set only the backends' `fp32_precision`)."""
+    state = {"cuda": MATMUL.fp32_precision, "mkldnn": torch.backends.mkldnn.matmul.fp32_precision}
+    for name, read in (("allow_tf32", lambda: MATMUL.allow_tf32), ("legacy", torch.get_float32_matmul_precision)):
+        try:
+            state[name] = read()
+        except RuntimeError:
+            state[name] = "refused"
+    return state
+
+
+@pytest.fixture
+def default_precision():
+    yield
+    torch.backends.fp32_precision = "none"
+    torch.set_float32_matmul_precision("highest")
+    MATMUL.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = "none"
+    assert _precision_state() == {"cuda": "none", "mkldnn": "none", "allow_tf32": False, "legacy": "highest"}
+
+
+@pytest.mark.parametrize("caller", [
+    "torch.backends.cuda.matmul.allow_tf32 = True",
+    "torch.set_float32_matmul_precision('high')",
+    "torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+    "torch.backends.fp32_precision = 'tf32'",
+    "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'",
+    "pass",
+])
+def test_ieee_float32_inside_and_the_callers_settings_after(caller, default_precision):
+    """Inside: IEEE fp32 products on CUDA and oneDNN, both views of the setting agreeing (a CUDA product
+    refuses to run while the legacy view says TF32 and the backend's says IEEE, or the reverse), no
+    autocast. After: every view as the caller left it, whichever API the caller used."""
+    exec(caller)
+    before = _precision_state()
+    with torch.autocast("cpu", dtype=torch.bfloat16), ieee_float32():
+        inside = _precision_state()
+        product = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert inside == {"cuda": "ieee", "mkldnn": "ieee", "allow_tf32": False, "legacy": "highest"}
+    assert product.dtype == torch.float32
+    assert _precision_state() == before
 
 
 def test_one_process_sums_on_the_cpu_without_a_process_group():

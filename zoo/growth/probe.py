@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..modeling import EncoderForMultipleChoice, EncoderModel
+from ..runtime import ieee_float32
 from .plan import GrowthPlan
 
 
@@ -38,13 +39,15 @@ def model_outputs(model, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, tor
 
 def probe_change(small, big, plan: GrowthPlan) -> tuple[float, float]:
     """(max |Δ| between the small and grown model's outputs on `probe_batch`, max |small output|),
-    in eval mode without gradients."""
+    in eval mode without gradients, in the models' own precision whatever the caller set (no autocast, no
+    TF32: `zoo.runtime.ieee_float32`), since the bound it is held to is that precision's."""
     modes = small.training, big.training
     small.eval()
     big.eval()
     try:
         ids, mask = probe_batch(small.config.vocab_size, small.config.pad_token_id)
-        a, b = model_outputs(small, ids, mask), model_outputs(big, ids, mask)
+        with ieee_float32():
+            a, b = model_outputs(small, ids, mask), model_outputs(big, ids, mask)
         worst = magnitude = 0.0
         for key, value in a.items():
             last = small.config.num_hidden_layers - 1
