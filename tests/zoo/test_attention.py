@@ -366,3 +366,17 @@ def test_an_attention_context_moves_to_a_layers_device():
     moved = rerope_ctx.to("meta")
     assert moved.clipped.positions.device.type == moved.clipped.near_cos.device.type == "meta"
     assert moved.entropy is rerope_ctx.entropy  # shared across the layers, wherever they are
+
+
+def test_dropout_seeds_come_from_the_cpu_generator_whatever_the_default_device():
+    """The dropout kernels' seeds are drawn from torch's CPU generator and read on the host: under a
+    caller's `torch.set_default_device("cuda")` the draw went to the GPU, and reading it made the host
+    wait for the GPU at every dropout (the meta device, standing in, cannot be read at all)."""
+    from zoo.kernels import ops
+
+    torch.manual_seed(5)
+    expected = (new_seed(), ops.seed_tensor())
+    torch.manual_seed(5)
+    with torch.device("meta"):
+        seeds = (new_seed(), ops.seed_tensor())
+    assert seeds[0] == expected[0] and seeds[1].device.type == "cpu" and torch.equal(seeds[1], expected[1])

@@ -432,6 +432,46 @@ def test_the_probe_measures_in_the_models_precision_whatever_the_caller_set():
     assert plan.probe_max_abs_change == plain.probe_max_abs_change < 1e-5
 
 
+def test_growth_is_the_same_whatever_default_device_or_inference_mode_the_caller_set():
+    """Growth makes its maps, masks and draws (from CPU generators) without naming a device, so under a
+    caller's `torch.set_default_device("cuda")` / `with torch.device("cuda"):` they went to the GPU, where a
+    draw from a CPU generator fails; inside `torch.inference_mode()` the grown parameters and optimizer
+    state were inference tensors, which training refuses. The meta device stands in for CUDA here: a
+    tensor made there has no values, so it catches every factory call that follows the default device.
+    The same model and optimizer state come out, and they train."""
+    small = _no_dropout_model("gau-alpha")
+    optimizer = torch.optim.Adam(small.parameters(), lr=1e-3)
+    _step(small, optimizer, 0)
+    sizes = {"num_layers": 4, "hidden_size": 40, "expansion_size": 60}
+    reference, plan = expand(small, **sizes, return_plan=True)
+    for context in (torch.device("meta"), torch.inference_mode()):
+        with context:
+            big = expand(small, **sizes)
+            grown = expand_optimizer(optimizer, small, big, plan)
+        for (name, p), q in zip(big.named_parameters(), reference.parameters()):
+            assert p.device.type == "cpu" and not p.is_inference() and torch.equal(p, q), name
+        assert not any(t.is_inference() for state in grown.state.values() for t in state.values())
+        _step(big, grown, 1)
+    noisy = {**sizes, "symmetry": "noise"}
+    with torch.device("meta"):
+        assert torch.equal(next(iter(expand(small, **noisy).parameters())), next(iter(expand(small, **noisy).parameters())))
+
+
+def test_growth_leaves_every_gpus_random_state_alone(monkeypatch):
+    """The grown model's fresh entries come from a seeded init on the CPU; `torch.manual_seed` there
+    also seeded every GPU's generator and left it so (`fork_rng(devices=[])` puts back the CPU's only),
+    so after a growth two runs with different seeds drew the same dropout masks on their GPUs. Only
+    the CPU generator is seeded now, and it is put back."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append(seed))
+    small = _no_dropout_model("roformer-v2")
+    state = torch.get_rng_state()
+    first = expand(small, num_layers=4, seed=3)
+    assert seeded == [] and torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), expand(small, num_layers=4, seed=3).parameters()))
+
+
 # --------------------------------------------------------------------------- optimizer state
 
 

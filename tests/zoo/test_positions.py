@@ -563,6 +563,18 @@ def test_ruoss_positions_sorted_distinct_in_range():
     assert len(torch.unique(pos)) == 64
     assert torch.equal(sample_ruoss_positions(3, 16, 64, generator=torch.Generator().manual_seed(1)),
                        sample_ruoss_positions(3, 16, 64, generator=torch.Generator().manual_seed(1)))
+
+
+def test_random_positions_are_drawn_on_their_generators_device():
+    """A `torch.set_default_device("cuda")` / `with torch.device("cuda"):` around the pretraining collator
+    or the robustness probes made these draws on the GPU with a CPU generator, which CUDA refuses; they
+    follow the generator now (the meta device stands in for CUDA: it would hold no values)."""
+    expected = (sample_ruoss_positions(3, 16, 64, generator=torch.Generator().manual_seed(1)),
+                sample_equal_mean_positions(3, 16, generator=torch.Generator().manual_seed(1)))
+    with torch.device("meta"):
+        drawn = (sample_ruoss_positions(3, 16, 64, generator=torch.Generator().manual_seed(1)),
+                 sample_equal_mean_positions(3, 16, generator=torch.Generator().manual_seed(1)))
+    assert all(torch.equal(a, b) for a, b in zip(drawn, expected))
     with pytest.raises(ValueError, match="max_position=10 is smaller than seq_len=16"):
         sample_ruoss_positions(1, 16, 10)
 

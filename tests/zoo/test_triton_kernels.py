@@ -791,3 +791,15 @@ def test_on_device_makes_the_tensors_gpu_current():
     guard = zoo.kernels.on_device(torch.device("cuda", 1))
     assert isinstance(guard, torch.cuda.device) and guard.idx == 1
     assert isinstance(zoo.kernels.on_device(torch.device("cpu")), contextlib.nullcontext)
+
+
+def test_triton_dropout_seeds_come_from_the_cpu_generator_whatever_the_default_device():
+    """As the CPU kernels' seeds (tests/zoo/test_attention.py): under a caller's default CUDA device the
+    Triton kernels' seed was drawn on the GPU and read back at every dropout."""
+    from zoo.kernels import triton_dropout
+
+    torch.manual_seed(5)
+    expected = triton_dropout.new_seed()
+    torch.manual_seed(5)
+    with torch.device("meta"):
+        assert triton_dropout.new_seed() == expected

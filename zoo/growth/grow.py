@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import GrowthError
-from .plan import GrowthPlan
+from .plan import GrowthPlan, grown_as_trainable_on_the_cpu
 from .probe import probe_change
 from .rules import GrowthRules
 from .sizes import grown_config
@@ -19,6 +19,7 @@ from .sizes import grown_config
 SYMMETRIES = ("split", "none", "noise")
 
 
+@grown_as_trainable_on_the_cpu
 def expand(
     model,
     hidden_size: int | None = None,
@@ -103,7 +104,9 @@ def _build(model, plan: GrowthPlan, generator: torch.Generator, noise_std: float
         raise GrowthError(f"zoo.expand has no rule for parameter(s) {', '.join(missing)} of {type(model).__name__}")
     reference = next(iter(small_params.values()))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(plan.options["seed"])
+        # the CPU's generator only, where the model is built (torch.manual_seed would also seed every GPU's
+        # and leave them so: fork_rng restores the CPU's alone)
+        torch.random.default_generator.manual_seed(plan.options["seed"])
         big = type(model)(plan.big_config)  # fresh init: the new entries keep it (for the grown config)
     big.to(device=reference.device, dtype=reference.dtype)
     big_params = dict(big.named_parameters())

@@ -3,6 +3,7 @@ hidden states, gradients and optimizer moments mapped by the same rules (expansi
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,22 @@ from ..families import family_of
 from .operators import AxisMap, TensorRule
 
 STATE_MODES = ("map", "reset")
+
+
+def grown_as_trainable_on_the_cpu(fn):
+    """Run a growth function as it is written, whatever the caller set around it: tensors made without a
+    device on the CPU (its maps, masks and random draws from CPU generators; not the CUDA device a
+    `torch.set_default_device("cuda")` or `with torch.device("cuda"):` names, where a draw from a CPU
+    generator fails), and ordinary tensors, not inference ones (inside `torch.inference_mode()` the grown
+    parameters and optimizer state would be inference tensors, which training refuses). The grown
+    model is moved to the small one's device."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.device("cpu"), torch.inference_mode(False):
+            return fn(*args, **kwargs)
+
+    return run
 
 # per-parameter optimizer state: tensors shaped like the parameter, mapped like the gradient (first
 # moments) or like its square (second moments); anything else shaped like the parameter is refused
@@ -93,6 +110,7 @@ class GrowthPlan:
         return out
 
     # -- optimizer state (A.8)
+    @grown_as_trainable_on_the_cpu
     def map_optimizer_state(self, state: Mapping[str, Mapping[str, Any]], mode: str = "map") -> dict[str, dict]:
         """Per-parameter optimizer state of the small model → that of the grown model, by parameter name.
 
@@ -176,6 +194,7 @@ def _zero_like_scalar(value):
 # ---------------------------------------------------------------------------- optimizer growth
 
 
+@grown_as_trainable_on_the_cpu
 def expand_optimizer(optimizer: torch.optim.Optimizer, small_model: nn.Module, big_model: nn.Module,
                      plan: GrowthPlan, mode: str = "map") -> torch.optim.Optimizer:
     """A torch optimizer of the same class and hyper-parameters over `big_model`, holding the small

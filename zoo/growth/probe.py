@@ -15,10 +15,10 @@ def probe_batch(vocab_size: int, pad_token_id: int | None = 0, seed: int = 0) ->
     generator = torch.Generator().manual_seed(seed)
     lengths = (24, 9)
     pad = 0 if pad_token_id is None else pad_token_id
-    ids = torch.full((len(lengths), max(lengths)), pad, dtype=torch.long)
+    ids = torch.full((len(lengths), max(lengths)), pad, dtype=torch.long, device="cpu")
     mask = torch.zeros_like(ids)
     for row, n in enumerate(lengths):
-        draw = torch.randint(0, vocab_size - 1, (n,), generator=generator)
+        draw = torch.randint(0, vocab_size - 1, (n,), generator=generator, device="cpu")
         ids[row, :n] = draw + (draw >= pad).long()  # skip the pad id
         mask[row, :n] = 1
     return ids, mask

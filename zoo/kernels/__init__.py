@@ -215,7 +215,7 @@ def keep_scale(p: float) -> float:
 
 def new_seed() -> int:
     """A mask seed drawn from torch's default generator, so torch.manual_seed reproduces masks."""
-    return int(torch.randint(0, 2**62, (1,)).item())
+    return int(torch.randint(0, 2**62, (1,), device="cpu").item())  # no wait for a GPU
 
 
 def reference_keep_mask(shape, p: float, seed: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from . import attention_kernels, dropout_kernels, elementwise_kernels, empty_row
 
 def seed_tensor() -> Tensor:
     """A mask seed drawn from torch's default generator (torch.manual_seed reproduces it), as a tensor."""
-    return torch.randint(0, 2**62, (1,), dtype=torch.int64)
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device="cpu")  # not a default device's
 
 
 def _rows(x: Tensor):

@@ -22,7 +22,7 @@ per_step_seed = triton.jit(do_not_specialize=["seed"])
 def new_seed() -> int:
     """A mask seed from torch's CPU generator, below 2³¹ so that Triton always passes it as an i32 (a
     larger one would compile the kernel again for an i64)."""
-    return int(torch.randint(0, 2**31 - 1, (1,)))
+    return int(torch.randint(0, 2**31 - 1, (1,), device="cpu"))  # whatever the default device
 
 
 @triton.jit
