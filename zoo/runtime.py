@@ -84,9 +84,11 @@ class Runtime:
 
     # -- compute
     def autocast(self):
-        """Autocast to the compute dtype on this device type; a no-op context for fp32."""
+        """Autocast to the compute dtype on this device type; for fp32, autocast off, so that an autocast
+        the caller opened around us does not turn an fp32 run (CLUE's --no-bf16, an fp32 evaluation) into
+        bf16 or fp16 (fp16 without a loss scale, in fine-tuning)."""
         if self.compute_dtype == torch.float32:
-            return contextlib.nullcontext()
+            return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     def synchronize(self) -> None:

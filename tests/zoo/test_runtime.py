@@ -39,6 +39,15 @@ def test_autocast_follows_the_compute_dtype():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
+def test_an_fp32_runtime_computes_in_fp32_inside_the_callers_autocast():
+    """An fp32 runtime (CLUE's --no-bf16, an fp32 evaluation) turns autocast off: a caller's autocast
+    around it made its products bf16 (or fp16, without a loss scale, in fine-tuning)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with Runtime.resolve("cpu", torch.float32).autocast():
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
 MATMUL = torch.backends.cuda.matmul
 
 
