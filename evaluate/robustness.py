@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from zoo.positions import sample_ruoss_positions, variant
 from zoo.errors import ZooError
+from zoo.positions import sample_ruoss_positions, variant
+from zoo.runtime import ieee_float32
 
 from .errors import EvaluateError, UsageError
 from .extrapolation import data, report
@@ -92,9 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@ieee_float32()  # fp32 without TF32 (B.6 item 8), and the caller's settings back afterwards
 def run(args: argparse.Namespace) -> dict:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     check_publish(args)
     loaded = load_model(args.model, args.registry, args.device)
     if loaded.config.position_embedding_type != "rope":

@@ -17,11 +17,11 @@ import re
 import sys
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from zoo.errors import ZooError
 from zoo.positions import default_variants, variant
+from zoo.runtime import ieee_float32
 
 from ..errors import EvaluateError, UsageError
 from . import data, report
@@ -142,9 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@ieee_float32()  # fp32 without TF32 (B.6 item 8), and the caller's settings back afterwards
 def run(args: argparse.Namespace) -> dict:
-    torch.backends.cuda.matmul.allow_tf32 = False  # B.6 item 8
-    torch.backends.cudnn.allow_tf32 = False
     check_publish(args)
     loaded = load_model(args.model, args.registry, args.device)
     train_length = resolve_train_length(args.train_length, loaded)

@@ -135,3 +135,34 @@ def test_command_from_registry_name_and_errors(tmp_path, registry, capsys):
         assert main([*args, "--out", str(bad_out), "--quiet"]) == 2
         assert message in capsys.readouterr().err
         assert not bad_out.exists()
+
+
+@pytest.mark.parametrize("command", ["extrapolation", "robustness"])
+def test_the_commands_score_in_ieee_fp32_and_leave_the_callers_settings(command, monkeypatch, tmp_path):
+    """Both commands score in fp32 without TF32 (B.6 item 8). They switched TF32 off through torch's
+    legacy flags for the rest of the process, even when called from Python and failing at once; after a
+    caller's `set_float32_matmul_precision("high")` that left torch's two views of the setting disagreeing
+    (`get_float32_matmul_precision` then raises, and torch.compile reads it). Now the caller's setting is
+    back afterwards, and inside both views say IEEE fp32."""
+    import torch
+
+    import evaluate.extrapolation.cli as extrapolation
+    import evaluate.robustness as robustness
+
+    module, main_of = {"extrapolation": (extrapolation, extrapolation.main), "robustness": (robustness, main)}[command]
+    seen = []
+
+    def load_model(*args, **kwargs):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.get_float32_matmul_precision()))
+        raise zoo.errors.ZooError("no model here")
+
+    monkeypatch.setattr(module, "load_model", load_model)
+    torch.set_float32_matmul_precision("high")
+    try:
+        assert main_of(["--model", "tiny@1.0", "--quiet", "--out", str(tmp_path / "out")]) != 0
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = "none"
+    assert seen == [("ieee", "highest")]
