@@ -18,6 +18,11 @@ from .operators import AxisMap, TensorRule
 
 STATE_MODES = ("map", "reset")
 
+# per-parameter optimizer state: tensors shaped like the parameter, mapped like the gradient (first
+# moments) or like its square (second moments); anything else shaped like the parameter is refused
+FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer")
+SECOND_MOMENT_KEYS = ("exp_avg_sq", "max_exp_avg_sq")
+
 
 def grown_as_trainable_on_the_cpu(fn):
     """Run a growth function as it is written, whatever the caller set around it: tensors made without a
@@ -33,11 +38,6 @@ def grown_as_trainable_on_the_cpu(fn):
             return fn(*args, **kwargs)
 
     return run
-
-# per-parameter optimizer state: tensors shaped like the parameter, mapped like the gradient (first
-# moments) or like its square (second moments); anything else shaped like the parameter is refused
-FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer")
-SECOND_MOMENT_KEYS = ("exp_avg_sq", "max_exp_avg_sq")
 
 
 @dataclass
