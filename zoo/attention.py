@@ -134,22 +134,41 @@ def attention(
     return dispatch("softmax_attention", q, k, v, dense_mask, scale, p, backend=backend, need_weights=need_weights)
 
 
+def sdpa_has_a_kernel(q, k, v, mask, dropout_p: float) -> bool:
+    """Whether torch's sdpa has a kernel for this call among the backends the caller left on: a
+    `torch.nn.attention.sdpa_kernel(...)` around the model may leave only some (people ask for flash
+    alone to be sure it runs), and where none of them takes the call (flash takes no mask and no fp32,
+    the CPU's no dropout) sdpa fails with "No available kernel"; the call then goes to the registry's
+    next entry instead. The math backend, on unless switched off, takes every call; otherwise torch's
+    own choice (`_fused_sdp_choice`, what sdpa asks on either device) says."""
+    if torch.compiler.is_compiling() or torch.backends.cuda.math_sdp_enabled():
+        return True
+    try:
+        torch._fused_sdp_choice(q, k, v, mask, dropout_p, False)
+    except RuntimeError:  # "No available kernel" / "No viable backend"
+        return False
+    return True
+
+
 def _sdpa_wanted(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
-    return backend != "matmul" and not need_weights
+    return backend != "matmul" and not need_weights and sdpa_has_a_kernel(q, k, v, mask, dropout_p)
 
 
 def _sdpa_requested(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
-    return backend == "sdpa" and not need_weights
+    return backend == "sdpa" and not need_weights and sdpa_has_a_kernel(q, k, v, mask, dropout_p)
 
 
 def _fp32_inference(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
-    return backend == "auto" and not need_weights and dropout_p == 0.0 and not (torch.is_grad_enabled() and q.requires_grad)
+    return (backend == "auto" and not need_weights and dropout_p == 0.0 and not (torch.is_grad_enabled() and q.requires_grad)
+            and sdpa_has_a_kernel(q, k, v, mask, dropout_p))
 
 
 def gau_wide_head(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
-    """One head whose v is a whole multiple wider than q and k (GAU), where sdpa is wanted."""
-    return (_sdpa_wanted(q, k, v, mask, scale, dropout_p, backend=backend, need_weights=need_weights)
-            and q.shape[1] == 1 and v.shape[-1] != q.shape[-1] and v.shape[-1] % q.shape[-1] == 0)
+    """One head whose v is a whole multiple wider than q and k (GAU), where sdpa is wanted and has a
+    kernel for the heads sharing q and k (`sdpa_shared_qk`)."""
+    return (backend != "matmul" and not need_weights
+            and q.shape[1] == 1 and v.shape[-1] != q.shape[-1] and v.shape[-1] % q.shape[-1] == 0
+            and sdpa_has_a_kernel(*shared_qk_operands(q, k, v), mask, dropout_p))
 
 
 # The softmax attention's implementations, in the order calls try them. "auto" means: on CUDA torch's
@@ -254,17 +273,20 @@ def sdpa_shared_qk(q, k, v, mask, dropout_p: float, scale: float, value_width: i
     measures both). Without dropout it is the same function for every w; with dropout each slice draws
     its own mask over the same probabilities, at the same rate per element.
     """
+    out = F.scaled_dot_product_attention(*shared_qk_operands(q, k, v, value_width), attn_mask=mask,
+                                         dropout_p=dropout_p, scale=scale)
+    batch, groups, q_len, width = out.shape
+    return out.transpose(1, 2).reshape(batch, 1, q_len, groups * width)
+
+
+def shared_qk_operands(q, k, v, value_width: int | None = None):
+    """sdpa's q, k and v for `sdpa_shared_qk`: q and k expanded (views) over the e/w heads, v's w-wide slices
+    as those heads."""
     batch, _, q_len, size = q.shape
     width = value_width or size
-    groups = v.shape[-1] // width
-    k_len = k.shape[-2]
-    out = F.scaled_dot_product_attention(
-        q.expand(batch, groups, q_len, size),
-        k.expand(batch, groups, k_len, size),
-        v.reshape(batch, k_len, groups, width).transpose(1, 2),
-        attn_mask=mask, dropout_p=dropout_p, scale=scale,
-    )
-    return out.transpose(1, 2).reshape(batch, 1, q_len, groups * width)
+    groups, k_len = v.shape[-1] // width, k.shape[-2]
+    return (q.expand(batch, groups, q_len, size), k.expand(batch, groups, k_len, size),
+            v.reshape(batch, k_len, groups, width).transpose(1, 2))
 
 
 # Scores per block of the CPU kernel (≈ 1 MB in bf16, about the L2 cache). Measured in bf16 at

@@ -259,3 +259,37 @@ def test_zoo_disable_kernels_cpu_in_a_fresh_process_keeps_triton():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "True", "reference"]
+
+
+@pytest.mark.parametrize("preset", ["roformer-v2-mini", "gau-alpha-mini"])
+@pytest.mark.parametrize("left_on", [["EFFICIENT_ATTENTION"], ["FLASH_ATTENTION"], ["MATH"]])
+def test_a_callers_sdpa_restriction_is_kept_or_the_next_entry_runs(preset, left_on):
+    """A `torch.nn.attention.sdpa_kernel(...)` around the model leaves only some of sdpa's backends on.
+    Where one of them takes the call, sdpa runs (the caller's choice); where none does, the registry's
+    next entry runs (our kernels) where sdpa failed with "No available kernel". Here fp32 inference of a
+    padded batch on the CPU, which "auto" gives to sdpa: the math kernel takes it, the CPU's fused one
+    (FLASH_ATTENTION) only where v is as wide as q (not GAU's wide head), the memory-efficient one is
+    CUDA's alone. On CUDA flash takes no mask and no fp32."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    model = zoo.create(preset).eval()
+    ids = torch.randint(1, 100, (2, 16))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    chosen = []
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        select = registry.select
+
+        def recording(op, *args, **kwargs):
+            kernel = select(op, *args, **kwargs)
+            chosen.append(kernel.name) if op == "softmax_attention" else None
+            return kernel
+
+        with pytest.MonkeyPatch.context() as patch, sdpa_kernel([getattr(SDPBackend, name) for name in left_on]):
+            patch.setattr(registry, "select", recording)
+            out = model(input_ids=ids, attention_mask=mask).logits
+    takes = left_on == ["MATH"] or (left_on == ["FLASH_ATTENTION"] and preset.startswith("roformer"))
+    assert set(chosen) == ({"sdpa-fp32-inference"} if takes else {"blocked-cpu-kernel"})
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)  # fp32 kernels summing in other orders
