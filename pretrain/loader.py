@@ -171,6 +171,25 @@ def heldout_batches(dataset, max_sequences: int, batch_size: int, seed: int, pol
                       [np.random.default_rng([seed, EVAL_EPOCH, i]) for i in chunk], policy)
 
 
+def heldout_passes(dataset, max_sequences: int, batch_size: int, seed: int, policy: MaskingPolicy,
+                   rank: int = 0, world_size: int = 1):
+    """(batch, counted) for each forward pass of one evaluation on this rank: its `heldout_batches`
+    (counted), then repeats of a batch (not counted) up to the number of batches of rank 0, which holds
+    the most. Every rank so runs the same number of forward passes, each a collective under ZeRO-3
+    (the partitioned parameters are gathered), whatever the held-out split."""
+    n = min(len(dataset), max_sequences)
+    passes = -(-len(range(0, n, world_size)) // batch_size)  # rank 0's batches
+    first, done = None, 0
+    for batch in heldout_batches(dataset, max_sequences, batch_size, seed, policy, rank, world_size):
+        first = batch if first is None else first
+        done += 1
+        yield batch, True
+    if done < passes:
+        filler = first if first is not None else next(heldout_batches(dataset, max_sequences, batch_size, seed, policy))
+        for _ in range(passes - done):
+            yield filler, False
+
+
 class Prefetcher:
     """Takes `depth` optimizer steps ahead of the trainer from a `PretrainingStream` on a background
     thread, pinning each batch with `prepare` (Runtime.pin). depth 0 takes each step when asked.

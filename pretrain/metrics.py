@@ -53,18 +53,26 @@ class PeakFlops:
 
 
 def mfu_peak(runtime, dtype: torch.dtype, override_tflops: float | None = None) -> PeakFlops:
-    """Every rank calls this together (the measured basis times all ranks at once, after a barrier,
-    so that ranks sharing a CPU measure the share of it they will train with)."""
+    """Every rank calls this together, and every rank makes the same collectives whatever its device:
+    ranks of a mixed cluster (a GPU of the datasheet table next to one that is not) decide together
+    whether any of them measures, and then all of them meet at the barrier before the measuring ranks
+    time their matmuls at once (so that ranks sharing a CPU measure the share of it they will train with)."""
     dtype_name = _DTYPE_NAMES.get(dtype, str(dtype))
-    if override_tflops:
+    if override_tflops:  # the recipe's, the same on every rank
         return PeakFlops(override_tflops * 1e12, "recipe", f"training.peak_tflops = {override_tflops:g} TFLOP/s per rank")
+    datasheet = None
     if runtime.is_cuda:
         name = torch.cuda.get_device_name(runtime.device)
         tflops = datasheet_tflops(name, dtype)
         if tflops is not None:
-            return PeakFlops(tflops * 1e12, "datasheet", f"{name} {dtype_name} dense datasheet peak, {tflops:g} TFLOP/s")
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+            datasheet = PeakFlops(tflops * 1e12, "datasheet", f"{name} {dtype_name} dense datasheet peak, {tflops:g} TFLOP/s")
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        measuring = torch.tensor([float(datasheet is None)], dtype=torch.float64, device=runtime.collective_device)
+        dist.all_reduce(measuring, op=dist.ReduceOp.MAX)
+        if float(measuring[0]):
+            dist.barrier()
+    if datasheet is not None:
+        return datasheet
     measured = max(measure_matmul_peak(dtype, device=runtime.device) for _ in range(3))
     where = torch.cuda.get_device_name(runtime.device) if runtime.is_cuda else f"CPU, {torch.get_num_threads()} thread(s)"
     return PeakFlops(measured, "measured", f"measured {dtype_name} matmul peak ({where}, all ranks at once), "
@@ -77,8 +85,9 @@ def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, 
     generator = torch.Generator().manual_seed(0)  # leave the global RNG (dropout) untouched
     if device.type != "cpu":
         size, repeats = max(size, 8192), max(repeats, 20)
-    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    # drawn on the generator's device (the CPU) whatever torch.set_default_device says, then moved
+    a = torch.randn(size, size, generator=generator, device="cpu").to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=generator, device="cpu").to(device=device, dtype=dtype)
     a @ b
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     synchronize()

@@ -369,6 +369,7 @@ def validate_deepspeed(ds: dict, src: str) -> None:
     problem = deepspeed_key_error(ds, src)
     if problem is not None:
         raise RecipeError(problem)
+    _refuse_checkpoint_modes(ds.get("checkpoint"), src)
     batch_keys = [k for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps") if k in ds]
     if len(batch_keys) < 2:
         raise RecipeError(
@@ -388,3 +389,22 @@ def validate_deepspeed(ds: dict, src: str) -> None:
                 "ratio needs whole parameter tensors, but ZeRO ≥ 1 hands the optimizer flat partitions; use stage 0 "
                 "(the published recipes do) or an Adam-type optimizer"
             )
+
+
+def _refuse_checkpoint_modes(checkpoint, src: str) -> None:
+    """DeepSpeed checkpoint modes that DeepSpeed reads but this trainer cannot honour: its COMPLETE marker
+    (pretrain/checkpoint.py) says every rank's files of a tag are written and readable from
+    training.output_dir, which it knows only once save_checkpoint has written them there."""
+    if not isinstance(checkpoint, dict):
+        return
+    writer = checkpoint.get("writer")
+    if isinstance(writer, dict) and writer.get("decoupled"):
+        raise RecipeError(
+            f"{src}: deepspeed.checkpoint.writer.decoupled: true is not supported: the decoupled writer saves in a "
+            "background process and commits the files only at the next training step (never after the last step or "
+            "a growth), so a checkpoint would be marked COMPLETE before its files exist; remove the key")
+    if checkpoint.get("use_node_local_storage"):
+        raise RecipeError(
+            f"{src}: deepspeed.checkpoint.use_node_local_storage: true is not supported: each node would keep its "
+            "part of a checkpoint on its own disk, which a resume, the export and the COMPLETE marker (written by "
+            "rank 0) cannot see; remove the key and put training.output_dir on a file system every node sees")

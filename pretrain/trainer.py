@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib.util
+import itertools
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -41,6 +44,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from torch.distributed import distributed_c10d
 from tqdm.auto import tqdm
 
 import zoo
@@ -51,7 +55,7 @@ from . import checkpoint as ckpt
 from .cuda_arch import normalize_cuda_arch_list
 from .data import build_corpus, default_cache_dir
 from .errors import NonFiniteLossError, PretrainError, RunError
-from .loader import PositionSampler, Prefetcher, PretrainingStream, heldout_batches
+from .loader import PositionSampler, Prefetcher, PretrainingStream, heldout_passes
 from .masking import MaskingPolicy
 from .metrics import MetricsLog, mfu_peak
 from .optim import Lamb, parameter_groups, schedule_multiplier
@@ -63,6 +67,10 @@ logger = logging.getLogger("pretrain")
 # A collective that waits longer than this has lost a peer (a killed node, a crashed rank): the
 # process group raises instead of hanging. Override with ZOO_DIST_TIMEOUT_S.
 DIST_TIMEOUT_S = 1800
+# How long the other ranks wait for rank 0 to tokenise the corpus (a first run on a large corpus can take
+# hours); override with ZOO_CORPUS_WAIT_S. A rank 0 that dies is noticed at once (its connections close).
+CORPUS_WAIT_S = 7 * 24 * 3600
+_CORPUS_ROUNDS = itertools.count()
 
 
 @dataclass
@@ -83,15 +91,99 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The variables that launchers without torch's RANK/WORLD_SIZE/LOCAL_RANK give each process: name, then
+# the variables of its global rank, world size, local rank and local size (deepspeed --launcher
+# openmpi|mvapich|mpich|impi runs `mpirun ... python -m pretrain`; srun runs the command once per task).
+LAUNCHER_VARIABLES = (
+    ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ("MVAPICH", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"),
+    ("MPICH / Intel MPI", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
+    # srun's tasks: SLURM_STEP_NUM_TASKS is set by srun only, not in the batch script itself, whose
+    # SLURM_NTASKS is the job's (a `python -m pretrain` run there directly is a world of one)
+    ("SLURM", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
+)
+DEFAULT_MASTER_PORT = "29500"  # DeepSpeed's (TORCH_DISTRIBUTED_DEFAULT_PORT)
+
+
+def _first_host(nodelist: str) -> str | None:
+    """The first host of a SLURM node list ("gpu[03-05,09],cpu1" → "gpu03"); None for a form not read here."""
+    match = re.fullmatch(r"([^,\[\]]+)(?:\[(\d+)[^\]]*\])?(?:,.*)?", nodelist.strip())
+    return None if match is None else match.group(1) + (match.group(2) or "")
+
+
+def launcher_variables(environ) -> dict[str, str] | None:
+    """RANK, WORLD_SIZE, LOCAL_RANK (LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) for a process an MPI or
+    SLURM launcher started as one of several; None when no such launcher did (RANK already set by torch's
+    or DeepSpeed's launcher, or a lone process). MASTER_ADDR is the environment's, 127.0.0.1 when every
+    rank is on this machine, the first host of SLURM's node list, or left to DeepSpeed's MPI discovery
+    (rank 0's address, sent over MPI) when mpi4py is installed; a RunError says how to launch otherwise."""
+    if "RANK" in environ:
+        return None
+    for name, rank_key, size_key, local_key, local_size_key in LAUNCHER_VARIABLES:
+        if rank_key not in environ or size_key not in environ:
+            continue
+        try:
+            rank, world = int(environ[rank_key]), int(environ[size_key])
+        except ValueError:
+            raise RunError(f"{name} launched this process with {rank_key}={environ[rank_key]!r} and "
+                           f"{size_key}={environ[size_key]!r}, which are not numbers") from None
+        if world <= 1:
+            return None
+        local_size = environ.get(local_size_key, "")
+        local_size = int(local_size) if local_size.isdigit() else None
+        one_machine = local_size == world
+        if local_key in environ:
+            local_rank = environ[local_key]
+        elif one_machine:
+            local_rank = str(rank)
+        else:
+            raise RunError(f"{name} launched this process as rank {rank} of {world} but did not say its rank on "
+                           f"this machine ({local_key}): set LOCAL_RANK, or launch with scripts/launch_multi_node.sh")
+        variables = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": local_rank,
+                     "MASTER_PORT": environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)}
+        if local_size is not None:
+            variables["LOCAL_WORLD_SIZE"] = str(local_size)
+        master = environ.get("MASTER_ADDR")
+        if master is None and one_machine:
+            master = "127.0.0.1"
+        if master is None and name == "SLURM":
+            master = _first_host(environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or "")
+        if master is not None:
+            variables["MASTER_ADDR"] = master
+        elif name == "SLURM" or importlib.util.find_spec("mpi4py") is None:
+            raise RunError(
+                f"{name} launched this process as rank {rank} of {world}, on several machines, but nothing says "
+                "where rank 0 is: export MASTER_ADDR=<address of rank 0's machine> (and MASTER_PORT, default "
+                f"{DEFAULT_MASTER_PORT}) to every rank (with deepspeed --launcher openmpi or mvapich: a line "
+                "MASTER_ADDR=<address> in ./.deepspeed_env), or install mpi4py, or launch with "
+                "scripts/launch_multi_node.sh (DeepSpeed's own pdsh or no-ssh launcher)")
+        # else: DeepSpeed's init_distributed finds MASTER_ADDR missing and runs its MPI discovery
+        return variables
+    return None
+
+
 def init_distributed() -> tuple[int, int, int, torch.device]:
-    """(rank, world size, local rank, device); a lone `python -m pretrain` becomes a world of one.
+    """(rank, world size, local rank, device); a lone `python -m pretrain` becomes a world of one, a process
+    of an MPI or SLURM launch takes its rank from the launcher's variables (`launcher_variables`).
     NCCL on CUDA (each rank on cuda:<local rank>), gloo on the CPU."""
     import deepspeed
 
-    if "RANK" not in os.environ:
+    launched = launcher_variables(os.environ)
+    if launched is not None:
+        os.environ.update(launched)
+    elif "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
+        # DeepSpeed's engine puts each rank on cuda:<LOCAL_RANK> ("invalid device ordinal" here); wrapping
+        # it round would put two ranks on one GPU, which NCCL refuses
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise RunError(
+            f"this process is rank {local_rank} on its machine (LOCAL_RANK) but sees {torch.cuda.device_count()} "
+            f"GPU(s){f' (CUDA_VISIBLE_DEVICES={visible})' if visible is not None else ''}: each rank runs on "
+            "cuda:<LOCAL_RANK>, so every rank must see all of its machine's GPUs, as deepspeed and torchrun "
+            "arrange (under SLURM: --gpus-per-node, not --gpus-per-task or --gpu-bind)")
     device = parse_device("auto", local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before NCCL starts, so each rank's communicator sits on its GPU
@@ -99,8 +191,6 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
         timeout = timedelta(seconds=float(os.environ.get("ZOO_DIST_TIMEOUT_S", DIST_TIMEOUT_S)))
         # DeepSpeed builds its own groups (data parallel: the gradient all-reduce) with new_group(ranks),
         # which takes torch's default timeout (30 min gloo, 10 min NCCL), not this one: make it the default.
-        from torch.distributed import distributed_c10d
-
         distributed_c10d.default_pg_timeout = timeout
         if getattr(distributed_c10d, "default_pg_nccl_timeout", None) is not None:
             distributed_c10d.default_pg_nccl_timeout = timeout
@@ -255,7 +345,13 @@ class Trainer:
     def _build_corpus(self):
         """Rank 0 tokenises and fills the cache first; the other ranks then read it. A data error on
         rank 0 is sent to every rank, so all of them stop with its message (not a peer's lost
-        connection)."""
+        connection).
+
+        The other ranks wait for rank 0's word in the process group's store (the rendezvous every rank is
+        connected to), up to CORPUS_WAIT_S (ZOO_CORPUS_WAIT_S), not in a collective bounded by
+        ZOO_DIST_TIMEOUT_S: a first run on a large corpus tokenises for longer than that, and the wait must
+        not end the run (nor, on NCCL, trip its watchdog). A rank 0 that dies takes the store's server
+        with it, which ends the wait at once."""
         corpus = error = None
         if self.rank == 0:
             self.status("reading, tokenising and packing the corpus (cached for later runs)")
@@ -264,12 +360,17 @@ class Trainer:
             except PretrainError as caught:
                 error = caught
         if self.world > 1:
-            message = [f"{type(error).__name__}: {error}" if error is not None else None]
-            dist.broadcast_object_list(message, src=0)
-            if self.rank != 0 and message[0] is not None:
-                mirrored = RunError(message[0].split(": ", 1)[1])
-                mirrored.mirrored = True
-                raise mirrored
+            store = distributed_c10d._get_default_store()
+            key = f"zoo/corpus/{next(_CORPUS_ROUNDS)}"  # each rank counts its calls alike
+            if self.rank == 0:
+                store.set(key, json.dumps(f"{type(error).__name__}: {error}" if error is not None else None))
+            else:
+                store.wait([key], timedelta(seconds=float(os.environ.get("ZOO_CORPUS_WAIT_S", CORPUS_WAIT_S))))
+                message = json.loads(store.get(key))
+                if message is not None:
+                    mirrored = RunError(message.split(": ", 1)[1])
+                    mirrored.mirrored = True
+                    raise mirrored
         if error is not None:
             raise error
         if self.rank != 0:
@@ -309,6 +410,14 @@ class Trainer:
         load_tag = None
         if self.resume_from is not None:
             load_tag = self.resume_from.tag
+            if self.resume_from.zero_stage > 0 and self.zero_stage == 0:
+                # DeepSpeed's ZeRO-0 engine finds no whole optimizer state in a partitioned checkpoint (and
+                # universal checkpoints do not load into ZeRO 0 either): it fails deep inside load_checkpoint
+                stage = self.resume_from.zero_stage
+                raise RunError(
+                    f"checkpoint {self.resume_from.path} was written with ZeRO stage {stage}, but "
+                    f"{recipe.source} asks for ZeRO stage 0, which cannot load a partitioned (ZeRO ≥ 1) checkpoint: "
+                    f"resume with deepspeed.zero_optimization.stage: {stage} (on this or any other number of ranks)")
             if self.resume_from.world_size != self.world and self.zero_stage > 0:
                 if self.resume_from.zero_stage != self.zero_stage:
                     raise RunError(f"cannot change the ZeRO stage ({self.resume_from.zero_stage} → {self.zero_stage}) "
@@ -552,16 +661,19 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Masked-token accuracy and loss on the fixed held-out batches (same masks every time)."""
+        """Masked-token accuracy and loss on the fixed held-out batches (same masks every time). Every rank
+        runs as many forward passes as rank 0 (`heldout_passes`): under ZeRO-3 each pass is a collective."""
         module = self.engine.module
         was_training = module.training
         module.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.runtime.device)  # correct, count, loss
-        for batch in heldout_batches(self.corpus.heldout, self.recipe.data.heldout.max_sequences, self.micro_batch,
-                                     self.recipe.seed, self.policy, self.rank, self.world):
+        for batch, counted in heldout_passes(self.corpus.heldout, self.recipe.data.heldout.max_sequences,
+                                             self.micro_batch, self.recipe.seed, self.policy, self.rank, self.world):
             batch = self._compiled_batch(self.runtime.to_device(self.runtime.pin(batch)))
             with self.runtime.autocast():
                 out = module(**batch, masked_positions_only=True)
+            if not counted:  # a pass that keeps this rank's collectives in step with ranks holding one more batch
+                continue
             targets = batch["labels"].flatten()[batch["masked_positions"]]
             sums[0] += (out.logits.argmax(-1) == targets).sum()
             sums[1] += targets.numel()

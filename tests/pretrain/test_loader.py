@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import zoo
-from pretrain.loader import PretrainingStream, heldout_batches
+from pretrain.loader import PretrainingStream, heldout_batches, heldout_passes
 from pretrain.masking import MaskingPolicy
 from pretrain.recipe import MaskingSection
 
@@ -98,6 +98,20 @@ def test_heldout_masks_are_fixed(policy):
     assert all(torch.equal(x["labels"], y["labels"]) for x, y in zip(a, b))
     sharded = list(heldout_batches(data, 10, 4, 7, policy, rank=1, world_size=2))
     assert sum(len(x["labels"]) for x in sharded) == 5
+
+
+@pytest.mark.parametrize("n,world,micro", [(9, 2, 4), (100, 8, 4), (3, 4, 1), (16, 2, 4), (0, 2, 4)])
+def test_every_rank_makes_as_many_heldout_passes_and_counts_only_its_batches(policy, n, world, micro):
+    """Ranks hold ceil or floor of n / world held-out sequences: each runs rank 0's number of forward
+    passes (under ZeRO-3 each is a collective), and counts exactly its own batches."""
+    data = FakeDataset(max(n, 1), 16)
+    passes = [list(heldout_passes(data, n, micro, 7, policy, rank, world)) for rank in range(world)]
+    assert len({len(p) for p in passes}) == 1
+    for rank, rank_passes in enumerate(passes):
+        counted = [batch for batch, counts in rank_passes if counts]
+        own = list(heldout_batches(data, n, micro, 7, policy, rank, world))
+        assert len(counted) == len(own) and all(torch.equal(a["labels"], b["labels"]) for a, b in zip(counted, own))
+        assert [counts for _, counts in rank_passes] == [True] * len(own) + [False] * (len(rank_passes) - len(own))
 
 
 # ------------------------------------------------------------------------------ prefetching

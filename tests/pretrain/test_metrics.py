@@ -50,3 +50,48 @@ def test_rewind_drops_what_the_killed_run_wrote_after_the_checkpoint(tmp_path):
     assert [(r["kind"], r["step"]) for r in records] == [("train", s) for s in range(1, 5)] + [("checkpoint", 4)]
     assert log.rewind(4, stage=0) == 0
     assert all(json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines())
+
+
+GPU_NAMES = ["NVIDIA H100 80GB HBM3", "NVIDIA B200"]  # in the datasheet table, and not
+
+
+def _mixed_gpu_rank(rank, world):
+    """This rank's MFU peak on a GPU named GPU_NAMES[rank], then the evaluation's sum over ranks."""
+    import pretrain.metrics as metrics
+
+    class GpuRuntime(Runtime):  # the CUDA branch of mfu_peak, on a CPU tensor device (gloo)
+        is_cuda = True
+
+    torch.cuda.get_device_name = lambda *args: GPU_NAMES[rank]
+    metrics.measure_matmul_peak = lambda *args, **kwargs: 1.5e15  # what the B200 would measure
+    runtime = GpuRuntime(torch.device("cpu"), torch.bfloat16)
+    peak = metrics.mfu_peak(runtime, torch.bfloat16)
+    total = runtime.sum_across_ranks([peak.per_rank])
+    sums = runtime.sum_across_ranks(torch.tensor([10.0 * (rank + 1), 100.0, 5.0]))
+    return {"basis": peak.basis, "per_rank": peak.per_rank, "total": float(total[0]), "sums": sums.tolist()}
+
+
+def test_mixed_gpu_types_make_the_same_collectives_on_every_rank():
+    """A GPU of the datasheet table next to one that is not: only the second measures, but both ranks
+    make the same collectives, so the sums that follow pair up (they timed out when only the measuring
+    rank called the barrier)."""
+    from .ranks import run_ranks
+
+    h100, b200 = run_ranks(_mixed_gpu_rank, world=2, timeout_s=15)
+    assert (h100["basis"], h100["per_rank"]) == ("datasheet", 989.4e12)
+    assert (b200["basis"], b200["per_rank"]) == ("measured", 1.5e15)
+    assert h100["total"] == b200["total"] == pytest.approx(989.4e12 + 1.5e15, rel=1e-6)  # summed in float32
+    assert h100["sums"] == b200["sums"] == [30.0, 200.0, 10.0]
+
+
+def test_matmul_peak_draws_its_inputs_whatever_the_default_device():
+    """The inputs come from a CPU generator: drawn on the CPU, then moved, also when the default device
+    is another (a CUDA default refuses a CPU generator; a meta default draws tensors with no data)."""
+    from pretrain.metrics import measure_matmul_peak
+
+    torch.set_default_device("meta")
+    try:
+        peak = measure_matmul_peak(torch.float32, size=64, repeats=1)
+    finally:
+        torch.set_default_device(None)
+    assert peak > 0

@@ -145,6 +145,22 @@ def test_launch_script_forms(fake_deepspeed):
     assert bad.returncode == 2 and "NODESxRANKS" in bad.stderr
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["R.yaml", "4", "training.steps=10", "--resume"], ["4", "training.steps=10", "--resume"]),
+    (["R.yaml", "--resume"], ["2", "--resume"]),  # not a number: the default N, and the argument reaches pretrain
+    (["R.yaml", "training.steps=10"], ["2", "training.steps=10"]),
+    (["R.yaml"], ["2"]),
+])
+def test_single_node_script_takes_n_only_when_it_is_a_number(fake_deepspeed, args, expected):
+    bin_dir, log = fake_deepspeed
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "launch_single_node.sh"), *args], cwd=ROOT,
+                            env=env(PATH=f"{bin_dir}:{os.environ['PATH']}"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ranks, *rest = expected
+    assert (log / "node0.args").read_text().split() == ["--num_gpus", ranks, "--module", "pretrain", "--config", "R.yaml",
+                                                        *rest]
+
+
 # --------------------------------------------------------------------------- two nodes, one machine
 
 

@@ -222,3 +222,32 @@ def test_torch_autocast_without_a_dtype_runs_in_bf16_on_every_device(device, dty
     expected = torch.float16 if dtype == "float16" else torch.bfloat16
     assert get_torch_autocast_dtype(config) == _compute_dtype(config) == expected
     assert get_torch_autocast_dtype({**DS, "torch_autocast": {"enabled": True}}) is None  # what DeepSpeed reads alone
+
+
+@pytest.mark.parametrize(
+    "checkpoint,message",
+    [
+        ({"writer": {"decoupled": True}},
+         "deepspeed.checkpoint.writer.decoupled: true is not supported: the decoupled writer saves in a background "
+         "process and commits the files only at the next training step (never after the last step or a growth), so a "
+         "checkpoint would be marked COMPLETE before its files exist; remove the key"),
+        ({"use_node_local_storage": True},
+         "deepspeed.checkpoint.use_node_local_storage: true is not supported: each node would keep its part of a "
+         "checkpoint on its own disk, which a resume, the export and the COMPLETE marker (written by rank 0) cannot "
+         "see; remove the key and put training.output_dir on a file system every node sees"),
+    ],
+)
+def test_checkpoint_modes_that_break_the_complete_marker_are_refused(checkpoint, message):
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe(recipe(deepspeed={**DS, "checkpoint": checkpoint}), source="bad.yaml")
+    assert str(caught.value) == f"bad.yaml: {message}"
+    # switched off, they are DeepSpeed's defaults
+    off = {key: ({"decoupled": False} if key == "writer" else False) for key in checkpoint}
+    assert parse_recipe(recipe(deepspeed={**DS, "checkpoint": off})).deepspeed["checkpoint"] == off
+
+
+def test_a_refused_checkpoint_mode_in_an_override_names_the_recipe_file():
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("roformer-v2-tiny", ["deepspeed.checkpoint.use_node_local_storage=true"])
+    assert str(caught.value).startswith(f"{RECIPES_DIR / 'roformer-v2-tiny.yaml'}: deepspeed.checkpoint.use_node_local_storage: "
+                                        "true is not supported")

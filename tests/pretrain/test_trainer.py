@@ -262,3 +262,239 @@ def test_compiled_training_follows_the_eager_curve_without_graph_breaks(tmp_path
     assert curves["eager"].keys() == curves["compiled"].keys() == set(range(1, 7))
     for step, loss in curves["eager"].items():
         assert abs(curves["compiled"][step] - loss) <= 2e-3 * loss, (step, curves)  # seen: 1e-4
+
+
+def test_resuming_a_zero1_checkpoint_with_zero0_names_both_stages(tmp_path, corpus_file, cache_dir):
+    recipe = write_recipe(tmp_path, corpus_file, cache_dir, "zero1", zero=1, optimizer="adamw", steps=2)
+    code, output = launch(recipe, ranks=1)
+    assert code == 0, output[-3000:]
+    checkpoint = find_checkpoint(tmp_path / "zero1" / "checkpoints", None)
+    code, output = launch(recipe, ranks=1, args=["deepspeed.zero_optimization.stage=0", "--resume"])
+    assert code == 1, output[-3000:]
+    assert (f"pretrain: checkpoint {checkpoint.path} was written with ZeRO stage 1, but {recipe} asks for ZeRO stage 0, "
+            "which cannot load a partitioned (ZeRO ≥ 1) checkpoint: resume with deepspeed.zero_optimization.stage: 1 "
+            "(on this or any other number of ranks)") in output, output[-3000:]
+    assert "Traceback" not in output
+
+
+HELDOUT, MICRO = 9, 4  # on 2 ranks: 5 and 4 held-out sequences, so 2 and 1 batches of 4
+
+
+def _heldout_setup(rank, world):
+    """The pieces Trainer.evaluate reads: a seeded roformer-v2-mini, random held-out sequences, a policy."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pretrain.masking import MaskingPolicy
+    from pretrain.recipe import MaskingSection
+
+    torch.manual_seed(5)
+    model = zoo.create("roformer-v2-mini", task="masked-lm", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids = np.random.default_rng(0).integers(104, 12000, (HELDOUT, 32))
+
+    class Heldout:
+        def __len__(self):
+            return HELDOUT
+
+        def __getitem__(self, index):
+            return {"input_ids": ids[index], "word_starts": np.ones_like(ids[index])}
+
+    policy = MaskingPolicy.from_recipe(MaskingSection(), zoo.default_tokenizer(), model.config.vocab_size)
+    recipe = SimpleNamespace(seed=5, data=SimpleNamespace(heldout=SimpleNamespace(max_sequences=HELDOUT)),
+                             training=SimpleNamespace(compile=False))
+    return model, SimpleNamespace(heldout=Heldout()), policy, recipe
+
+
+def _evaluate_on_zero3(rank, world):
+    import deepspeed
+
+    from pretrain.trainer import Trainer
+    from zoo.runtime import Runtime
+
+    model, corpus, policy, recipe = _heldout_setup(rank, world)
+    config = {"train_batch_size": MICRO * world, "train_micro_batch_size_per_gpu": MICRO, "steps_per_print": 10**9,
+              "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+              "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    trainer = Trainer.__new__(Trainer)  # only what evaluate() reads
+    trainer.engine, trainer.runtime, trainer.corpus, trainer.policy, trainer.recipe = (
+        engine, Runtime(torch.device("cpu")), corpus, policy, recipe)
+    trainer.micro_batch, trainer.rank, trainer.world = MICRO, rank, world
+    return trainer.evaluate()
+
+
+def test_zero3_evaluation_on_an_uneven_heldout_split_gives_the_one_rank_figures():
+    """Under ZeRO-3 every forward pass gathers the partitioned parameters (a collective): with 2 and 1
+    held-out batches the ranks' collectives stopped pairing up and the evaluation timed out. Now it
+    gives the figures of the whole held-out set evaluated on one process."""
+    import torch.nn.functional as F
+
+    from pretrain.loader import heldout_batches
+
+    from .ranks import run_ranks
+
+    results = run_ranks(_evaluate_on_zero3, world=2, timeout_s=30)
+    model, corpus, policy, recipe = _heldout_setup(0, 1)
+    model.eval()
+    correct = count = loss = 0.0
+    with torch.no_grad():
+        for batch in heldout_batches(corpus.heldout, HELDOUT, MICRO, recipe.seed, policy):
+            logits = model(**batch, masked_positions_only=True).logits
+            targets = batch["labels"].flatten()[batch["masked_positions"]]
+            correct += float((logits.argmax(-1) == targets).sum())
+            count += targets.numel()
+            loss += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+    assert results[0] == results[1]
+    assert results[0]["masked_tokens"] == count
+    assert results[0]["mlm_accuracy"] == pytest.approx(correct / count, abs=1e-9)
+    assert results[0]["mlm_loss"] == pytest.approx(loss / count, rel=1e-5)
+
+
+def _build_corpus_slowly(rank, world, seconds):
+    """Trainer._build_corpus with rank 0's tokenising taking `seconds`, once to the end and once into
+    a data error; returns what each rank got."""
+    from types import SimpleNamespace
+
+    import pretrain.trainer as trainer_module
+    from pretrain.errors import PretrainError
+
+    outcome = {}
+    for case in ("built", "data error"):
+        def build_corpus(data, tokenizer, case=case):
+            if rank == 0:
+                time.sleep(seconds)
+                if case == "data error":
+                    raise PretrainError("data.sources[0]: corpus.txt:3: bytes that are not valid UTF-8")
+            return f"corpus of rank {rank}"
+
+        trainer_module.build_corpus = build_corpus
+        fake = SimpleNamespace(rank=rank, world=world, recipe=SimpleNamespace(data=None), tokenizer=None,
+                               status=lambda message: None)
+        try:
+            outcome[case] = trainer_module.Trainer._build_corpus(fake)
+        except PretrainError as error:
+            outcome[case] = f"{type(error).__name__}: {error}"
+    return outcome
+
+
+def test_ranks_wait_for_the_corpus_longer_than_the_collective_timeout():
+    """Rank 0 tokenises (here 6 s) while the others wait: the wait outlasts the process group's timeout
+    (3 s, ZOO_DIST_TIMEOUT_S in a run; it ended the run before), and a data error on rank 0 still stops
+    every rank with its message."""
+    from .ranks import run_ranks
+
+    rank0, rank1 = run_ranks(_build_corpus_slowly, world=2, timeout_s=3, args=(6,))
+    assert (rank0["built"], rank1["built"]) == ("corpus of rank 0", "corpus of rank 1")
+    message = "data.sources[0]: corpus.txt:3: bytes that are not valid UTF-8"
+    assert (rank0["data error"], rank1["data error"]) == (f"PretrainError: {message}", f"RunError: {message}")
+
+
+class _Initialised(Exception):
+    pass
+
+
+def _start(monkeypatch, environ, gpus=8, mpi4py=False):
+    """init_distributed in a process started with `environ` on a machine with `gpus` GPUs (faked): the
+    CUDA device it chooses and the rank variables DeepSpeed's init_distributed receives."""
+    import importlib.util
+
+    import deepspeed
+
+    from pretrain.trainer import init_distributed
+
+    monkeypatch.setattr(os, "environ", dict(environ))
+    chosen, seen = [], {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(str(device)))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if mpi4py else None) if name == "mpi4py"
+                        else find_spec(name, *a))
+
+    def init(dist_backend=None, timeout=None, **kwargs):
+        keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        seen.update({key: os.environ[key] for key in keys if key in os.environ}, backend=dist_backend)
+        raise _Initialised
+
+    monkeypatch.setattr(deepspeed, "init_distributed", init)
+    with pytest.raises(_Initialised):
+        init_distributed()
+    return chosen, seen
+
+
+OPEN_MPI = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_RANK": "5",
+            "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}
+
+
+@pytest.mark.parametrize("environ,device,expected", [
+    # deepspeed --launcher openmpi on two machines of 8 GPUs, MASTER_ADDR from ./.deepspeed_env
+    ({**OPEN_MPI, "MASTER_ADDR": "10.0.0.1"}, "cuda:5",
+     {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "5", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "10.0.0.1",
+      "MASTER_PORT": "29500", "backend": "nccl"}),
+    # mpirun on one machine: the rendezvous is local
+    ({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "3",
+      "OMPI_COMM_WORLD_LOCAL_SIZE": "4", "MASTER_PORT": "29777"}, "cuda:3",
+     {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
+      "MASTER_PORT": "29777", "backend": "nccl"}),
+    # deepspeed --launcher impi / mpich (it exports MASTER_ADDR and MASTER_PORT)
+    ({"PMI_RANK": "9", "PMI_SIZE": "12", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "4", "MASTER_ADDR": "node0",
+      "MASTER_PORT": "29600"}, "cuda:1",
+     {"RANK": "9", "WORLD_SIZE": "12", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "node0",
+      "MASTER_PORT": "29600", "backend": "nccl"}),
+    # srun over two machines: rank 0 is on the first host of the job's nodes
+    ({"SLURM_PROCID": "6", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "2",
+      "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NODELIST": "gpu[07-08]"}, "cuda:2",
+     {"RANK": "6", "WORLD_SIZE": "8", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "gpu07",
+      "MASTER_PORT": "29500", "backend": "nccl"}),
+    # a lone process, also inside a one-task SLURM job: a world of one on cuda:0
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_LOCALID": "0",
+      "MASTER_PORT": "29123"}, "cuda:0",
+     {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+      "MASTER_PORT": "29123", "backend": "nccl"}),
+    # and run directly in the batch script of an 8-task job (no srun: no step), not rank 0 of 8 waiting for 7
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0", "SLURM_NTASKS_PER_NODE": "4",
+      "SLURM_JOB_NODELIST": "gpu[07-08]", "MASTER_PORT": "29123"}, "cuda:0",
+     {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+      "MASTER_PORT": "29123", "backend": "nccl"}),
+    # torch's and DeepSpeed's launchers set RANK: their variables are used as they are
+    ({**OPEN_MPI, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "cuda:1",
+     {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1", "backend": "nccl"}),
+])
+def test_each_launcher_gives_the_rank_its_place(monkeypatch, environ, device, expected):
+    """An MPI or SLURM launch sets no RANK: each process takes its rank, world and GPU from the launcher's
+    variables (it became a world of one on cuda:0 before, every rank training alone)."""
+    chosen, seen = _start(monkeypatch, environ)
+    assert (chosen, seen) == ([device], expected)
+
+
+def test_a_rank_that_sees_fewer_gpus_than_its_local_rank_is_told_why(monkeypatch):
+    """One GPU visible per rank (SLURM's --gpus-per-task, a CUDA_VISIBLE_DEVICES per rank): DeepSpeed's
+    engine puts the rank on cuda:<LOCAL_RANK> and fails with "invalid device ordinal"; the device choice
+    wrapped LOCAL_RANK round the visible GPUs and could put two ranks on one."""
+    from pretrain.errors import RunError
+
+    environ = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "MASTER_ADDR": "h", "MASTER_PORT": "1",
+               "CUDA_VISIBLE_DEVICES": "3"}
+    with pytest.raises(RunError) as caught:
+        _start(monkeypatch, environ, gpus=1)
+    assert str(caught.value) == (
+        "this process is rank 3 on its machine (LOCAL_RANK) but sees 1 GPU(s) (CUDA_VISIBLE_DEVICES=3): each rank "
+        "runs on cuda:<LOCAL_RANK>, so every rank must see all of its machine's GPUs, as deepspeed and torchrun "
+        "arrange (under SLURM: --gpus-per-node, not --gpus-per-task or --gpu-bind)")
+
+
+def test_an_mpi_launch_over_machines_without_a_master_address_says_how_to_launch(monkeypatch):
+    from pretrain.errors import RunError
+
+    with pytest.raises(RunError) as caught:
+        _start(monkeypatch, OPEN_MPI)
+    assert str(caught.value) == (
+        "Open MPI launched this process as rank 5 of 16, on several machines, but nothing says where rank 0 is: "
+        "export MASTER_ADDR=<address of rank 0's machine> (and MASTER_PORT, default 29500) to every rank (with "
+        "deepspeed --launcher openmpi or mvapich: a line MASTER_ADDR=<address> in ./.deepspeed_env), or install "
+        "mpi4py, or launch with scripts/launch_multi_node.sh (DeepSpeed's own pdsh or no-ssh launcher)")
+    # with mpi4py, DeepSpeed's MPI discovery finds rank 0's address (it runs when MASTER_ADDR is missing)
+    chosen, seen = _start(monkeypatch, OPEN_MPI, mpi4py=True)
+    assert chosen == ["cuda:5"] and "MASTER_ADDR" not in seen
+    assert (seen["RANK"], seen["WORLD_SIZE"], seen["LOCAL_RANK"]) == ("5", "16", "5")
