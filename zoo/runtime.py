@@ -88,6 +88,8 @@ class Runtime:
         the caller opened around us does not turn an fp32 run (CLUE's --no-bf16, an fp32 evaluation) into
         bf16 or fp16 (fp16 without a loss scale, in fine-tuning)."""
         if self.compute_dtype == torch.float32:
+            if not torch.amp.is_autocast_available(self.device.type):  # meta: nothing to turn off
+                return contextlib.nullcontext()
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
