@@ -134,15 +134,18 @@ def attention(
     return dispatch("softmax_attention", q, k, v, dense_mask, scale, p, backend=backend, need_weights=need_weights)
 
 
-def sdpa_has_a_kernel(q, k, v, mask, dropout_p: float) -> bool:
+def sdpa_has_a_kernel(q, k, v, mask, dropout_p: float, shared_qk: bool = False) -> bool:
     """Whether torch's sdpa has a kernel for this call among the backends the caller left on: a
     `torch.nn.attention.sdpa_kernel(...)` around the model may leave only some (people ask for flash
     alone to be sure it runs), and where none of them takes the call (flash takes no mask and no fp32,
     the CPU's no dropout) sdpa fails with "No available kernel"; the call then goes to the registry's
     next entry instead. The math backend, on unless switched off, takes every call; otherwise torch's
-    own choice (`_fused_sdp_choice`, what sdpa asks on either device) says."""
+    own choice (`_fused_sdp_choice`, what sdpa asks on either device) says, for sdpa's operands
+    (`shared_qk`: those of `sdpa_shared_qk`)."""
     if torch.compiler.is_compiling() or torch.backends.cuda.math_sdp_enabled():
         return True
+    if shared_qk:
+        q, k, v = shared_qk_operands(q, k, v)
     try:
         torch._fused_sdp_choice(q, k, v, mask, dropout_p, False)
     except RuntimeError:  # "No available kernel" / "No viable backend"
@@ -168,7 +171,7 @@ def gau_wide_head(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights
     kernel for the heads sharing q and k (`sdpa_shared_qk`)."""
     return (backend != "matmul" and not need_weights
             and q.shape[1] == 1 and v.shape[-1] != q.shape[-1] and v.shape[-1] % q.shape[-1] == 0
-            and sdpa_has_a_kernel(*shared_qk_operands(q, k, v), mask, dropout_p))
+            and sdpa_has_a_kernel(q, k, v, mask, dropout_p, shared_qk=True))
 
 
 # The softmax attention's implementations, in the order calls try them. "auto" means: on CUDA torch's
