@@ -423,6 +423,9 @@ def _start(monkeypatch, environ, gpus=8, mpi4py=False):
     return chosen, seen
 
 
+# what a lone process gets (MASTER_PORT as the cases below set it)
+WORLD_OF_ONE = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29123", "backend": "nccl"}
 OPEN_MPI = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_RANK": "5",
             "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}
 
@@ -450,13 +453,11 @@ OPEN_MPI = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COM
     # a lone process, also inside a one-task SLURM job: a world of one on cuda:0
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_LOCALID": "0",
       "MASTER_PORT": "29123"}, "cuda:0",
-     {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-      "MASTER_PORT": "29123", "backend": "nccl"}),
+     WORLD_OF_ONE),
     # and run directly in the batch script of an 8-task job (no srun: no step), not rank 0 of 8 waiting for 7
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0", "SLURM_NTASKS_PER_NODE": "4",
       "SLURM_JOB_NODELIST": "gpu[07-08]", "MASTER_PORT": "29123"}, "cuda:0",
-     {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-      "MASTER_PORT": "29123", "backend": "nccl"}),
+     WORLD_OF_ONE),
     # torch's and DeepSpeed's launchers set RANK: their variables are used as they are
     ({**OPEN_MPI, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "cuda:1",
      {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1", "backend": "nccl"}),
