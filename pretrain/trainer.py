@@ -70,7 +70,7 @@ DIST_TIMEOUT_S = 1800
 # How long the other ranks wait for rank 0 to tokenise the corpus (a first run on a large corpus can take
 # hours); override with ZOO_CORPUS_WAIT_S. A rank 0 that dies is noticed at once (its connections close).
 CORPUS_WAIT_S = 7 * 24 * 3600
-_CORPUS_ROUNDS = itertools.count()
+_STORE_ROUNDS = itertools.count()  # keys of words sent through the rendezvous store: each rank counts alike
 
 
 @dataclass
@@ -302,6 +302,7 @@ class Trainer:
         self.rank, self.world, self.local_rank, device = init_distributed()
         self.output_dir = Path(recipe.training.output_dir or (default_cache_dir().parent / "runs" / recipe.run_name))
         self.checkpoint_dir = self.output_dir / "checkpoints"
+        self._check_shared_output_dir()
         self.resume_from = self._plan_resume(resume, restart)
         self.log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.rank == 0)
         if self.resume_from is not None:
@@ -361,7 +362,7 @@ class Trainer:
                 error = caught
         if self.world > 1:
             store = distributed_c10d._get_default_store()
-            key = f"zoo/corpus/{next(_CORPUS_ROUNDS)}"  # each rank counts its calls alike
+            key = f"zoo/corpus/{next(_STORE_ROUNDS)}"
             if self.rank == 0:
                 store.set(key, json.dumps(f"{type(error).__name__}: {error}" if error is not None else None))
             else:
@@ -376,6 +377,43 @@ class Trainer:
         if self.rank != 0:
             corpus = build_corpus(self.recipe.data, self.tokenizer)
         return corpus
+
+    def _check_shared_output_dir(self) -> None:
+        """Every rank must see training.output_dir as rank 0 sees it: each rank writes its part of a
+        checkpoint there, rank 0 marks it COMPLETE and prunes, and resume and the export read it. On
+        machines without a shared file system the saves succeeded, the other machines' checkpoints were
+        never complete, and a resume or the export failed on some ranks while the others waited. Rank 0
+        writes a word only this run knows (sent through the rendezvous store) to a file there; each rank
+        reads it back, and all of them stop together, naming the ranks that did not, before anything is
+        written or resumed."""
+        if self.world == 1:
+            return
+        store = distributed_c10d._get_default_store()
+        key = f"zoo/output-dir/{next(_STORE_ROUNDS)}"
+        probe = self.output_dir / f".seen-by-every-rank-{key.rsplit('/', 1)[1]}"
+        if self.rank == 0:
+            word = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_text(word)
+            store.set(key, word)
+        else:
+            word = store.get(key).decode()
+        try:
+            seen = probe.read_text() == word
+        except OSError:
+            seen = False
+        found = [None] * self.world
+        dist.all_gather_object(found, seen)
+        dist.barrier()  # every rank has looked
+        if self.rank == 0:
+            probe.unlink(missing_ok=True)
+        blind = [rank for rank, ok in enumerate(found) if not ok]
+        if blind:
+            raise RunError(
+                f"training.output_dir {self.output_dir} is not one folder for every rank: rank(s) "
+                f"{', '.join(map(str, blind))} did not find there the file rank 0 wrote. Each rank writes its part "
+                "of every checkpoint there and a resume and the export read them all: set training.output_dir to a "
+                "path on a file system every machine sees (NFS, Lustre, ...)")
 
     def _plan_resume(self, resume: str | None, restart: bool) -> ckpt.CheckpointInfo | None:
         existing = ckpt.complete_checkpoints(self.checkpoint_dir)

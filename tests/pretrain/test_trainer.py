@@ -390,6 +390,39 @@ def test_ranks_wait_for_the_corpus_longer_than_the_collective_timeout():
     assert (rank0["data error"], rank1["data error"]) == (f"PretrainError: {message}", f"RunError: {message}")
 
 
+def _check_output_dir(rank, world, base, shared):
+    """Trainer._check_shared_output_dir with the run folder one for every rank (`shared`), or one per rank,
+    as on machines without a shared file system; what each rank got."""
+    from types import SimpleNamespace
+
+    from pretrain.errors import RunError
+    from pretrain.trainer import Trainer
+
+    folder = Path(base) / ("run" if shared else f"run-on-machine-{rank}")
+    try:
+        Trainer._check_shared_output_dir(SimpleNamespace(rank=rank, world=world, output_dir=folder))
+    except RunError as error:
+        return str(error)
+    torch.distributed.barrier()  # rank 0 has removed its file
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+
+
+def test_ranks_that_do_not_share_the_run_folder_stop_together_before_writing(tmp_path):
+    """Without a shared file system the saves succeeded, only rank 0's machine had complete checkpoints,
+    and a resume or the export failed on some ranks while the others waited. Every rank now stops at the
+    start, naming the ranks that do not see rank 0's folder; where the folder is shared nothing is left
+    in it."""
+    from .ranks import run_ranks
+
+    assert run_ranks(_check_output_dir, world=2, timeout_s=20, args=(str(tmp_path), True)) == [[], []]
+    separate = run_ranks(_check_output_dir, world=2, timeout_s=20, args=(str(tmp_path), False))
+    assert separate == [
+        f"training.output_dir {tmp_path / f'run-on-machine-{rank}'} is not one folder for every rank: rank(s) 1 did "
+        "not find there the file rank 0 wrote. Each rank writes its part of every checkpoint there and a resume and "
+        "the export read them all: set training.output_dir to a path on a file system every machine sees (NFS, "
+        "Lustre, ...)" for rank in range(2)]
+
+
 class _Initialised(Exception):
     pass
 
