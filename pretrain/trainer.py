@@ -54,7 +54,7 @@ from zoo.runtime import Runtime, parse_device
 from . import checkpoint as ckpt
 from .cuda_arch import normalize_cuda_arch_list
 from .data import build_corpus, default_cache_dir
-from .errors import NonFiniteLossError, PretrainError, RunError
+from .errors import NonFiniteLossError, RunError
 from .loader import PositionSampler, Prefetcher, PretrainingStream, heldout_passes
 from .masking import MaskingPolicy
 from .metrics import MetricsLog, mfu_peak
@@ -344,29 +344,36 @@ class Trainer:
             dist.barrier()
 
     def _build_corpus(self):
-        """Rank 0 tokenises and fills the cache first; the other ranks then read it. A data error on
-        rank 0 is sent to every rank, so all of them stop with its message (not a peer's lost
-        connection).
-
-        The other ranks wait for rank 0's word in the process group's store (the rendezvous every rank is
-        connected to), up to CORPUS_WAIT_S (ZOO_CORPUS_WAIT_S), not in a collective bounded by
-        ZOO_DIST_TIMEOUT_S: a first run on a large corpus tokenises for longer than that, and the wait must
-        not end the run (nor, on NCCL, trip its watchdog). A rank 0 that dies takes the store's server
-        with it, which ends the wait at once."""
+        """Rank 0 tokenises and fills the cache first; the other ranks then read it. An error on rank 0
+        (a data error above all) reaches every rank, so all of them stop with its message, not a peer's lost
+        connection. The others wait up to CORPUS_WAIT_S (ZOO_CORPUS_WAIT_S; `_rank0_outcome`): a first run
+        on a large corpus tokenises for longer than the collectives' ZOO_DIST_TIMEOUT_S."""
         corpus = error = None
         if self.rank == 0:
             self.status("reading, tokenising and packing the corpus (cached for later runs)")
             try:
                 corpus = build_corpus(self.recipe.data, self.tokenizer)
-            except PretrainError as caught:
+            except Exception as caught:
                 error = caught
+        self._rank0_outcome("corpus", error, float(os.environ.get("ZOO_CORPUS_WAIT_S", CORPUS_WAIT_S)))
+        if self.rank != 0:
+            corpus = build_corpus(self.recipe.data, self.tokenizer)
+        return corpus
+
+    def _rank0_outcome(self, section: str, error: Exception | None, wait_s: float) -> None:
+        """End a section that rank 0 runs alone (tokenising the corpus, the export and publishing): rank 0
+        posts how it ended in the rendezvous store and raises its error, if any; the other ranks wait for
+        that word, up to `wait_s`, and stop with a copy of rank 0's error. They wait in the store, not in a
+        collective: a collective is bounded by ZOO_DIST_TIMEOUT_S, which a long section outlasts (on NCCL its
+        watchdog then ends the process), and a rank 0 that failed before reaching it left them there until
+        the timeout. A rank 0 that dies takes the store's server with it, which ends their wait at once."""
         if self.world > 1:
             store = distributed_c10d._get_default_store()
-            key = f"zoo/corpus/{next(_STORE_ROUNDS)}"
+            key = f"zoo/{section}/{next(_STORE_ROUNDS)}"
             if self.rank == 0:
-                store.set(key, json.dumps(f"{type(error).__name__}: {error}" if error is not None else None))
+                store.set(key, json.dumps(None if error is None else f"{type(error).__name__}: {error}"))
             else:
-                store.wait([key], timedelta(seconds=float(os.environ.get("ZOO_CORPUS_WAIT_S", CORPUS_WAIT_S))))
+                store.wait([key], timedelta(seconds=wait_s))
                 message = json.loads(store.get(key))
                 if message is not None:
                     mirrored = RunError(message.split(": ", 1)[1])
@@ -374,9 +381,6 @@ class Trainer:
                     raise mirrored
         if error is not None:
             raise error
-        if self.rank != 0:
-            corpus = build_corpus(self.recipe.data, self.tokenizer)
-        return corpus
 
     def _check_shared_output_dir(self) -> None:
         """Every rank must see training.output_dir as rank 0 sees it: each rank writes its part of a
@@ -815,36 +819,46 @@ class Trainer:
         """Consolidated fp32 weights as a model folder (and publish it if the recipe says so)."""
         tag = ckpt.tag_for(self.step)
         state = ckpt.consolidated_state_dict(self.engine, self.checkpoint_dir, tag, self.zero_stage)
-        export_dir, published = self.output_dir / "export", None
+        export_dir, published, error = self.output_dir / "export", None, None
         if self.rank == 0:
-            config = copy.deepcopy(self.model.config)
-            model = model_class(config, "masked-lm")(config)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            missing = [k for k in missing if k not in ("lm_head.decoder.weight",)]
-            if missing or unexpected:
-                raise RuntimeError(f"export: weights do not match the model: missing {missing}, unexpected {unexpected}")
-            model.tie_weights()
-            tmp = export_dir.with_name(export_dir.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            zoo.tokenizer.save_vocab(self.tokenizer, tmp / "vocab.txt")
-            shutil.rmtree(export_dir, ignore_errors=True)
-            os.replace(tmp, export_dir)
-            self.log.write("export", self.step, path=str(export_dir))
-            if self.recipe.publish is not None:
-                publish = self.recipe.publish
-                version = publish.version or f"step{self.step}-{time.strftime('%Y%m%d-%H%M%S')}"
-                from .summary import plot as plot_curves
-
-                metrics = {f"heldout/{k}": v for k, v in (final_eval or {}).items() if k != "masked_tokens"}
-                curves = plot_curves(self.output_dir, self.output_dir / "curves.png")
-                published = zoo.publish(model, self.tokenizer, name=publish.name, version=version, metrics=metrics,
-                                        registry=publish.registry, card=_card(self.recipe, self.step),
-                                        figures={"training curves": curves}, recipe=self.recipe.to_dict())
-                self.log.write("publish", self.step, ref=published)
-        self._barrier()
+            try:
+                published = self._export_on_rank0(state, export_dir, final_eval)
+            except Exception as caught:
+                error = caught
+        self._rank0_outcome("export", error, float(os.environ.get("ZOO_DIST_TIMEOUT_S", DIST_TIMEOUT_S)))
         return export_dir, published
+
+    def _export_on_rank0(self, state: dict, export_dir: Path, final_eval: dict | None) -> str | None:
+        """Rank 0's part of `export`: the model folder, written beside and moved into place; the published
+        reference, or None."""
+        published = None
+        config = copy.deepcopy(self.model.config)
+        model = model_class(config, "masked-lm")(config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in ("lm_head.decoder.weight",)]
+        if missing or unexpected:
+            raise RuntimeError(f"export: weights do not match the model: missing {missing}, unexpected {unexpected}")
+        model.tie_weights()
+        tmp = export_dir.with_name(export_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        zoo.tokenizer.save_vocab(self.tokenizer, tmp / "vocab.txt")
+        shutil.rmtree(export_dir, ignore_errors=True)
+        os.replace(tmp, export_dir)
+        self.log.write("export", self.step, path=str(export_dir))
+        if self.recipe.publish is not None:
+            publish = self.recipe.publish
+            version = publish.version or f"step{self.step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            from .summary import plot as plot_curves
+
+            metrics = {f"heldout/{k}": v for k, v in (final_eval or {}).items() if k != "masked_tokens"}
+            curves = plot_curves(self.output_dir, self.output_dir / "curves.png")
+            published = zoo.publish(model, self.tokenizer, name=publish.name, version=version, metrics=metrics,
+                                    registry=publish.registry, card=_card(self.recipe, self.step),
+                                    figures={"training curves": curves}, recipe=self.recipe.to_dict())
+            self.log.write("publish", self.step, ref=published)
+        return published
 
     def close(self) -> None:
         close_distributed()

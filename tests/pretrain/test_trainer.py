@@ -360,20 +360,23 @@ def _build_corpus_slowly(rank, world, seconds):
     from pretrain.errors import PretrainError
 
     outcome = {}
-    for case in ("built", "data error"):
+    for case in ("built", "data error", "other error"):
         def build_corpus(data, tokenizer, case=case):
             if rank == 0:
                 time.sleep(seconds)
                 if case == "data error":
                     raise PretrainError("data.sources[0]: corpus.txt:3: bytes that are not valid UTF-8")
+                if case == "other error":
+                    raise OSError("[Errno 28] No space left on device: 'checkpoints/cache'")
             return f"corpus of rank {rank}"
 
         trainer_module.build_corpus = build_corpus
         fake = SimpleNamespace(rank=rank, world=world, recipe=SimpleNamespace(data=None), tokenizer=None,
                                status=lambda message: None)
+        fake._rank0_outcome = lambda *args: trainer_module.Trainer._rank0_outcome(fake, *args)
         try:
             outcome[case] = trainer_module.Trainer._build_corpus(fake)
-        except PretrainError as error:
+        except Exception as error:
             outcome[case] = f"{type(error).__name__}: {error}"
     return outcome
 
@@ -388,6 +391,38 @@ def test_ranks_wait_for_the_corpus_longer_than_the_collective_timeout():
     assert (rank0["built"], rank1["built"]) == ("corpus of rank 0", "corpus of rank 1")
     message = "data.sources[0]: corpus.txt:3: bytes that are not valid UTF-8"
     assert (rank0["data error"], rank1["data error"]) == (f"PretrainError: {message}", f"RunError: {message}")
+    message = "[Errno 28] No space left on device: 'checkpoints/cache'"  # any error of rank 0's, not only data errors
+    assert (rank0["other error"], rank1["other error"]) == (f"OSError: {message}", f"RunError: {message}")
+
+
+def _export_failing_on_rank0(rank, world, folder):
+    """Trainer.export where rank 0's part fails; what each rank got."""
+    from types import SimpleNamespace
+
+    from pretrain.trainer import Trainer
+
+    def export_on_rank0(state, export_dir, final_eval):
+        raise RuntimeError("export: weights do not match the model: missing ['encoder.layers.0.attn.q.weight']")
+
+    fake = SimpleNamespace(rank=rank, world=world, step=4, zero_stage=0, engine=SimpleNamespace(module=torch.nn.Linear(2, 2)),
+                           checkpoint_dir=Path(folder), output_dir=Path(folder), _export_on_rank0=export_on_rank0)
+    fake._rank0_outcome = lambda *args: Trainer._rank0_outcome(fake, *args)
+    try:
+        Trainer.export(fake, None)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return "exported"
+
+
+def test_an_export_that_fails_on_rank_0_stops_every_rank_with_its_message(tmp_path):
+    """Rank 0 exports (and publishes) alone while the others wait; when it failed they waited in a barrier,
+    on other machines until ZOO_DIST_TIMEOUT_S (here the barrier of the ranks' exit answered it, and rank 1
+    went on as if the export had been written). They now stop with rank 0's error."""
+    from .ranks import run_ranks
+
+    message = "export: weights do not match the model: missing ['encoder.layers.0.attn.q.weight']"
+    assert run_ranks(_export_failing_on_rank0, world=2, args=(str(tmp_path),)) == [f"RuntimeError: {message}",
+                                                                                   f"RunError: {message}"]
 
 
 def _check_output_dir(rank, world, base, shared):
