@@ -865,11 +865,28 @@ class Trainer:
 
 
 def close_distributed(barrier: bool = True) -> None:
-    """Leave the process group: together after a finished run, without waiting after an error."""
+    """Leave the process group: together after a finished run, without waiting after an error. On the CPU
+    also remove this rank's shared-memory buffer of DeepSpeed's all-reduce (`shm_allreduce_buffer`)."""
     if dist.is_initialized():
         if barrier:
             dist.barrier()
+        buffer = shm_allreduce_buffer()
         dist.destroy_process_group()
+        if buffer is not None:
+            buffer.unlink(missing_ok=True)
+
+
+def shm_allreduce_buffer() -> Path | None:
+    """This rank's buffer of DeepSpeed's shared-memory all-reduce on the CPU (ops/csrc/cpu/comm/shm.cpp:
+    deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>, 64 MiB in /dev/shm), which DeepSpeed
+    never removes: a run on another port leaves another one each time, in memory, until the machine's
+    shared memory is full. None on CUDA. Removing the name after the last collective leaves any mapping
+    that another rank still holds valid."""
+    if dist.get_backend() == "nccl":
+        return None
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    return Path("/dev/shm") / name
 
 
 def _card(recipe: Recipe, step: int) -> str:

@@ -34,8 +34,9 @@ def _rank_main(rank: int, world: int, port: int, timeout_s: float, out: str, fn,
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     # leave together, as the trainer does (pretrain.trainer.close_distributed): a rank that tore its groups
     # down while another still used them sometimes ended in an abort
-    dist.barrier()
-    dist.destroy_process_group()
+    if dist.is_initialized():  # unless `fn` left it
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run_ranks(fn, world: int = 2, timeout_s: float = 20, args: tuple = ()) -> list:

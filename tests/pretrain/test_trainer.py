@@ -458,6 +458,30 @@ def test_ranks_that_do_not_share_the_run_folder_stop_together_before_writing(tmp
         "Lustre, ...)" for rank in range(2)]
 
 
+def _deepspeed_ranks_leave(rank, world):
+    """DeepSpeed's init on these gloo ranks (its CPU all-reduce makes a shared-memory buffer per rank where
+    all ranks are on one machine), then the trainer's close: whether the buffer existed before and after."""
+    import deepspeed
+
+    from pretrain.trainer import close_distributed, shm_allreduce_buffer
+
+    os.environ["LOCAL_SIZE"] = str(world)  # as DeepSpeed's launcher sets it: all ranks on this machine
+    deepspeed.init_distributed(dist_backend="gloo")
+    buffer = shm_allreduce_buffer()
+    before = buffer.exists()
+    close_distributed()
+    return [before, buffer.exists()]
+
+
+def test_a_cpu_run_leaves_no_shared_memory_behind():
+    """DeepSpeed's CPU all-reduce keeps a 64 MiB buffer per rank in /dev/shm, named after the run's port,
+    and never removes it: each multi-rank CPU run left one per rank, in memory (this machine's 24 GB of
+    shared memory filled up after a few hundred runs of the test suite, and the kernel killed it)."""
+    from .ranks import run_ranks
+
+    assert run_ranks(_deepspeed_ranks_leave, world=2) == [[True, False], [True, False]]
+
+
 class _Initialised(Exception):
     pass
 
