@@ -35,10 +35,11 @@
 # Not "--launcher slurm": DeepSpeed's SLURM runner drops --module and runs `python pretrain`, which
 # cannot import the package. Under SLURM start the ranks with srun itself, one task per GPU:
 #   srun --ntasks-per-node G python -u -m pretrain --config RECIPE [key=value ...] [--resume]
-# pretrain takes each rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the rendezvous from
-# MASTER_ADDR (default: the first host of the job's node list) and MASTER_PORT (default 29500). MPI
-# launchers (deepspeed --launcher openmpi|mvapich|mpich|impi, or mpirun ... python -u -m pretrain) work the same way;
-# across machines they need MASTER_ADDR (a MASTER_ADDR=... line in ./.deepspeed_env) or mpi4py.
+# pretrain takes each rank from srun's SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID and the
+# rendezvous from MASTER_ADDR (default: the first host of the job's node list) and MASTER_PORT (default
+# 29500). MPI launchers (deepspeed --launcher openmpi|mvapich|mpich|impi, or mpirun ... python -u -m
+# pretrain) work the same way; across machines they need MASTER_ADDR (a MASTER_ADDR=... line in
+# ./.deepspeed_env) or mpi4py.
 #
 # Every machine needs the same checkout and environment. The run directory (training.output_dir,
 # default checkpoints/runs/<run_name>) must be on a file system every machine sees: each rank writes
