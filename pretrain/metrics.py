@@ -66,11 +66,8 @@ def mfu_peak(runtime, dtype: torch.dtype, override_tflops: float | None = None) 
         tflops = datasheet_tflops(name, dtype)
         if tflops is not None:
             datasheet = PeakFlops(tflops * 1e12, "datasheet", f"{name} {dtype_name} dense datasheet peak, {tflops:g} TFLOP/s")
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        measuring = torch.tensor([float(datasheet is None)], dtype=torch.float64, device=runtime.collective_device)
-        dist.all_reduce(measuring, op=dist.ReduceOp.MAX)
-        if float(measuring[0]):
-            dist.barrier()
+    if runtime.world_size > 1 and float(runtime.max_across_ranks([float(datasheet is None)])[0]):
+        dist.barrier()
     if datasheet is not None:
         return datasheet
     measured = max(measure_matmul_peak(dtype, device=runtime.device) for _ in range(3))
