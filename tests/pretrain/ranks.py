@@ -14,7 +14,7 @@ from pathlib import Path
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -44,6 +44,6 @@ def run_ranks(fn, world: int = 2, timeout_s: float = 20, args: tuple = ()) -> li
     out after `timeout_s`; `fn` is a module-level function (pickled by name) returning JSON data. An
     exception on any rank is raised here."""
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(_rank_main, args=(world, _free_port(), timeout_s, out, fn, args), nprocs=world, join=True,
+        mp.start_processes(_rank_main, args=(world, free_port(), timeout_s, out, fn, args), nprocs=world, join=True,
                            start_method="spawn")
         return [json.loads(Path(out, f"rank{rank}.json").read_text()) for rank in range(world)]

@@ -4,7 +4,6 @@ resume on another number of ranks, export and publish, and the errors that must 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,9 @@ from pretrain.checkpoint import MARKER, complete_checkpoints, find_checkpoint, p
 from pretrain.metrics import read_metrics
 from zoo.corpus import embedded_corpus
 
+from .ranks import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
