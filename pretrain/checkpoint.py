@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from .errors import RunError
 from .optim import pin_unadapted_ratios
+from .rank_zero import long_wait_s, on_rank0
 
 MARKER = "COMPLETE"
 UNIVERSAL_SUFFIX = "_universal"
@@ -121,23 +122,29 @@ def _barrier() -> None:
 
 
 def save(engine, directory: Path, step: int, client_state: dict, keep: int, meta: dict, tag: str | None = None) -> Path:
-    """Save on every rank; returns the tag folder once it is complete everywhere."""
+    """Save on every rank; returns the tag folder once it is complete everywhere. What rank 0 does alone
+    (clearing a crashed save of this tag, then the marker and the pruning) ends on every rank with its
+    outcome (pretrain/rank_zero.py): its error stops every rank, not only rank 0."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     tag = tag or tag_for(step)
     path = directory / tag
-    if rank == 0 and path.exists():
-        shutil.rmtree(path)  # an incomplete save of this step from a crashed run
-    _barrier()
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
-    torch.save(rng_state(), path / f"rng_rank{rank}.pt")
-    _barrier()
-    if rank == 0:
+
+    def clear() -> None:
+        if path.exists():
+            shutil.rmtree(path)  # an incomplete save of this step from a crashed run
+
+    def complete() -> None:
         marker = {"step": step, **meta}
         tmp = path / f".{MARKER}.tmp"
         tmp.write_text(json.dumps(marker, indent=2))
         os.replace(tmp, path / MARKER)
         prune(directory, keep)
-    _barrier()
+
+    on_rank0("checkpoint-clear", clear)
+    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+    torch.save(rng_state(), path / f"rng_rank{rank}.pt")
+    _barrier()  # every rank's part is written
+    on_rank0("checkpoint-complete", complete)
     return path
 
 
@@ -155,10 +162,13 @@ def prune(directory: Path, keep: int) -> None:
 
 
 def to_universal(info: CheckpointInfo) -> str:
-    """Convert a ZeRO ≥ 1 checkpoint to DeepSpeed's universal format (rank 0); returns its tag."""
+    """Convert a ZeRO ≥ 1 checkpoint to DeepSpeed's universal format (rank 0, while the others wait up to
+    ZOO_RANK0_WAIT_S: a large model's conversion can outlast the collectives' timeout); returns its tag."""
     target = info.path.with_name(info.tag + UNIVERSAL_SUFFIX)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if rank == 0 and not (target / MARKER).is_file():
+
+    def convert() -> None:
+        if (target / MARKER).is_file():
+            return
         if target.exists():
             shutil.rmtree(target)
         command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
@@ -167,7 +177,8 @@ def to_universal(info: CheckpointInfo) -> str:
         if result.returncode != 0:
             raise RuntimeError(f"ds_to_universal failed for {info.path}:\n{result.stderr[-3000:]}")
         (target / MARKER).write_text(json.dumps(info.meta))
-    _barrier()
+
+    on_rank0("universal", convert, wait_s=long_wait_s())
     return target.name
 
 

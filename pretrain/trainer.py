@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import gc
 import importlib.util
-import itertools
 import json
 import logging
 import math
@@ -59,6 +58,7 @@ from .loader import PositionSampler, Prefetcher, PretrainingStream, heldout_pass
 from .masking import MaskingPolicy
 from .metrics import MetricsLog, mfu_peak
 from .optim import Lamb, parameter_groups, schedule_multiplier
+from .rank_zero import long_wait_s, on_rank0, store_key
 from .recipe import Recipe
 from .stages import Stage, lr_multiplier
 
@@ -67,10 +67,6 @@ logger = logging.getLogger("pretrain")
 # A collective that waits longer than this has lost a peer (a killed node, a crashed rank): the
 # process group raises instead of hanging. Override with ZOO_DIST_TIMEOUT_S.
 DIST_TIMEOUT_S = 1800
-# How long the other ranks wait for rank 0 to tokenise the corpus (a first run on a large corpus can take
-# hours); override with ZOO_CORPUS_WAIT_S. A rank 0 that dies is noticed at once (its connections close).
-CORPUS_WAIT_S = 7 * 24 * 3600
-_STORE_ROUNDS = itertools.count()  # keys of words sent through the rendezvous store: each rank counts alike
 
 
 @dataclass
@@ -344,43 +340,18 @@ class Trainer:
             dist.barrier()
 
     def _build_corpus(self):
-        """Rank 0 tokenises and fills the cache first; the other ranks then read it. An error on rank 0
-        (a data error above all) reaches every rank, so all of them stop with its message, not a peer's lost
-        connection. The others wait up to CORPUS_WAIT_S (ZOO_CORPUS_WAIT_S; `_rank0_outcome`): a first run
-        on a large corpus tokenises for longer than the collectives' ZOO_DIST_TIMEOUT_S."""
-        corpus = error = None
-        if self.rank == 0:
+        """Rank 0 tokenises and fills the cache first; the other ranks then read it. They wait up to
+        ZOO_RANK0_WAIT_S (pretrain/rank_zero.py): a first run on a large corpus tokenises for longer than
+        the collectives' ZOO_DIST_TIMEOUT_S. An error on rank 0 (a data error above all) reaches every rank,
+        so all of them stop with its message, not a peer's lost connection."""
+        def build():
             self.status("reading, tokenising and packing the corpus (cached for later runs)")
-            try:
-                corpus = build_corpus(self.recipe.data, self.tokenizer)
-            except Exception as caught:
-                error = caught
-        self._rank0_outcome("corpus", error, float(os.environ.get("ZOO_CORPUS_WAIT_S", CORPUS_WAIT_S)))
+            return build_corpus(self.recipe.data, self.tokenizer)
+
+        corpus = on_rank0("corpus", build, wait_s=long_wait_s())
         if self.rank != 0:
             corpus = build_corpus(self.recipe.data, self.tokenizer)
         return corpus
-
-    def _rank0_outcome(self, section: str, error: Exception | None, wait_s: float) -> None:
-        """End a section that rank 0 runs alone (tokenising the corpus, the export and publishing): rank 0
-        posts how it ended in the rendezvous store and raises its error, if any; the other ranks wait for
-        that word, up to `wait_s`, and stop with a copy of rank 0's error. They wait in the store, not in a
-        collective: a collective is bounded by ZOO_DIST_TIMEOUT_S, which a long section outlasts (on NCCL its
-        watchdog then ends the process), and a rank 0 that failed before reaching it left them there until
-        the timeout. A rank 0 that dies takes the store's server with it, which ends their wait at once."""
-        if self.world > 1:
-            store = distributed_c10d._get_default_store()
-            key = f"zoo/{section}/{next(_STORE_ROUNDS)}"
-            if self.rank == 0:
-                store.set(key, json.dumps(None if error is None else f"{type(error).__name__}: {error}"))
-            else:
-                store.wait([key], timedelta(seconds=wait_s))
-                message = json.loads(store.get(key))
-                if message is not None:
-                    mirrored = RunError(message.split(": ", 1)[1])
-                    mirrored.mirrored = True
-                    raise mirrored
-        if error is not None:
-            raise error
 
     def _check_shared_output_dir(self) -> None:
         """Every rank must see training.output_dir as rank 0 sees it: each rank writes its part of a
@@ -392,8 +363,7 @@ class Trainer:
         written or resumed."""
         if self.world == 1:
             return
-        store = distributed_c10d._get_default_store()
-        key = f"zoo/output-dir/{next(_STORE_ROUNDS)}"
+        store, key = store_key("output-dir")
         probe = self.output_dir / f".seen-by-every-rank-{key.rsplit('/', 1)[1]}"
         if self.rank == 0:
             word = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
@@ -420,21 +390,25 @@ class Trainer:
                 "path on a file system every machine sees (NFS, Lustre, ...)")
 
     def _plan_resume(self, resume: str | None, restart: bool) -> ckpt.CheckpointInfo | None:
-        existing = ckpt.complete_checkpoints(self.checkpoint_dir)
-        if restart:
-            self._barrier()
-            if self.rank == 0 and self.output_dir.exists():
-                shutil.rmtree(self.output_dir)
-            self._barrier()
-            return None
-        if resume is None:
-            if existing:
-                raise RunError(
-                    f"{self.output_dir} already has checkpoints ({existing[-1].tag} is the newest): pass --resume to "
-                    "continue the run, or --restart to delete it and start over"
-                )
-            return None
-        return ckpt.find_checkpoint(self.checkpoint_dir, resume)
+        """The checkpoint to resume from (None: a fresh start), chosen by rank 0 for every rank. Each rank
+        listing the folder itself could choose another: a file system that caches listings (NFS does, up to a
+        minute) can show a quickly requeued run's other machines a checkpoint folder without the COMPLETE
+        marker written last, so that they resumed from the checkpoint before it."""
+        def choose() -> ckpt.CheckpointInfo | None:
+            if restart:
+                if self.output_dir.exists():
+                    shutil.rmtree(self.output_dir)
+                return None
+            if resume is None:
+                existing = ckpt.complete_checkpoints(self.checkpoint_dir)
+                if existing:
+                    raise RunError(
+                        f"{self.output_dir} already has checkpoints ({existing[-1].tag} is the newest): pass --resume "
+                        "to continue the run, or --restart to delete it and start over")
+                return None
+            return ckpt.find_checkpoint(self.checkpoint_dir, resume)
+
+        return on_rank0("resume", choose, share=True)
 
     def _init_engine(self) -> None:
         recipe = self.recipe
@@ -816,17 +790,15 @@ class Trainer:
         self.save_checkpoint(grown=True)
 
     def export(self, final_eval: dict | None) -> tuple[Path | None, str | None]:
-        """Consolidated fp32 weights as a model folder (and publish it if the recipe says so)."""
-        tag = ckpt.tag_for(self.step)
-        state = ckpt.consolidated_state_dict(self.engine, self.checkpoint_dir, tag, self.zero_stage)
-        export_dir, published, error = self.output_dir / "export", None, None
-        if self.rank == 0:
-            try:
-                published = self._export_on_rank0(state, export_dir, final_eval)
-            except Exception as caught:
-                error = caught
-        self._rank0_outcome("export", error, float(os.environ.get("ZOO_DIST_TIMEOUT_S", DIST_TIMEOUT_S)))
-        return export_dir, published
+        """Consolidated fp32 weights as a model folder (and publish it if the recipe says so), by rank 0;
+        every rank returns the folder and the published reference."""
+        tag, export_dir = ckpt.tag_for(self.step), self.output_dir / "export"
+
+        def write() -> str | None:
+            state = ckpt.consolidated_state_dict(self.engine, self.checkpoint_dir, tag, self.zero_stage)
+            return self._export_on_rank0(state, export_dir, final_eval)
+
+        return export_dir, on_rank0("export", write, share=True)
 
     def _export_on_rank0(self, state: dict, export_dir: Path, final_eval: dict | None) -> str | None:
         """Rank 0's part of `export`: the model folder, written beside and moved into place; the published
@@ -874,6 +846,7 @@ def close_distributed(barrier: bool = True) -> None:
         dist.destroy_process_group()
         if buffer is not None:
             buffer.unlink(missing_ok=True)
+
 
 
 def shm_allreduce_buffer() -> Path | None:

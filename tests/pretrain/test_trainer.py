@@ -368,7 +368,6 @@ def _build_corpus_slowly(rank, world, seconds):
         trainer_module.build_corpus = build_corpus
         fake = SimpleNamespace(rank=rank, world=world, recipe=SimpleNamespace(data=None), tokenizer=None,
                                status=lambda message: None)
-        fake._rank0_outcome = lambda *args: trainer_module.Trainer._rank0_outcome(fake, *args)
         try:
             outcome[case] = trainer_module.Trainer._build_corpus(fake)
         except Exception as error:
@@ -401,7 +400,6 @@ def _export_failing_on_rank0(rank, world, folder):
 
     fake = SimpleNamespace(rank=rank, world=world, step=4, zero_stage=0, engine=SimpleNamespace(module=torch.nn.Linear(2, 2)),
                            checkpoint_dir=Path(folder), output_dir=Path(folder), _export_on_rank0=export_on_rank0)
-    fake._rank0_outcome = lambda *args: Trainer._rank0_outcome(fake, *args)
     try:
         Trainer.export(fake, None)
     except Exception as error:
