@@ -8,6 +8,11 @@ import torch
 from ..errors import PositionError
 
 
+def _draw_device(device, generator: torch.Generator | None):
+    """`device`, or by default the generator's (not torch's default device: a draw must be on its generator's)."""
+    return generator.device if device is None and generator is not None else device
+
+
 def sample_ruoss_positions(batch: int, seq_len: int, max_position: int, generator: torch.Generator | None = None,
                            device=None) -> torch.Tensor:
     """Ruoss et al. randomized positions: per row, `seq_len` distinct integers drawn uniformly without
@@ -17,9 +22,7 @@ def sample_ruoss_positions(batch: int, seq_len: int, max_position: int, generato
     if max_position < seq_len:
         raise PositionError(f"Ruoss positions: max_position={max_position} is smaller than seq_len={seq_len}; "
                          "distinct positions need max_position ≥ seq_len (the paper uses L ≫ the test length)")
-    if device is None and generator is not None:  # not the default device: a draw must be on its generator's
-        device = generator.device
-    keys = torch.rand(batch, max_position, generator=generator, device=device)
+    keys = torch.rand(batch, max_position, generator=generator, device=_draw_device(device, generator))
     return keys.topk(seq_len, dim=-1).indices.sort(dim=-1).values.to(torch.int64)
 
 
@@ -35,8 +38,7 @@ def sample_equal_mean_positions(batch: int, seq_len: int, generator: torch.Gener
     mean = float(seq_len if mean_span is None else mean_span)
     if not mean > 0:
         raise PositionError(f"equal-mean positions: mean_span must be positive, got {mean_span}")
-    if device is None and generator is not None:
-        device = generator.device
+    device = _draw_device(device, generator)
     spans = torch.empty(batch, dtype=torch.float64, device=device).exponential_(1.0 / mean, generator=generator)
     grid = torch.linspace(0.0, 1.0, seq_len, dtype=torch.float64, device=device)
     return grid[None, :] * spans[:, None]
