@@ -32,15 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"pretrain: {error}", file=sys.stderr)
         return 2
+    from . import rank_failure
     from .trainer import Trainer, close_distributed
 
     # The project's own errors (recipe, data, run state, a non-finite loss) are one line; anything
     # else is a bug or an environment problem and keeps its traceback.
     trainer = None
+    # A rank that stops on an error tells the others (pretrain/rank_failure.py), which stop at once
+    # instead of waiting for it in their next collective.
     try:
         trainer = Trainer(recipe, resume=args.resume, restart=args.restart)
         result = trainer.train()
     except PretrainError as error:
+        rank_failure.announce(None if error.mirrored else f"failed: {_first_line(error)}")
         if not error.mirrored:  # a copy of rank 0's error is printed there, once
             print(f"pretrain: {error}", file=sys.stderr)
         close_distributed(barrier=False)  # the other ranks may be anywhere: do not wait for them
@@ -48,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         message = lost_peer_message(error, trainer)
         if message is None:
+            rank_failure.announce(f"failed: {_first_line(error)}")
             raise
+        rank_failure.announce("lost contact with another rank")
         print(message, file=sys.stderr)  # and leave without a collective: the peer will not answer
         return 1
+    except BaseException as error:  # a bug, an interrupt: the traceback follows
+        rank_failure.announce(f"failed: {_first_line(error)}")
+        raise
     if trainer.rank == 0:
         print(f"pretrain: finished {recipe.run_name} at step {result.step}; outputs in {result.output_dir}")
         if result.final_eval:
@@ -60,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain: published {result.published}")
     trainer.close()
     return 0
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 # What gloo and torch.distributed say when a peer rank is gone (killed: the connection drops at once)

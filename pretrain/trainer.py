@@ -51,6 +51,7 @@ from zoo.families import CONFIG_CLASSES, FAMILIES, model_class
 from zoo.runtime import Runtime, parse_device
 
 from . import checkpoint as ckpt
+from . import rank_failure
 from .cuda_arch import normalize_cuda_arch_list
 from .data import build_corpus, default_cache_dir
 from .errors import NonFiniteLossError, RunError
@@ -296,6 +297,7 @@ class Trainer:
         self.recipe = recipe
         normalize_cuda_arch_list()  # before DeepSpeed builds an op (FusedLamb, FusedAdam) on Hopper
         self.rank, self.world, self.local_rank, device = init_distributed()
+        rank_failure.watch(self.rank, self.world, before_exit=_remove_shm_allreduce_buffer)
         self.output_dir = Path(recipe.training.output_dir or (default_cache_dir().parent / "runs" / recipe.run_name))
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self._check_shared_output_dir()
@@ -839,6 +841,7 @@ class Trainer:
 def close_distributed(barrier: bool = True) -> None:
     """Leave the process group: together after a finished run, without waiting after an error. On the CPU
     also remove this rank's shared-memory buffer of DeepSpeed's all-reduce (`shm_allreduce_buffer`)."""
+    rank_failure.stop()
     if dist.is_initialized():
         if barrier:
             dist.barrier()
@@ -847,6 +850,12 @@ def close_distributed(barrier: bool = True) -> None:
         if buffer is not None:
             buffer.unlink(missing_ok=True)
 
+
+def _remove_shm_allreduce_buffer() -> None:
+    """Before a rank ends its process on another rank's failure (pretrain/rank_failure.py)."""
+    buffer = shm_allreduce_buffer() if dist.is_initialized() else None
+    if buffer is not None:
+        buffer.unlink(missing_ok=True)
 
 
 def shm_allreduce_buffer() -> Path | None:

@@ -1,0 +1,106 @@
+"""A rank that fails tells the others, and they stop at once instead of waiting for it.
+
+A rank that raises mid-run (out of GPU memory, a bug, a full disk) leaves the process group; the other
+ranks go on until their next collective with it, and on NCCL such a collective does not always notice
+that a peer process is gone: they hung until the process group's timeout (ZOO_DIST_TIMEOUT_S, 30
+minutes), every GPU of every other machine idle (a launcher stops the failed rank's own machine, not
+the others). Here a thread of each rank looks in the rendezvous store every POLL_S seconds, on a
+connection of its own, for the word that a rank failed; a rank whose run raises posts that word
+(`announce`, from the entry point), and every other rank prints it and ends its process, wherever it
+waits.
+
+A rank that is itself stopping (its own error, or a copy of rank 0's: pretrain/rank_zero.py) no longer
+listens, so that its own message is the one it prints; a rank that was killed posts nothing, and the
+others hear of it from their collectives (pretrain.__main__.lost_peer_message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import torch.distributed as dist
+
+KEY = "zoo/a-rank-failed"
+SEEN = KEY + "/seen"  # how many ranks have the word, or stop for another reason
+POLL_S = 2.0  # how often each rank looks for the word (one small request to the store)
+_watch: _Watch | None = None
+
+
+class _Watch:
+    def __init__(self, rank: int, world: int, before_exit: Callable[[], None]):
+        self.rank, self.world, self.before_exit = rank, world, before_exit
+        self.stopping = threading.Event()  # this rank is leaving (its own error, or the end of the run)
+        self.store = _connect(timedelta(seconds=30))
+        self.thread = threading.Thread(target=self._listen, name="zoo-rank-failure-watch", daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        # a look every POLL_S seconds rather than one long wait: a store's wait logs a warning each time it
+        # times out, and cannot be called off when the run ends
+        while not self.stopping.wait(POLL_S):
+            try:
+                if not self.store.check([KEY]):
+                    continue
+                message = self.store.get(KEY).decode()
+            except Exception:
+                return  # the store is gone: rank 0 left (the run ended, or it died and the collectives say so)
+            if self.stopping.is_set():
+                return
+            with contextlib.suppress(Exception):
+                self.store.add(SEEN, 1)
+            print(f"pretrain: rank {self.rank} of {self.world} stops because {message}", file=sys.stderr, flush=True)
+            try:
+                self.before_exit()
+            finally:
+                os._exit(1)  # the main thread may sit in a collective that will not return
+
+
+def _connect(timeout: timedelta) -> dist.TCPStore:
+    """A client of the run's rendezvous store (MASTER_ADDR:MASTER_PORT) of its own: the process group's
+    client may be held for hours by a wait of the main thread (pretrain/rank_zero.py)."""
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout,
+                         wait_for_workers=False)
+
+
+def watch(rank: int, world: int, before_exit: Callable[[], None] = lambda: None) -> None:
+    """Start listening for another rank's failure (once per run; nothing in a world of one).
+    `before_exit` runs before the process ends on another rank's word (cleanup that must not be skipped)."""
+    global _watch
+    if _watch is not None and not _watch.stopping.is_set():
+        return
+    if world > 1 and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        _watch = _Watch(rank, world, before_exit)
+
+
+def announce(what: str | None) -> None:
+    """This rank stops: stop listening, and tell the other ranks what happened to it ("failed: ...",
+    after "rank R "); None for a copy of another rank's error, whose own rank tells them. Rank 0 holds
+    the store: it waits (up to three looks, 3 × POLL_S) until every other rank has the word or is
+    stopping too, since its exit takes the store, and the word, with it."""
+    if _watch is None:
+        return
+    _watch.stopping.set()
+    try:
+        store = _connect(timedelta(seconds=10))
+        word = None if what is None else f"rank {_watch.rank} {what}"
+        # the first word stays: the rank that failed first, not those that lost contact with it after
+        if word is None or store.compare_set(KEY, "", word).decode() != word:
+            store.add(SEEN, 1)  # this rank needs no word
+            return
+        deadline = time.monotonic() + 3 * POLL_S
+        while _watch.rank == 0 and store.add(SEEN, 0) < _watch.world - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except Exception:
+        pass  # the store is gone too: the others hear of it from their collectives
+
+
+def stop() -> None:
+    """The run ends normally: stop listening."""
+    if _watch is not None:
+        _watch.stopping.set()
