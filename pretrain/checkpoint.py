@@ -55,6 +55,15 @@ class CheckpointInfo:
     zero_stage: int
     meta: dict
 
+    def to_dict(self) -> dict:
+        """JSON data (what rank 0 sends the other ranks: pretrain/rank_zero.py); `from_dict` reads it back."""
+        return {"tag": self.tag, "path": str(self.path), "step": self.step, "world_size": self.world_size,
+                "zero_stage": self.zero_stage, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CheckpointInfo:
+        return cls(data["tag"], Path(data["path"]), data["step"], data["world_size"], data["zero_stage"], data["meta"])
+
     @property
     def stage(self) -> int:
         """The growth stage (pretrain/stages.py) whose model this checkpoint holds; 0 without stages."""

@@ -9,14 +9,20 @@ connection of its own, for the word that a rank failed; a rank whose run raises 
 (`announce`, from the entry point), and every other rank prints it and ends its process, wherever it
 waits.
 
+Every rank that learns the word, or stops for a reason of its own, counts itself in the store. Rank 0
+holds the store where the processes meet without an agent (DeepSpeed's launcher, MPI, srun): before its
+process ends on a failure, its own or another's, it waits until every rank is counted (up to three
+looks), since the store and the word end with it.
+
 A rank that is itself stopping (its own error, or a copy of rank 0's: pretrain/rank_zero.py) no longer
 listens, so that its own message is the one it prints; a rank that was killed posts nothing, and the
-others hear of it from their collectives (pretrain.__main__.lost_peer_message).
+others hear of it from their collectives (pretrain.__main__.lost_peer_message). The keys carry the
+run's word (pretrain/rank_zero.py, `run_word`): torchrun's agent keeps its store across the restarts
+of a job, and a restarted run must not read the failure of the attempt before it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
@@ -26,16 +32,18 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-KEY = "zoo/a-rank-failed"
-SEEN = KEY + "/seen"  # how many ranks have the word, or stop for another reason
 POLL_S = 2.0  # how often each rank looks for the word (one small request to the store)
 _watch: _Watch | None = None
 
 
 class _Watch:
-    def __init__(self, rank: int, world: int, before_exit: Callable[[], None]):
+    def __init__(self, rank: int, world: int, run: str, before_exit: Callable[[], None]):
         self.rank, self.world, self.before_exit = rank, world, before_exit
+        self.key = f"zoo/{run}/a-rank-failed"
+        self.counted_key = self.key + "/counted"  # ranks that have the word or stop on their own
         self.stopping = threading.Event()  # this rank is leaving (its own error, or the end of the run)
+        self.counted = False
+        self.lock = threading.Lock()
         self.store = _connect(timedelta(seconds=30))
         self.thread = threading.Thread(target=self._listen, name="zoo-rank-failure-watch", daemon=True)
         self.thread.start()
@@ -45,20 +53,34 @@ class _Watch:
         # times out, and cannot be called off when the run ends
         while not self.stopping.wait(POLL_S):
             try:
-                if not self.store.check([KEY]):
+                if not self.store.check([self.key]):
                     continue
-                message = self.store.get(KEY).decode()
+                message = self.store.get(self.key).decode()
             except Exception:
                 return  # the store is gone: rank 0 left (the run ended, or it died and the collectives say so)
-            if self.stopping.is_set():
-                return
-            with contextlib.suppress(Exception):
-                self.store.add(SEEN, 1)
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                self.stopping.set()
             print(f"pretrain: rank {self.rank} of {self.world} stops because {message}", file=sys.stderr, flush=True)
             try:
+                self.count_and_hold(self.store)
                 self.before_exit()
             finally:
                 os._exit(1)  # the main thread may sit in a collective that will not return
+
+    def count_and_hold(self, store) -> None:
+        """Count this rank (once); on rank 0, wait until every rank is counted, up to 3 × POLL_S."""
+        try:
+            with self.lock:
+                first, self.counted = not self.counted, True
+            if first:
+                store.add(self.counted_key, 1)
+            deadline = time.monotonic() + 3 * POLL_S
+            while self.rank == 0 and store.add(self.counted_key, 0) < self.world and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except Exception:
+            pass  # the store is gone: the others hear of it from their collectives
 
 
 def _connect(timeout: timedelta) -> dist.TCPStore:
@@ -68,36 +90,32 @@ def _connect(timeout: timedelta) -> dist.TCPStore:
                          wait_for_workers=False)
 
 
-def watch(rank: int, world: int, before_exit: Callable[[], None] = lambda: None) -> None:
-    """Start listening for another rank's failure (once per run; nothing in a world of one).
+def watch(rank: int, world: int, run: str, before_exit: Callable[[], None] = lambda: None) -> None:
+    """Start listening for another rank's failure in run `run` (once per run; nothing in a world of one).
     `before_exit` runs before the process ends on another rank's word (cleanup that must not be skipped)."""
     global _watch
     if _watch is not None and not _watch.stopping.is_set():
         return
     if world > 1 and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
-        _watch = _Watch(rank, world, before_exit)
+        _watch = _Watch(rank, world, run, before_exit)
 
 
 def announce(what: str | None) -> None:
     """This rank stops: stop listening, and tell the other ranks what happened to it ("failed: ...",
-    after "rank R "); None for a copy of another rank's error, whose own rank tells them. Rank 0 holds
-    the store: it waits (up to three looks, 3 × POLL_S) until every other rank has the word or is
-    stopping too, since its exit takes the store, and the word, with it."""
-    if _watch is None:
+    after "rank R "); None for a copy of another rank's error, whose own rank tells them."""
+    watch = _watch
+    if watch is None:
         return
-    _watch.stopping.set()
+    with watch.lock:
+        watch.stopping.set()
     try:
         store = _connect(timedelta(seconds=10))
-        word = None if what is None else f"rank {_watch.rank} {what}"
-        # the first word stays: the rank that failed first, not those that lost contact with it after
-        if word is None or store.compare_set(KEY, "", word).decode() != word:
-            store.add(SEEN, 1)  # this rank needs no word
-            return
-        deadline = time.monotonic() + 3 * POLL_S
-        while _watch.rank == 0 and store.add(SEEN, 0) < _watch.world - 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if what is not None:
+            # the first word stays: the rank that failed first, not those that lost contact with it after
+            store.compare_set(watch.key, "", f"rank {watch.rank} {what}")
     except Exception:
-        pass  # the store is gone too: the others hear of it from their collectives
+        return  # the store is gone too: the others hear of it from their collectives
+    watch.count_and_hold(store)
 
 
 def stop() -> None:

@@ -59,7 +59,7 @@ from .loader import PositionSampler, Prefetcher, PretrainingStream, heldout_pass
 from .masking import MaskingPolicy
 from .metrics import MetricsLog, mfu_peak
 from .optim import Lamb, parameter_groups, schedule_multiplier
-from .rank_zero import long_wait_s, on_rank0, store_key
+from .rank_zero import long_wait_s, on_rank0, start_run, store_key
 from .recipe import Recipe
 from .stages import Stage, lr_multiplier
 
@@ -297,7 +297,8 @@ class Trainer:
         self.recipe = recipe
         normalize_cuda_arch_list()  # before DeepSpeed builds an op (FusedLamb, FusedAdam) on Hopper
         self.rank, self.world, self.local_rank, device = init_distributed()
-        rank_failure.watch(self.rank, self.world, before_exit=_remove_shm_allreduce_buffer)
+        run = start_run()
+        rank_failure.watch(self.rank, self.world, run, before_exit=_remove_shm_allreduce_buffer)
         self.output_dir = Path(recipe.training.output_dir or (default_cache_dir().parent / "runs" / recipe.run_name))
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self._check_shared_output_dir()
@@ -396,7 +397,7 @@ class Trainer:
         listing the folder itself could choose another: a file system that caches listings (NFS does, up to a
         minute) can show a quickly requeued run's other machines a checkpoint folder without the COMPLETE
         marker written last, so that they resumed from the checkpoint before it."""
-        def choose() -> ckpt.CheckpointInfo | None:
+        def choose() -> dict | None:
             if restart:
                 if self.output_dir.exists():
                     shutil.rmtree(self.output_dir)
@@ -408,9 +409,10 @@ class Trainer:
                         f"{self.output_dir} already has checkpoints ({existing[-1].tag} is the newest): pass --resume "
                         "to continue the run, or --restart to delete it and start over")
                 return None
-            return ckpt.find_checkpoint(self.checkpoint_dir, resume)
+            return ckpt.find_checkpoint(self.checkpoint_dir, resume).to_dict()
 
-        return on_rank0("resume", choose, share=True)
+        chosen = on_rank0("resume", choose, wait_s=long_wait_s(), share=True)
+        return None if chosen is None else ckpt.CheckpointInfo.from_dict(chosen)
 
     def _init_engine(self) -> None:
         recipe = self.recipe
@@ -800,7 +802,7 @@ class Trainer:
             state = ckpt.consolidated_state_dict(self.engine, self.checkpoint_dir, tag, self.zero_stage)
             return self._export_on_rank0(state, export_dir, final_eval)
 
-        return export_dir, on_rank0("export", write, share=True)
+        return export_dir, on_rank0("export", write, wait_s=long_wait_s(), share=True)
 
     def _export_on_rank0(self, state: dict, export_dir: Path, final_eval: dict | None) -> str | None:
         """Rank 0's part of `export`: the model folder, written beside and moved into place; the published

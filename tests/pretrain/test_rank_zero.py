@@ -48,6 +48,32 @@ def test_rank0_work_gives_every_rank_its_value_or_its_error():
                      "after the error": {"rank": 0}, "runs": []}
 
 
+def _restarted(rank, world):
+    """Two attempts of a job on one store, as torchrun's agent keeps it across restarts: each starts its
+    run (a fresh process counts its calls from 0 again), and in the second rank 0's work takes a while.
+    What rank 1 got from each."""
+    import time
+
+    from pretrain.rank_zero import on_rank0, start_run
+
+    got = []
+    for attempt in range(2):
+        start_run()
+
+        def work(attempt=attempt):
+            if attempt == 1:
+                time.sleep(1)
+            return f"attempt {attempt}"
+
+        got.append(on_rank0("corpus", work, share=True))
+    return got
+
+
+def test_a_restarted_run_does_not_read_the_words_of_the_attempt_before():
+    """Without the run's word in the keys, the second attempt's rank 1 read the first's outcome at once."""
+    assert run_ranks(_restarted, world=2) == [["attempt 0", "attempt 1"]] * 2
+
+
 def _write_checkpoints(folder: Path, steps) -> None:
     from pretrain.checkpoint import MARKER, tag_for
 
