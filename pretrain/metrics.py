@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -74,6 +75,17 @@ def mfu_peak(runtime, dtype: torch.dtype, override_tflops: float | None = None) 
     where = torch.cuda.get_device_name(runtime.device) if runtime.is_cuda else f"CPU, {torch.get_num_threads()} thread(s)"
     return PeakFlops(measured, "measured", f"measured {dtype_name} matmul peak ({where}, all ranks at once), "
                                            f"{measured / 1e12:.3g} TFLOP/s per rank")
+
+
+def device_census(runtime) -> dict[str, int]:
+    """How many ranks run on each kind of device ({"NVIDIA H100 80GB HBM3": 16}, {"cpu": 2}), the same on
+    every rank (every rank calls this together: one collective)."""
+    name = torch.cuda.get_device_name(runtime.device) if runtime.is_cuda else runtime.device.type
+    names = [name]
+    if runtime.world_size > 1:
+        names = [None] * runtime.world_size
+        dist.all_gather_object(names, name)
+    return dict(sorted(collections.Counter(names).items()))
 
 
 def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, device="cpu") -> float:

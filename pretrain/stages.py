@@ -262,23 +262,30 @@ def check_growable(engine) -> None:
     )
 
 
+def _on_the_cpu(value):
+    """A copy on the CPU of a tensor (one at a time, as they are gathered: a GPU holds one tensor's full
+    copy at most, not the whole model's weights and moments at once); other values as they are."""
+    return value.to("cpu", copy=True) if torch.is_tensor(value) else value
+
+
 def full_weights(engine) -> dict[str, torch.Tensor]:
-    """The model's current fp32 weights by name (ZeRO 1/2 with bf16 keep them in the optimizer)."""
+    """The model's current fp32 weights by name, on the CPU (ZeRO 1/2 with bf16 keep them in the optimizer)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
     out = {}
     for name, param in engine.module.named_parameters():
         full = safe_get_full_fp32_param(param) if _zero_optimizer(engine.optimizer) else None
-        out[name] = (full if full is not None else param.detach()).float().clone()
+        out[name] = _on_the_cpu((full if full is not None else param.detach()).float())
     return out
 
 
 def read_optimizer_state(engine) -> dict[str, dict]:
-    """Per-parameter optimizer state by parameter name: {"step", "exp_avg", "exp_avg_sq", ...}."""
+    """Per-parameter optimizer state by parameter name, on the CPU: {"step", "exp_avg", "exp_avg_sq", ...}."""
     optimizer = engine.optimizer
     names = {id(p): n for n, p in engine.module.named_parameters()}
     if not _zero_optimizer(optimizer):
-        return {names[id(p)]: dict(state) for p, state in optimizer.state.items() if id(p) in names and state}
+        return {names[id(p)]: {k: _on_the_cpu(v) for k, v in state.items()}
+                for p, state in optimizer.state.items() if id(p) in names and state}
     from deepspeed.utils import safe_get_full_optimizer_state
 
     flats = _flat_groups(optimizer)
@@ -294,9 +301,9 @@ def read_optimizer_state(engine) -> dict[str, dict]:
         keys = [k for k, v in flat_state.items() if torch.is_tensor(v) and v.shape == flats[index].shape]
         scalars = {k: v for k, v in flat_state.items() if k not in keys}
         for param in params:
-            state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in scalars.items()}
+            state = {k: _on_the_cpu(v) for k, v in scalars.items()}
             for key in keys:
-                state[key] = safe_get_full_optimizer_state(param, key).clone()
+                state[key] = _on_the_cpu(safe_get_full_optimizer_state(param, key))
             out[names[id(param)]] = state
     return out
 

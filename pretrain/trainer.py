@@ -57,7 +57,7 @@ from .data import build_corpus, default_cache_dir
 from .errors import NonFiniteLossError, RunError
 from .loader import PositionSampler, Prefetcher, PretrainingStream, heldout_passes
 from .masking import MaskingPolicy
-from .metrics import MetricsLog, mfu_peak
+from .metrics import MetricsLog, device_census, mfu_peak
 from .optim import Lamb, parameter_groups, schedule_multiplier
 from .rank_zero import long_wait_s, on_rank0, start_run, store_key
 from .recipe import Recipe
@@ -469,10 +469,13 @@ class Trainer:
             self.status(self._resume_message())
         self.peak = mfu_peak(self.runtime, self.runtime.compute_dtype, recipe.training.peak_tflops)
         self.total_peak_flops = float(self.runtime.sum_across_ranks([self.peak.per_rank])[0])
-        self.log.write("run", self.step, device=self.runtime.describe(), world_size=self.world,
+        devices = device_census(self.runtime)
+        self.log.write("run", self.step, device=self.runtime.describe(), devices=devices, world_size=self.world,
                        mfu_basis=self.peak.basis, peak_description=self.peak.description,
                        peak_tflops_per_rank=self.peak.per_rank / 1e12)
-        self.status(f"{self.world} rank(s) on {self.runtime.describe()}; MFU against the {self.peak.description}")
+        mixed = f" (all ranks: {', '.join(f'{n} × {name}' for name, n in devices.items())})" if len(devices) > 1 else ""
+        self.status(f"{self.world} rank(s) on {self.runtime.describe()}{mixed}; MFU against the "
+                    f"{self.peak.description}")
 
     def _resume_message(self) -> str:
         info = self.resume_from
@@ -741,10 +744,9 @@ class Trainer:
             self.save_checkpoint()  # the small model at the boundary: a resume from it grows again here
         started = time.perf_counter()
         before = self.evaluate()
-        # the growth itself runs on the CPU in fp32: the weights and moments come off the device
-        weights = {name: tensor.cpu() for name, tensor in full_weights(self.engine).items()}
-        state = {name: {key: value.cpu() if torch.is_tensor(value) else value for key, value in values.items()}
-                 for name, values in read_optimizer_state(self.engine).items()}
+        # the growth itself runs on the CPU in fp32: the weights and moments come off the device one by one
+        weights = full_weights(self.engine)
+        state = read_optimizer_state(self.engine)
         small_config = copy.deepcopy(self.engine.module.config)
         with torch.random.fork_rng(devices=[]):  # the growth leaves the training RNG stream alone
             small = model_class(small_config, "masked-lm")(small_config)

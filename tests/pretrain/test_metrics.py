@@ -68,7 +68,9 @@ def _mixed_gpu_rank(rank, world):
     peak = metrics.mfu_peak(runtime, torch.bfloat16)
     total = runtime.sum_across_ranks([peak.per_rank])
     sums = runtime.sum_across_ranks(torch.tensor([10.0 * (rank + 1), 100.0, 5.0]))
-    return {"basis": peak.basis, "per_rank": peak.per_rank, "total": float(total[0]), "sums": sums.tolist()}
+    census = metrics.device_census(runtime)
+    return {"basis": peak.basis, "per_rank": peak.per_rank, "total": float(total[0]), "sums": sums.tolist(),
+            "census": census}
 
 
 def test_mixed_gpu_types_make_the_same_collectives_on_every_rank():
@@ -82,6 +84,8 @@ def test_mixed_gpu_types_make_the_same_collectives_on_every_rank():
     assert (b200["basis"], b200["per_rank"]) == ("measured", 1.5e15)
     assert h100["total"] == b200["total"] == pytest.approx(989.4e12 + 1.5e15, rel=1e-6)  # summed in float32
     assert h100["sums"] == b200["sums"] == [30.0, 200.0, 10.0]
+    # the run record counts every rank's GPU, not only rank 0's
+    assert h100["census"] == b200["census"] == {"NVIDIA B200": 1, "NVIDIA H100 80GB HBM3": 1}
 
 
 def test_matmul_peak_draws_its_inputs_whatever_the_default_device():

@@ -126,6 +126,7 @@ def test_two_ranks_loss_falls_and_sigkill_resume_reproduces_the_curve(tmp_path, 
     assert [r["step"] for r in resumed if r["kind"] == "checkpoint"] == sorted({*range(4, steps + 1, 4)})
     assert all(r["grad_norm"] > 0 for r in resumed if r["kind"] == "train")
     assert read_metrics(metrics, "run")[0]["mfu_basis"] == "measured"
+    assert read_metrics(metrics, "run")[0]["devices"] == {"cpu": 2}
 
 
 @pytest.mark.parametrize("zero", [2, 3])
