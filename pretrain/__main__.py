@@ -53,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         message = lost_peer_message(error, trainer)
         if message is None:
             rank_failure.announce(f"failed: {_first_line(error)}")
+            _say_where_to_resume(trainer)
             raise
         rank_failure.announce("lost contact with another rank")
         print(message, file=sys.stderr)  # and leave without a collective: the peer will not answer
         return 1
     except BaseException as error:  # a bug, an interrupt: the traceback follows
         rank_failure.announce(f"failed: {_first_line(error)}")
+        _say_where_to_resume(trainer)
         raise
     if trainer.rank == 0:
         print(f"pretrain: finished {recipe.run_name} at step {result.step}; outputs in {result.output_dir}")
@@ -69,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain: published {result.published}")
     trainer.close()
     return 0
+
+
+def _say_where_to_resume(trainer) -> None:
+    """Rank 0's line, above the traceback of an unexpected error, on the checkpoint to resume from."""
+    if trainer is not None and trainer.rank == 0:
+        from .checkpoint import resume_hint
+
+        print(f"pretrain: {resume_hint(trainer.checkpoint_dir)}", file=sys.stderr, flush=True)
 
 
 def _first_line(error: BaseException) -> str:
@@ -90,7 +100,7 @@ def lost_peer_message(error: RuntimeError, trainer) -> str | None:
         return None
     if not (isinstance(error, dist.DistError) or any(marker in str(error) for marker in _PEER_LOST)):
         return None
-    from .checkpoint import complete_checkpoints
+    from .checkpoint import resume_hint
     from .trainer import DIST_TIMEOUT_S
 
     lines = str(error).strip().splitlines() or [type(error).__name__]
@@ -100,9 +110,7 @@ def lost_peer_message(error: RuntimeError, trainer) -> str | None:
                f"(a node or rank was killed or crashed, or did not answer within ZOO_DIST_TIMEOUT_S="
                f"{os.environ.get('ZOO_DIST_TIMEOUT_S', DIST_TIMEOUT_S)} s), so it stops too: {cause}.")
     if trainer is not None:
-        last = complete_checkpoints(trainer.checkpoint_dir)
-        message += (f" Last complete checkpoint: {last[-1].path} (continue with --resume, on these nodes or on "
-                    "another number of nodes/ranks)." if last else " No complete checkpoint was written yet.")
+        message += f" {resume_hint(trainer.checkpoint_dir)}"
     return message
 
 

@@ -100,6 +100,13 @@ def find_checkpoint(directory: Path, which: str | None) -> CheckpointInfo:
     raise CheckpointNotFoundError(f"no complete checkpoint {which!r} under {directory}; have: {', '.join(c.tag for c in checkpoints)}")
 
 
+def resume_hint(directory: Path) -> str:
+    """The sentence a stopped run ends with: the checkpoint to continue from, if any."""
+    last = complete_checkpoints(directory)
+    return (f"Last complete checkpoint: {last[-1].path} (continue with --resume, on these nodes or on another number "
+            "of nodes/ranks)." if last else "No complete checkpoint was written yet.")
+
+
 def rng_state() -> dict:
     _, keys, position, has_gauss, cached = np.random.get_state()
     return {

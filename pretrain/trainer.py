@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -298,7 +299,7 @@ class Trainer:
         normalize_cuda_arch_list()  # before DeepSpeed builds an op (FusedLamb, FusedAdam) on Hopper
         self.rank, self.world, self.local_rank, device = init_distributed()
         run = start_run()
-        rank_failure.watch(self.rank, self.world, run, before_exit=_remove_shm_allreduce_buffer)
+        rank_failure.watch(self.rank, self.world, run, before_exit=self._before_exit_on_another_ranks_failure)
         self.output_dir = Path(recipe.training.output_dir or (default_cache_dir().parent / "runs" / recipe.run_name))
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self._check_shared_output_dir()
@@ -333,6 +334,13 @@ class Trainer:
         self._init_engine()
 
     # -- setup
+    def _before_exit_on_another_ranks_failure(self) -> None:
+        """Before the process ends on another rank's failure (pretrain/rank_failure.py): rank 0 names the
+        checkpoint to resume from, and a CPU rank removes its shared-memory buffer."""
+        if self.rank == 0 and hasattr(self, "checkpoint_dir"):
+            print(f"pretrain: {ckpt.resume_hint(self.checkpoint_dir)}", file=sys.stderr, flush=True)
+        _remove_shm_allreduce_buffer()
+
     def status(self, message: str) -> None:
         """A line on rank 0's console about what the run is doing (tokenising, compiling, resuming)."""
         if self.rank == 0:

@@ -86,6 +86,9 @@ def test_a_rank_out_of_memory_stops_the_others_at_once_with_its_error(tmp_path, 
             assert f"pretrain: rank {rank} of {world} stops because rank {failing} failed: {out_of_memory(failing)}\n" \
                 in outputs[rank], outputs[rank][-3000:]
     assert "stops because" not in outputs[failing]
+    hint = (f"pretrain: Last complete checkpoint: {tmp_path / 'oom' / 'checkpoints' / 'step_0000004'} (continue with "
+            "--resume, on these nodes or on another number of nodes/ranks).\n")
+    assert hint in outputs[0] and all(hint not in output for output in outputs[1:])  # rank 0 says it, once
     # the checkpoints before the failure are complete, and none after it was started
     assert sorted(p.name for p in (tmp_path / "oom" / "checkpoints").iterdir()) == ["step_0000004"]
 
