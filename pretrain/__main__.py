@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="recipe YAML file (or the name of one in pretrain/recipes/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.steps=100 deepspeed.train_batch_size=32")
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="continue from a checkpoint of this run: the latest (default), a tag or a step")
+                        help="continue from a checkpoint of this run: the latest (default), a tag or a step; 'auto': "
+                             "the latest if there is one, else start afresh (for a job that a scheduler starts again "
+                             "with the same command: SLURM --requeue, torchrun --max-restarts)")
     parser.add_argument("--restart", action="store_true", help="delete this run's outputs and start over")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # added by the launcher
     return parser

@@ -138,8 +138,9 @@ class MetricsLog:
 
     def rewind(self, step: int, stage: int = 0) -> int:
         """Before a resume from the checkpoint at (`step`, growth `stage`): drop the records the killed
-        run wrote after it (they are about to be written again), and a last line cut short by the kill.
-        Rewrites the file atomically; returns how many records were dropped."""
+        run wrote after it (they are about to be written again), and a last line cut short by the kill;
+        `step` -1 drops every record (a fresh start). Rewrites the file atomically; returns how many records
+        were dropped."""
         if not self.enabled or not self.path.exists():
             return 0
         kept, dropped = [], 0

@@ -310,6 +310,9 @@ class Trainer:
             if dropped:
                 self.status(f"metrics.jsonl: dropped {dropped} record(s) written after {self.resume_from.tag} by the "
                             "interrupted run; they are written again from here")
+        elif self.log.rewind(-1):  # a fresh start: records of an attempt that wrote no checkpoint go with it
+            self.status("metrics.jsonl: dropped the records of an earlier attempt that wrote no checkpoint; the run "
+                        "starts afresh")
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), allow_unicode=True, sort_keys=False))
@@ -410,6 +413,9 @@ class Trainer:
                 if self.output_dir.exists():
                     shutil.rmtree(self.output_dir)
                 return None
+            if resume == "auto":  # the newest if any, else a fresh start
+                existing = ckpt.complete_checkpoints(self.checkpoint_dir)
+                return existing[-1].to_dict() if existing else None
             if resume is None:
                 existing = ckpt.complete_checkpoints(self.checkpoint_dir)
                 if existing:

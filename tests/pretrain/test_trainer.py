@@ -216,6 +216,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corp
     assert f"Last good checkpoint: {last.path}" in output
 
 
+def test_resume_auto_starts_afresh_then_continues(tmp_path, corpus_file, cache_dir):
+    """`--resume auto` serves a job that a scheduler starts again with the same command (SLURM --requeue,
+    torchrun --max-restarts): the first time it starts afresh, where `--resume` finds no checkpoint, and
+    drops what an attempt that died before its first checkpoint logged; the next time it continues."""
+    recipe = write_recipe(tmp_path, corpus_file, cache_dir, "requeued", steps=4)
+    run_dir = tmp_path / "requeued"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 2, "loss": 9.5}) + "\n")
+    code, output = launch(recipe, ranks=1, args=["--resume"])
+    assert code == 1 and f"pretrain: no complete checkpoint under {run_dir / 'checkpoints'}" in output, output[-3000:]
+    code, output = launch(recipe, ranks=1, args=["--resume", "auto"])
+    assert code == 0, output[-3000:]
+    assert "pretrain: metrics.jsonl: dropped the records of an earlier attempt that wrote no checkpoint" in output
+    trained = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl", "train")]
+    assert trained == [1, 2, 3, 4] and losses(run_dir)[2] != 9.5
+    code, output = launch(recipe, ranks=1, args=["--resume", "auto"])
+    assert code == 0 and "resumed from step_0000004 (step 4)" in output, output[-3000:]
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl", "train")] == [1, 2, 3, 4]
+
+
 def test_incomplete_checkpoint_never_shadows_the_last_complete(tmp_path):
     directory = tmp_path / "checkpoints"
     for step, complete in ((4, True), (8, True), (12, False)):
