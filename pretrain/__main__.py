@@ -24,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.restart and args.resume is not None:
+        parser.error("--restart deletes the run that --resume continues: give one of them")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .errors import PretrainError
     from .recipe import RecipeError, load_recipe
@@ -46,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(recipe, resume=args.resume, restart=args.restart)
         result = trainer.train()
     except PretrainError as error:
-        rank_failure.announce(None if error.mirrored else f"failed: {_first_line(error)}")
         if not error.mirrored:  # a copy of rank 0's error is printed there, once
-            print(f"pretrain: {error}", file=sys.stderr)
+            print(f"pretrain: {error}", file=sys.stderr, flush=True)
+        rank_failure.announce(None if error.mirrored else f"failed: {_first_line(error)}")
         close_distributed(barrier=False)  # the other ranks may be anywhere: do not wait for them
         return 1
     except RuntimeError as error:
@@ -57,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             rank_failure.announce(f"failed: {_first_line(error)}")
             _say_where_to_resume(trainer)
             raise
+        print(message, file=sys.stderr, flush=True)  # and leave without a collective: the peer will not answer
         rank_failure.announce("lost contact with another rank")
-        print(message, file=sys.stderr)  # and leave without a collective: the peer will not answer
         return 1
     except BaseException as error:  # a bug, an interrupt: the traceback follows
         rank_failure.announce(f"failed: {_first_line(error)}")
@@ -80,7 +83,10 @@ def _say_where_to_resume(trainer) -> None:
     if trainer is not None and trainer.rank == 0:
         from .checkpoint import resume_hint
 
-        print(f"pretrain: {resume_hint(trainer.checkpoint_dir)}", file=sys.stderr, flush=True)
+        try:
+            print(f"pretrain: {resume_hint(trainer.checkpoint_dir)}", file=sys.stderr, flush=True)
+        except OSError:
+            pass  # the folder cannot be read (the error itself may be the file system's): the traceback says why
 
 
 def _first_line(error: BaseException) -> str:

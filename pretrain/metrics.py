@@ -138,9 +138,8 @@ class MetricsLog:
 
     def rewind(self, step: int, stage: int = 0) -> int:
         """Before a resume from the checkpoint at (`step`, growth `stage`): drop the records the killed
-        run wrote after it (they are about to be written again), and a last line cut short by the kill;
-        `step` -1 drops every record (a fresh start). Rewrites the file atomically; returns how many records
-        were dropped."""
+        run wrote after it (they are about to be written again), and a last line cut short by the kill.
+        Rewrites the file atomically; returns how many records were dropped."""
         if not self.enabled or not self.path.exists():
             return 0
         kept, dropped = [], 0
@@ -161,6 +160,16 @@ class MetricsLog:
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             os.replace(tmp, self.path)
         return dropped
+
+    def set_aside(self) -> Path | None:
+        """Before a fresh start in a folder that has a metrics.jsonl (an attempt that died before its first
+        checkpoint, or a run whose checkpoints were deleted): move it to metrics.<time>.jsonl, so that this
+        run's records are not mixed with those and nothing is lost. Returns the new path, or None."""
+        if not self.enabled or not self.path.exists():
+            return None
+        kept = self.path.with_name(f"{self.path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{self.path.suffix}")
+        os.replace(self.path, kept)
+        return kept
 
     def close(self) -> None:
         if self.writer is not None:

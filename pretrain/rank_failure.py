@@ -109,16 +109,19 @@ def announce(what: str | None) -> None:
     with watch.lock:
         watch.stopping.set()
     try:
-        store = _connect(timedelta(seconds=10))
+        # the watcher's connection: a new one to a store that is gone (rank 0 died) takes many seconds to
+        # give up, where this one fails at once
         if what is not None:
             # the first word stays: the rank that failed first, not those that lost contact with it after
-            store.compare_set(watch.key, "", f"rank {watch.rank} {what}")
+            watch.store.compare_set(watch.key, "", f"rank {watch.rank} {what}")
     except Exception:
         return  # the store is gone too: the others hear of it from their collectives
-    watch.count_and_hold(store)
+    watch.count_and_hold(watch.store)
 
 
 def stop() -> None:
-    """The run ends normally: stop listening."""
+    """The run ends normally: stop listening (a later run of this process watches afresh)."""
+    global _watch
     if _watch is not None:
         _watch.stopping.set()
+        _watch = None

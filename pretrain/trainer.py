@@ -310,9 +310,9 @@ class Trainer:
             if dropped:
                 self.status(f"metrics.jsonl: dropped {dropped} record(s) written after {self.resume_from.tag} by the "
                             "interrupted run; they are written again from here")
-        elif self.log.rewind(-1):  # a fresh start: records of an attempt that wrote no checkpoint go with it
-            self.status("metrics.jsonl: dropped the records of an earlier attempt that wrote no checkpoint; the run "
-                        "starts afresh")
+        elif (kept := self.log.set_aside()) is not None:  # a fresh start: not mixed with an earlier attempt's
+            self.status(f"metrics.jsonl: an earlier attempt's records (no checkpoint of it is left) moved to {kept.name}; "
+                        "the run starts afresh")
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), allow_unicode=True, sort_keys=False))

@@ -101,9 +101,14 @@ import torch.distributed as dist
 
 from pretrain import rank_failure
 
-rank, port, start = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+rank, port = int(sys.argv[1]), int(sys.argv[2])
 store = dist.TCPStore("127.0.0.1", port, is_master=rank == 0, wait_for_workers=False)  # rank 0 holds the store
-time.sleep(start + (1.0 if rank == 2 else 0.0) - time.time())
+store.add("ready", 1)  # every process is up; then all start at rank 0's time
+while store.add("ready", 0) < 3:
+    time.sleep(0.05)
+if rank == 0:
+    store.set("start", str(time.time() + 1.0))
+time.sleep(max(0.0, float(store.get("start")) + (1.0 if rank == 2 else 0.0) - time.time()))
 rank_failure.watch(rank, 3, "a-run")  # rank 2 looks one second after rank 0, every two seconds
 if rank == 1:
     time.sleep(1.5)
@@ -116,12 +121,10 @@ time.sleep(60)  # a collective that never ends
 def test_rank_0_keeps_the_store_until_every_rank_has_the_word(tmp_path):
     """Rank 1 fails; rank 0, which holds the store, sees the word at its next look and must not end its
     process (and the store) before rank 2, whose looks fall a second later, has seen it too."""
-    import time
-
     listener = tmp_path / "listener.py"
     listener.write_text(LISTENER)
-    port, start = free_port(), time.time() + 10  # once every process has imported torch
-    ranks = [subprocess.Popen([sys.executable, str(listener), str(rank), str(port), str(start)], cwd=ROOT, text=True,
+    port = free_port()
+    ranks = [subprocess.Popen([sys.executable, str(listener), str(rank), str(port)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
              for rank in range(3)]

@@ -219,7 +219,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corp
 def test_resume_auto_starts_afresh_then_continues(tmp_path, corpus_file, cache_dir):
     """`--resume auto` serves a job that a scheduler starts again with the same command (SLURM --requeue,
     torchrun --max-restarts): the first time it starts afresh, where `--resume` finds no checkpoint, and
-    drops what an attempt that died before its first checkpoint logged; the next time it continues."""
+    sets aside what an attempt that died before its first checkpoint logged; the next time it continues.
+    --restart, which would delete the run at every start, is refused with it."""
     recipe = write_recipe(tmp_path, corpus_file, cache_dir, "requeued", steps=4)
     run_dir = tmp_path / "requeued"
     run_dir.mkdir()
@@ -228,12 +229,18 @@ def test_resume_auto_starts_afresh_then_continues(tmp_path, corpus_file, cache_d
     assert code == 1 and f"pretrain: no complete checkpoint under {run_dir / 'checkpoints'}" in output, output[-3000:]
     code, output = launch(recipe, ranks=1, args=["--resume", "auto"])
     assert code == 0, output[-3000:]
-    assert "pretrain: metrics.jsonl: dropped the records of an earlier attempt that wrote no checkpoint" in output
+    earlier = [path.name for path in run_dir.glob("metrics.*.jsonl")]
+    assert len(earlier) == 1 and (f"pretrain: metrics.jsonl: an earlier attempt's records (no checkpoint of it is "
+                                  f"left) moved to {earlier[0]}; the run starts afresh") in output
+    assert read_metrics(run_dir / earlier[0]) == [{"kind": "train", "step": 2, "loss": 9.5}]
     trained = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl", "train")]
     assert trained == [1, 2, 3, 4] and losses(run_dir)[2] != 9.5
     code, output = launch(recipe, ranks=1, args=["--resume", "auto"])
     assert code == 0 and "resumed from step_0000004 (step 4)" in output, output[-3000:]
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl", "train")] == [1, 2, 3, 4]
+    code, output = launch(recipe, ranks=1, args=["--resume", "auto", "--restart"])
+    assert code == 2 and "--restart deletes the run that --resume continues: give one of them" in output
+    assert (run_dir / "checkpoints" / "step_0000004").is_dir()
 
 
 def test_incomplete_checkpoint_never_shadows_the_last_complete(tmp_path):
