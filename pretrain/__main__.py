@@ -85,7 +85,7 @@ def _say_where_to_resume(trainer) -> None:
 
         try:
             print(f"pretrain: {resume_hint(trainer.checkpoint_dir)}", file=sys.stderr, flush=True)
-        except OSError:
+        except Exception:
             pass  # the folder cannot be read (the error itself may be the file system's): the traceback says why
 
 

@@ -17,7 +17,7 @@ looks), since the store and the word end with it.
 A rank that is itself stopping (its own error, or a copy of rank 0's: pretrain/rank_zero.py) no longer
 listens, so that its own message is the one it prints; a rank that was killed posts nothing, and the
 others hear of it from their collectives (pretrain.__main__.lost_peer_message). The keys carry the
-run's word (pretrain/rank_zero.py, `run_word`): torchrun's agent keeps its store across the restarts
+run's word (pretrain/rank_zero.py, `start_run`): torchrun's agent keeps its store across the restarts
 of a job, and a restarted run must not read the failure of the attempt before it.
 """
 
