@@ -58,7 +58,7 @@ from .data import build_corpus, default_cache_dir
 from .errors import NonFiniteLossError, RunError
 from .loader import PositionSampler, Prefetcher, PretrainingStream, heldout_passes
 from .masking import MaskingPolicy
-from .metrics import MetricsLog, device_census, mfu_peak
+from .metrics import MetricsLog, device_census, mfu_peak, read_metrics
 from .optim import Lamb, parameter_groups, schedule_multiplier
 from .rank_zero import long_wait_s, on_rank0, start_run, store_key
 from .recipe import Recipe
@@ -841,6 +841,10 @@ class Trainer:
         self.log.write("export", self.step, path=str(export_dir))
         if self.recipe.publish is not None:
             publish = self.recipe.publish
+            earlier = self._published_by_an_earlier_attempt()
+            if earlier is not None:
+                self.status(f"step {self.step} is published already, as {earlier} (by an earlier attempt of this run)")
+                return earlier
             version = publish.version or f"step{self.step}-{time.strftime('%Y%m%d-%H%M%S')}"
             from .summary import plot as plot_curves
 
@@ -851,6 +855,19 @@ class Trainer:
                                     figures={"training curves": curves}, recipe=self.recipe.to_dict())
             self.log.write("publish", self.step, ref=published)
         return published
+
+    def _published_by_an_earlier_attempt(self) -> str | None:
+        """The reference an earlier attempt published this step as, where it is in the registry: a run that
+        failed after publishing (or a finished one started again by `--resume auto`) resumes at its last
+        step and would publish the same weights again, as a second version, or fail on a fixed one."""
+        from zoo.registry import Registry, parse_ref
+
+        for record in reversed(read_metrics(self.log.path, "publish") if self.log.path.exists() else []):
+            if record.get("step") == self.step:
+                name, version = parse_ref(record["ref"])
+                if version in Registry(self.recipe.publish.registry).versions(name):
+                    return record["ref"]
+        return None
 
     def close(self) -> None:
         close_distributed()

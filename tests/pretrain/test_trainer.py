@@ -216,19 +216,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corp
     assert f"Last good checkpoint: {last.path}" in output
 
 
-def test_resume_auto_starts_afresh_then_continues(tmp_path, corpus_file, cache_dir):
+def test_resume_auto_starts_afresh_then_continues(tmp_path, corpus_file, cache_dir, registry):
     """`--resume auto` serves a job that a scheduler starts again with the same command (SLURM --requeue,
     torchrun --max-restarts): the first time it starts afresh, where `--resume` finds no checkpoint, and
     sets aside what an attempt that died before its first checkpoint logged; the next time it continues.
+    A finished run started again does not publish its last step a second time (a fixed version failed).
     --restart, which would delete the run at every start, is refused with it."""
-    recipe = write_recipe(tmp_path, corpus_file, cache_dir, "requeued", steps=4)
+    recipe = write_recipe(tmp_path, corpus_file, cache_dir, "requeued", steps=4,
+                          publish={"name": "requeued-test", "version": "1"})
     run_dir = tmp_path / "requeued"
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 2, "loss": 9.5}) + "\n")
     code, output = launch(recipe, ranks=1, args=["--resume"])
     assert code == 1 and f"pretrain: no complete checkpoint under {run_dir / 'checkpoints'}" in output, output[-3000:]
     code, output = launch(recipe, ranks=1, args=["--resume", "auto"])
-    assert code == 0, output[-3000:]
+    assert code == 0 and "published requeued-test@1" in output, output[-3000:]
     earlier = [path.name for path in run_dir.glob("metrics.*.jsonl")]
     assert len(earlier) == 1 and (f"pretrain: metrics.jsonl: an earlier attempt's records (no checkpoint of it is "
                                   f"left) moved to {earlier[0]}; the run starts afresh") in output
@@ -237,7 +239,10 @@ def test_resume_auto_starts_afresh_then_continues(tmp_path, corpus_file, cache_d
     assert trained == [1, 2, 3, 4] and losses(run_dir)[2] != 9.5
     code, output = launch(recipe, ranks=1, args=["--resume", "auto"])
     assert code == 0 and "resumed from step_0000004 (step 4)" in output, output[-3000:]
+    assert ("pretrain: step 4 is published already, as requeued-test@1 (by an earlier attempt of this run)"
+            in output)
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl", "train")] == [1, 2, 3, 4]
+    assert [r["ref"] for r in read_metrics(run_dir / "metrics.jsonl", "publish")] == ["requeued-test@1"]
     code, output = launch(recipe, ranks=1, args=["--resume", "auto", "--restart"])
     assert code == 2 and "--restart deletes the run that --resume continues: give one of them" in output
     assert (run_dir / "checkpoints" / "step_0000004").is_dir()
