@@ -49,23 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(recipe, resume=args.resume, restart=args.restart)
         result = trainer.train()
     except PretrainError as error:
-        if not error.mirrored:  # a copy of rank 0's error is printed there, once
+        if not error.mirrored:  # a copy of rank 0's error is printed and announced there, once
             print(f"pretrain: {error}", file=sys.stderr, flush=True)
-        rank_failure.announce(None if error.mirrored else f"failed: {_first_line(error)}")
+            rank_failure.announce(f"failed: {_first_line(error)}")
         close_distributed(barrier=False)  # the other ranks may be anywhere: do not wait for them
         return 1
     except RuntimeError as error:
         message = lost_peer_message(error, trainer)
         if message is None:
             rank_failure.announce(f"failed: {_first_line(error)}")
-            _say_where_to_resume(trainer)
+            if trainer is not None:
+                trainer.say_where_to_resume()
             raise
         print(message, file=sys.stderr, flush=True)  # and leave without a collective: the peer will not answer
         rank_failure.announce("lost contact with another rank")
         return 1
     except BaseException as error:  # a bug, an interrupt: the traceback follows
         rank_failure.announce(f"failed: {_first_line(error)}")
-        _say_where_to_resume(trainer)
+        if trainer is not None:
+            trainer.say_where_to_resume()
         raise
     if trainer.rank == 0:
         print(f"pretrain: finished {recipe.run_name} at step {result.step}; outputs in {result.output_dir}")
@@ -76,17 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain: published {result.published}")
     trainer.close()
     return 0
-
-
-def _say_where_to_resume(trainer) -> None:
-    """Rank 0's line, above the traceback of an unexpected error, on the checkpoint to resume from."""
-    if trainer is not None and trainer.rank == 0:
-        from .checkpoint import resume_hint
-
-        try:
-            print(f"pretrain: {resume_hint(trainer.checkpoint_dir)}", file=sys.stderr, flush=True)
-        except Exception:
-            pass  # the folder cannot be read (the error itself may be the file system's): the traceback says why
 
 
 def _first_line(error: BaseException) -> str:

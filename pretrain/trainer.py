@@ -298,10 +298,10 @@ class Trainer:
         self.recipe = recipe
         normalize_cuda_arch_list()  # before DeepSpeed builds an op (FusedLamb, FusedAdam) on Hopper
         self.rank, self.world, self.local_rank, device = init_distributed()
-        run = start_run()
-        rank_failure.watch(self.rank, self.world, run, before_exit=self._before_exit_on_another_ranks_failure)
         self.output_dir = Path(recipe.training.output_dir or (default_cache_dir().parent / "runs" / recipe.run_name))
         self.checkpoint_dir = self.output_dir / "checkpoints"
+        run = start_run()
+        rank_failure.watch(self.rank, self.world, run, before_exit=self._before_exit_on_another_ranks_failure)
         self._check_shared_output_dir()
         self.resume_from = self._plan_resume(resume, restart)
         self.log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.rank == 0)
@@ -340,9 +340,16 @@ class Trainer:
     def _before_exit_on_another_ranks_failure(self) -> None:
         """Before the process ends on another rank's failure (pretrain/rank_failure.py): rank 0 names the
         checkpoint to resume from, and a CPU rank removes its shared-memory buffer."""
-        if self.rank == 0 and hasattr(self, "checkpoint_dir"):
-            print(f"pretrain: {ckpt.resume_hint(self.checkpoint_dir)}", file=sys.stderr, flush=True)
+        self.say_where_to_resume()
         _remove_shm_allreduce_buffer()
+
+    def say_where_to_resume(self) -> None:
+        """Rank 0's line on the checkpoint to resume from, as a run that stops unexpectedly ends."""
+        if self.rank == 0:
+            try:
+                print(f"pretrain: {ckpt.resume_hint(self.checkpoint_dir)}", file=sys.stderr, flush=True)
+            except Exception:
+                pass  # the folder cannot be read (the error itself may be the file system's): the traceback says why
 
     def status(self, message: str) -> None:
         """A line on rank 0's console about what the run is doing (tokenising, compiling, resuming)."""
