@@ -190,7 +190,7 @@ def shared_qk_attention(q, k, v, mask, scale: float, dropout_p: float, **_):
 @register("softmax_attention", "sdpa", device_types=("cuda",), accepts=_sdpa_wanted)
 def sdpa(q, k, v, mask, scale: float, dropout_p: float, **_):
     """torch's scaled_dot_product_attention (its fused kernels on CUDA)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale), None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_bias(mask, q), dropout_p=dropout_p, scale=scale), None
 
 
 register("softmax_attention", "sdpa-requested", accepts=_sdpa_requested)(sdpa)
@@ -210,11 +210,30 @@ def attention_with_weights(q, k, v, mask, scale: float, dropout_p: float, **_):
     return torch.matmul(fast_dropout(probs, dropout_p, dropout_p > 0.0), v), probs
 
 
-def additive_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """The boolean mask as an additive one: 0 where a key is seen, the dtype's minimum where not."""
+def additive_bias(mask: torch.Tensor | None, dtype: torch.dtype, least_of: torch.dtype | None = None) -> torch.Tensor | None:
+    """The boolean mask as an additive one in `dtype`: 0 where a key is seen, the minimum of `least_of`
+    (`dtype` unless given) where not. Added to a row's scores the minimum absorbs them, so a row that sees
+    no key at all (a batch row of padding alone) gets equal probabilities: the mean of v."""
     if mask is None:
         return None
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    least = torch.finfo(least_of or dtype).min
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, least)
+
+
+def sdpa_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
+    """sdpa's `attn_mask` for the boolean `mask`: `additive_bias` at the minimum of the dtype sdpa computes
+    in (autocast's, where autocast casts q; fp32's minimum cast to bf16 would be -inf). A boolean mask
+    gives a row that sees no key zeros from torch's CPU kernels and, by kernel and torch version, zeros
+    or NaN on CUDA (NaN that reaches the weights' gradients through the products with it), where the
+    other entries give the mean of v; with this one every entry gives the mean of v, as transformers'
+    eager BERT does."""
+    if mask is None:
+        return None
+    device_type = q.device.type
+    computes_in = q.dtype
+    if q.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+        computes_in = torch.get_autocast_dtype(device_type)
+    return additive_bias(mask, q.dtype, least_of=computes_in)
 
 
 @register("softmax_attention", "blocked-cpu-kernel", device_types=("cpu",), dtypes=FLOAT_KERNEL_DTYPES,
@@ -276,7 +295,7 @@ def sdpa_shared_qk(q, k, v, mask, dropout_p: float, scale: float, value_width: i
     measures both). Without dropout it is the same function for every w; with dropout each slice draws
     its own mask over the same probabilities, at the same rate per element.
     """
-    out = F.scaled_dot_product_attention(*shared_qk_operands(q, k, v, value_width), attn_mask=mask,
+    out = F.scaled_dot_product_attention(*shared_qk_operands(q, k, v, value_width), attn_mask=sdpa_bias(mask, q),
                                          dropout_p=dropout_p, scale=scale)
     batch, groups, q_len, width = out.shape
     return out.transpose(1, 2).reshape(batch, 1, q_len, groups * width)
@@ -418,7 +437,9 @@ class SoftmaxAttention(torch.autograd.Function):
             else:
                 grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
                 grad_p = torch.matmul(grad_out, v.transpose(-1, -2))
-            row = (grad_p * probs).sum(-1, keepdim=True, dtype=torch.float32).to(grad_p.dtype)
+            # accumulated in fp32 at least (fp64 stays fp64: a float32 sum put errors of 1e-8 into fp64 gradients)
+            row = (grad_p * probs).sum(-1, keepdim=True, dtype=torch.promote_types(grad_p.dtype, torch.float32))
+            row = row.to(grad_p.dtype)
             grad_s = grad_p.sub_(row).mul_(probs)
             grad_q = torch.matmul(grad_s, k)
             if ctx.scale != 1.0:

@@ -380,3 +380,77 @@ def test_dropout_seeds_come_from_the_cpu_generator_whatever_the_default_device()
     with torch.device("meta"):
         seeds = (new_seed(), ops.seed_tensor())
     assert seeds[0] == expected[0] and seeds[1].device.type == "cpu" and torch.equal(seeds[1], expected[1])
+
+
+def entries_for(dtype: torch.dtype):
+    """Every softmax attention entry that this machine can run on CPU tensors of `dtype`, whatever device it
+    is registered for (the Triton one in Triton's interpreter, which the suite turns on without a GPU)."""
+    from zoo.kernels import available
+    from zoo.kernels.registry import DISABLED, implementations
+
+    def runs_here(entry) -> bool:
+        if entry.dtypes is not None and dtype not in entry.dtypes:
+            return False
+        if entry.needs == "triton" and torch.cuda.is_available():
+            return False  # the Triton kernels run on CUDA tensors there, in tests/zoo/test_triton_kernels.py
+        return entry.name not in DISABLED and (entry.needs is None or available(entry.needs))
+
+    return [entry for entry in implementations("softmax_attention") if runs_here(entry)]
+
+
+@pytest.mark.parametrize("dtype, autocast", [(torch.float64, False), (torch.float32, False), (torch.bfloat16, False),
+                                             (torch.float32, True)])
+def test_a_row_that_sees_no_key_gets_the_mean_of_v_from_every_entry(dtype, autocast):
+    """A batch row of padding alone: every entry gives its query rows equal probabilities over the keys (the
+    mean of v, as transformers' eager BERT gives), and, with a loss that does not read that row (its gradient
+    0), the same finite gradients as the plain autograd entry. torch's sdpa given the boolean mask gave zeros
+    on the CPU (and, by kernel, zeros or NaN on CUDA, which the products with a zero gradient would carry into
+    the weights' gradients), the others the mean of v. With fp32 inputs under bf16 autocast sdpa computes in
+    bf16, where fp32's minimum becomes -inf. (A loss that reads the row gets gradients for its q and k that
+    differ by entry: its scores are absorbed by the mask, and the additive entries differentiate the sum.)
+    GAU's shape (one head, v twice as wide as q and k) so that every entry, the heads sharing q/k too, takes it.
+    Tolerances: fp64 to rounding; fp32 a few units of 2⁻²⁴ over 7 keys; bf16 (and fp32 inputs computed in bf16)
+    one bf16 rounding of values below 4 (2⁻⁸ relative), gradients a few."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 1, 7, width, generator=g, dtype=torch.float64) for width in (8, 8, 16))
+    grad = torch.randn(2, 1, 7, 16, generator=g, dtype=torch.float64)
+    grad[1] = 0.0
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[0, ..., 5:] = False
+    mask[1] = False
+    tolerance = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 3e-2}[torch.bfloat16 if autocast else dtype]
+    expected = torch.cat([reference_attention(q[:1], k[:1], v[:1], mask[:1, 0, 0], 8**-0.5), v[1:].mean(-2, keepdim=True)
+                          .expand(1, 1, 7, 16)])
+    results = {}
+    for entry in entries_for(dtype):
+        leaves = [t.to(dtype, copy=True).requires_grad_() for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, _ = entry.fn(*leaves, mask, 8**-0.5, 0.0, need_weights=False, backend="auto")
+        out.backward(grad.to(out.dtype))
+        results[entry.name] = [out.detach().double(), *(leaf.grad.double() for leaf in leaves)]
+        assert all(torch.isfinite(t).all() for t in results[entry.name]), entry.name
+        torch.testing.assert_close(results[entry.name][0], expected, rtol=tolerance, atol=tolerance, msg=entry.name)
+    assert {"sdpa", "sdpa-shared-qk", "with-weights", "matmul"} <= set(results)
+    for name, (_, *grads) in results.items():
+        for got, want, what in zip(grads, results["with-weights"][1:], "qkv"):
+            torch.testing.assert_close(got, want, rtol=4 * tolerance, atol=4 * tolerance, msg=f"{name}: d{what}")
+
+
+@pytest.mark.parametrize("family", ["roformer-v2", "gau-alpha", "deepnet"])
+def test_a_batch_row_of_padding_alone_is_the_same_through_every_backend(family):
+    """The whole model in fp64 and, under bf16 autocast, as CUDA runs it: a batch with a row whose attention mask
+    is all zeros gives the same hidden states (that row's too) through the explicit attention and sdpa."""
+    model = randomize(model_class(make_config(family, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                                  "base")(make_config(family, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
+    ids, mask = batch()
+    mask[2] = 0
+    for dtype, autocast, tolerance in [(torch.float64, False, 1e-10), (torch.float32, True, 5e-2)]:
+        model.to(dtype).eval()
+        states = {}
+        for backend in ("matmul", "sdpa"):
+            model.config.attention_backend = backend
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                states[backend] = model(input_ids=ids, attention_mask=mask).last_hidden_state.double()
+        assert torch.isfinite(states["sdpa"]).all()
+        torch.testing.assert_close(states["sdpa"][2], states["matmul"][2], rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(states["sdpa"], states["matmul"], rtol=tolerance, atol=tolerance)
