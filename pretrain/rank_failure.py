@@ -33,6 +33,8 @@ from datetime import timedelta
 import torch.distributed as dist
 
 POLL_S = 2.0  # how often each rank looks for the word (one small request to the store)
+CONNECT_TIMEOUT_S = 30.0
+ANNOUNCE_WAIT_S = 5.0  # how long a failing rank waits for its watcher's connection, where it is still being made
 _watch: _Watch | None = None
 
 
@@ -44,11 +46,28 @@ class _Watch:
         self.stopping = threading.Event()  # this rank is leaving (its own error, or the end of the run)
         self.counted = False
         self.lock = threading.Lock()
-        self.store = _connect(timedelta(seconds=30))
+        self.store: dist.TCPStore | None = None  # the thread connects
+        self.tried = threading.Event()  # the thread's connect returned or failed
         self.thread = threading.Thread(target=self._listen, name="zoo-rank-failure-watch", daemon=True)
         self.thread.start()
 
     def _listen(self) -> None:
+        # The connection is made here, so that a store that takes no more connections (rank 0 out of open
+        # files: pretrain/trainer.py, raise_open_file_limit) costs the run its watch, not its start.
+        try:
+            store = _connect(timedelta(seconds=CONNECT_TIMEOUT_S))
+        except Exception as error:
+            self.tried.set()
+            if self.stopping.is_set():
+                return  # the run ended meanwhile
+            print(f"pretrain: rank {self.rank} of {self.world} does not watch for other ranks' failures (no connection "
+                  f"to the rendezvous store: {str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                  "if another rank fails, this one waits for the collectives' timeout (ZOO_DIST_TIMEOUT_S)",
+                  file=sys.stderr, flush=True)
+            return
+        with self.lock:
+            self.store = store
+        self.tried.set()
         # a look every POLL_S seconds rather than one long wait: a store's wait logs a warning each time it
         # times out, and cannot be called off when the run ends
         while not self.stopping.wait(POLL_S):
@@ -106,8 +125,11 @@ def announce(what: str | None) -> None:
     watch = _watch
     if watch is None:
         return
+    watch.tried.wait(ANNOUNCE_WAIT_S)  # a failure in the run's first moments: the connection is being made
     with watch.lock:
         watch.stopping.set()
+        if watch.store is None:
+            return  # no connection: the others hear of it from their collectives
     try:
         # the watcher's connection: a new one to a store that is gone (rank 0 died) takes many seconds to
         # give up, where this one fails at once

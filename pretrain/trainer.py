@@ -185,6 +185,7 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
     device = parse_device("auto", local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before NCCL starts, so each rank's communicator sits on its GPU
+    raise_open_file_limit(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")))
     if not dist.is_initialized():
         timeout = timedelta(seconds=float(os.environ.get("ZOO_DIST_TIMEOUT_S", DIST_TIMEOUT_S)))
         # DeepSpeed builds its own groups (data parallel: the gradient all-reduce) with new_group(ranks),
@@ -200,6 +201,38 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or world)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return rank, world, local_rank, device
+
+
+FILES_PER_RANK = 3  # on rank 0: the rendezvous store's connection from each rank, its failure watcher's, NCCL's bootstrap
+FILES_BESIDES = 512  # libraries, CUDA, the corpus cache, the data loader, checkpoints
+
+
+def raise_open_file_limit(world: int, rank: int) -> int:
+    """Raise this process's soft limit on open files to its hard limit, and return it. Rank 0's process
+    holds the rendezvous store, which keeps a connection from every rank and another from every rank's
+    failure watcher (pretrain/rank_failure.py), and NCCL's bootstrap takes one more from every rank while
+    it sets up a communicator: about FILES_PER_RANK per rank. Many systems start processes with a soft
+    limit of 1024 under a far higher hard one; past the limit the store accepts no connection, and a rank's
+    connect waits out its timeout (at 1024, from about 300 ranks on). Where the hard limit itself is short,
+    rank 0 says how many it needs."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # a hard limit above the kernel's nr_open: keep the soft one
+            pass
+    needed = FILES_PER_RANK * world + FILES_BESIDES
+    if rank == 0 and world > 1 and soft != resource.RLIM_INFINITY and soft < needed:
+        print(f"pretrain: rank 0 may hold about {needed} open files ({FILES_PER_RANK} per rank of {world}: the "
+              f"rendezvous store's connections and NCCL's) but may open {soft} (its hard limit); where it runs out, "
+              f"ranks wait for connections that time out. Raise the limit where the launcher starts rank 0 (`ulimit "
+              f"-Hn {needed}` as root, LimitNOFILE= in a systemd unit, nofile in /etc/security/limits.conf)",
+              file=sys.stderr, flush=True)
+    return soft
 
 
 def dropout_seed(seed: int, first_sample: int) -> int:

@@ -133,3 +133,50 @@ def test_rank_0_keeps_the_store_until_every_rank_has_the_word(tmp_path):
     for rank in (0, 2):
         assert outputs[rank] == (f"pretrain: rank {rank} of 3 stops because rank 1 failed: OutOfMemoryError: CUDA out "
                                  "of memory\n"), outputs[rank]
+
+
+def test_a_watch_that_cannot_connect_costs_the_run_nothing_but_the_watch(monkeypatch, capsys):
+    """Rank 0's store takes no more connections (its process out of open files) or cannot be reached: the
+    watcher's connect happens on its thread, so the run starts while it tries; when it gives up the rank says
+    it does not watch, and a later failure of its own ends it as before (nothing to post it to). Before, the
+    connect was made in `watch`, and its timeout raised from the trainer's start."""
+    from pretrain import rank_failure
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))  # nothing listens there
+    monkeypatch.setattr(rank_failure, "CONNECT_TIMEOUT_S", 2.0)
+    rank_failure.watch(1, 2, "a-run")
+    watch = rank_failure._watch
+    try:
+        assert watch is not None and not watch.tried.is_set()  # still connecting: watch() did not wait for it
+        assert watch.tried.wait(60)
+        assert watch.store is None
+        assert capsys.readouterr().err.startswith("pretrain: rank 1 of 2 does not watch for other ranks' failures (no "
+                                                  "connection to the rendezvous store: ")
+        rank_failure.announce("failed: OutOfMemoryError: CUDA out of memory")  # returns: no store to post it to
+        assert watch.stopping.is_set()
+    finally:
+        rank_failure.stop()
+
+
+def test_every_rank_raises_its_open_file_limit_and_rank_0_says_where_the_hard_one_is_short(monkeypatch, capsys):
+    """Rank 0's store keeps connections from every rank and its watcher (3 open files per rank with NCCL's
+    bootstrap); a soft limit of 1024 under a hard one of 20000 ran out at a few hundred ranks. The soft limit
+    is raised to the hard one; where the hard one is short of 3 per rank, rank 0 names what it needs."""
+    import resource
+
+    from pretrain.trainer import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        assert raise_open_file_limit(2, 0) == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1024))
+    assert raise_open_file_limit(1000, 1) == 1024 and capsys.readouterr().err == ""  # only rank 0 holds the store
+    assert raise_open_file_limit(1000, 0) == 1024
+    assert capsys.readouterr().err.startswith("pretrain: rank 0 may hold about 3512 open files (3 per rank of 1000: "
+                                              "the rendezvous store's connections and NCCL's) but may open 1024")
