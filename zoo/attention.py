@@ -48,11 +48,21 @@ class AttentionMask:
     key_valid: [B, S] bool, False for padded keys (None = no padding).
     window:    if set, query i sees key j only when |i − j| ≤ window (sliding window).
     sink:      with a window, the first `sink` keys stay visible to every query (Λ-mask).
+
+    A sequence of padding alone (a row of `key_valid` without a True) is attended as if it had no padding,
+    every key visible: a query row that sees no key has no softmax, and each kernel made its own of it
+    (torch's sdpa zeros, or NaN on CUDA, ours the mean of v; the gradients three ways where a loss reads the
+    row; relu² NaN gradients where none does). Only a window can still leave a (padded) query row without
+    a key; `sdpa_bias` keeps such a row finite.
     """
 
     key_valid: torch.Tensor | None = None
     window: int | None = None
     sink: int = 0
+
+    def __post_init__(self):
+        if self.key_valid is not None:
+            self.key_valid = self.key_valid | ~self.key_valid.any(-1, keepdim=True)
 
     @property
     def is_trivial(self) -> bool:
@@ -125,7 +135,7 @@ def attention(
             else mask.visible_keys(q_len, k_len, device)
         )
         scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-        probs = torch.relu(scores).square() / visible.to(scores.dtype)
+        probs = torch.relu(scores).square() / visible.clamp_min(1).to(scores.dtype)  # a row of n = 0 is masked out
         if dense_mask is not None:
             probs = probs.masked_fill(~dense_mask, 0.0)
         out = torch.matmul(fast_dropout(probs, p, training), v)
@@ -222,11 +232,10 @@ def additive_bias(mask: torch.Tensor | None, dtype: torch.dtype, least_of: torch
 
 def sdpa_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
     """sdpa's `attn_mask` for the boolean `mask`: `additive_bias` at the minimum of the dtype sdpa computes
-    in (autocast's, where autocast casts q; fp32's minimum cast to bf16 would be -inf). A boolean mask
-    gives a row that sees no key zeros from torch's CPU kernels and, by kernel and torch version, zeros
-    or NaN on CUDA (NaN that reaches the weights' gradients through the products with it), where the
-    other entries give the mean of v; with this one every entry gives the mean of v, as transformers'
-    eager BERT does."""
+    in (autocast's, where autocast casts q; fp32's minimum cast to bf16 would be -inf). A query row that
+    sees no key (a window can leave one: AttentionMask) then gets the mean of v, as from the other
+    entries, where the boolean mask gave it zeros from torch's CPU kernels and, by kernel and torch
+    version, zeros or NaN on CUDA (NaN that a zero gradient carries into the weights' gradients)."""
     if mask is None:
         return None
     device_type = q.device.type
@@ -237,7 +246,7 @@ def sdpa_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None
 
 
 @register("softmax_attention", "blocked-cpu-kernel", device_types=("cpu",), dtypes=FLOAT_KERNEL_DTYPES,
-          needs="attention", accepts=lambda q, k, *args, **_: q.shape[-2] > 0 and k.shape[-2] > 0)
+          needs="attention", accepts=lambda q, k, *args, **_: q.numel() > 0 and k.numel() > 0)
 def blocked_attention_entry(q, k, v, mask, scale: float, dropout_p: float, **_):
     """The compiled CPU kernel (`blocked_softmax_attention`)."""
     dtype = v.dtype

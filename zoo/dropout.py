@@ -22,10 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import keep_scale, ops, threshold_for
+from .kernels import LANES, keep_scale, ops, threshold_for
 from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register
-
-_LANES = 65536
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[torch.Tensor, float]:
@@ -39,8 +37,8 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     numel = math.prod(shape)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
     lanes = words.view(torch.int16)[:numel].view(shape)
-    keep = lanes >= threshold - _LANES // 2
-    return keep, _LANES / (_LANES - threshold)
+    keep = lanes >= threshold - LANES // 2
+    return keep, keep_scale(p)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

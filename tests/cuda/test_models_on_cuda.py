@@ -31,8 +31,8 @@ def padded_batch(length=48, batch=3):
 
 
 def assert_cuda_equals_the_cpu(preset: str, backend: str, device: str = "cuda") -> None:
-    """fp32, padded batch with a row of padding alone (every attention gives its rows the mean of v, where
-    sdpa given a boolean mask gave zeros or NaN). CUDA and the CPU sum in other orders (and GAU's attention
+    """fp32, padded batch with a row of padding alone (attended as if unpadded: zoo.attention.AttentionMask;
+    its query rows saw no key, and sdpa gave them zeros or NaN). CUDA and the CPU sum in other orders (and GAU's attention
     is split into heads that share q/k on CUDA, or, with "matmul", runs through the Triton softmax between
     cuBLAS products): logits of size ≈ 6 agree to 1e-4 at every position, padding too (measured 2–4e-6 at
     the valid ones, gpu.md §1); gradients of the whole model to 1e-3 relative to their norm. bf16 autocast

@@ -401,13 +401,14 @@ def entries_for(dtype: torch.dtype):
 @pytest.mark.parametrize("dtype, autocast", [(torch.float64, False), (torch.float32, False), (torch.bfloat16, False),
                                              (torch.float32, True)])
 def test_a_row_that_sees_no_key_gets_the_mean_of_v_from_every_entry(dtype, autocast):
-    """A batch row of padding alone: every entry gives its query rows equal probabilities over the keys (the
-    mean of v, as transformers' eager BERT gives), and, with a loss that does not read that row (its gradient
-    0), the same finite gradients as the plain autograd entry. torch's sdpa given the boolean mask gave zeros
-    on the CPU (and, by kernel, zeros or NaN on CUDA, which the products with a zero gradient would carry into
-    the weights' gradients), the others the mean of v. With fp32 inputs under bf16 autocast sdpa computes in
-    bf16, where fp32's minimum becomes -inf. (A loss that reads the row gets gradients for its q and k that
-    differ by entry: its scores are absorbed by the mask, and the additive entries differentiate the sum.)
+    """A query row that sees no key (AttentionMask leaves them to windows; here the entries get the mask
+    directly): every entry gives it equal probabilities over the keys (the mean of v), and, with a loss that
+    does not read that row (its gradient 0), the same finite gradients as the plain autograd entry. torch's
+    sdpa given the boolean mask gave zeros on the CPU (and, by kernel, zeros or NaN on CUDA, which the
+    products with a zero gradient would carry into the weights' gradients), the others the mean of v. With
+    fp32 inputs under bf16 autocast sdpa computes in bf16, where fp32's minimum becomes -inf. (A loss that
+    reads the row gets gradients for its q and k that differ by entry: its scores are absorbed by the mask,
+    and the additive entries differentiate the sum; fp16's minimum does not absorb them in an fp32 kernel.)
     GAU's shape (one head, v twice as wide as q and k) so that every entry, the heads sharing q/k too, takes it.
     Tolerances: fp64 to rounding; fp32 a few units of 2⁻²⁴ over 7 keys; bf16 (and fp32 inputs computed in bf16)
     one bf16 rounding of values below 4 (2⁻⁸ relative), gradients a few."""
@@ -436,21 +437,49 @@ def test_a_row_that_sees_no_key_gets_the_mean_of_v_from_every_entry(dtype, autoc
             torch.testing.assert_close(got, want, rtol=4 * tolerance, atol=4 * tolerance, msg=f"{name}: d{what}")
 
 
-@pytest.mark.parametrize("family", ["roformer-v2", "gau-alpha", "deepnet"])
-def test_a_batch_row_of_padding_alone_is_the_same_through_every_backend(family):
-    """The whole model in fp64 and, under bf16 autocast, as CUDA runs it: a batch with a row whose attention mask
-    is all zeros gives the same hidden states (that row's too) through the explicit attention and sdpa."""
-    model = randomize(model_class(make_config(family, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-                                  "base")(make_config(family, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
+@pytest.mark.parametrize("family, overrides", [("roformer-v2", {}), ("gau-alpha", {}), ("deepnet", {}),
+                                               ("gau-alpha", {"attention_normalization": "relu2"})])
+def test_a_sequence_of_padding_alone_is_attended_as_if_unpadded_through_every_backend(family, overrides):
+    """A batch row whose attention mask is all zeros: in fp64 its hidden states are those of the same tokens
+    run alone without a mask, through the explicit attention and sdpa, and a classification loss that reads
+    it gets the same finite gradients through both. Before, its query rows saw no key: the forward pass gave
+    sdpa's zeros against our kernels' mean of v, the gradients differed 10–60× between them, and relu²
+    (n = 0 keys) made them NaN even where the loss ignored the row."""
+    config = make_config(family, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3, **overrides)
+    model = randomize(model_class(config, "sequence-classification")(config)).double().train()
     ids, mask = batch()
     mask[2] = 0
-    for dtype, autocast, tolerance in [(torch.float64, False, 1e-10), (torch.float32, True, 5e-2)]:
-        model.to(dtype).eval()
-        states = {}
-        for backend in ("matmul", "sdpa"):
-            model.config.attention_backend = backend
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                states[backend] = model(input_ids=ids, attention_mask=mask).last_hidden_state.double()
-        assert torch.isfinite(states["sdpa"]).all()
-        torch.testing.assert_close(states["sdpa"][2], states["matmul"][2], rtol=tolerance, atol=tolerance)
-        torch.testing.assert_close(states["sdpa"], states["matmul"], rtol=tolerance, atol=tolerance)
+    labels = torch.tensor([0, 1, 2])
+    got = {}
+    for backend in ("matmul", "sdpa"):
+        model.config.attention_backend = backend
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, output_hidden_states=True)
+        out.loss.backward()
+        alone = model(input_ids=ids[2:], output_hidden_states=True).hidden_states[-1][0]
+        torch.testing.assert_close(out.hidden_states[-1][2], alone, rtol=1e-10, atol=1e-10, msg=backend)
+        got[backend] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    for name, grad in got["matmul"].items():
+        assert torch.isfinite(grad).all(), name
+        torch.testing.assert_close(got["sdpa"][name], grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
+def test_an_empty_batch_passes_through_every_backend():
+    """Batch size 0 (an empty last shard): the CPU kernel's entry took it and failed reshaping its output."""
+    q, k, v = (torch.randn(0, 4, 7, 16) for _ in range(3))
+    for backend in ("matmul", "sdpa"):
+        assert attention(q, k, v, None, backend=backend, dropout_p=0.1, training=True)[0].shape == (0, 4, 7, 16)
+    model = zoo.create("roformer-v2-mini").train()
+    assert model(input_ids=torch.zeros(0, 7, dtype=torch.long)).logits.shape == (0, 7, 12000)
+
+
+def test_a_dropout_rate_that_rounds_to_every_lane_keeps_one_lane_in_65536():
+    """A rate in [1 − 2⁻¹⁷, 1), which configs accept, rounded to all 2¹⁶ lanes and divided by zero in the
+    keep scale (the CPU's dropout, residual step and attention raised ZeroDivisionError)."""
+    p = 1 - 2**-18
+    assert threshold_for(p) == 65535 and keep_scale(p) == 65536.0
+    x = torch.ones(64, 4096)
+    out = dropout(x, p, training=True)
+    assert set(out.unique().tolist()) <= {0.0, 65536.0}
+    out, _ = attention(*qkv(dtype=torch.float32), None, dropout_p=p, training=True, backend="matmul")
+    assert torch.isfinite(out).all()

@@ -126,7 +126,7 @@ class PositionVariant:
                     f"input has relative distances up to {seq_len - 1}, so the {what} would change nothing"
                 )
         mask = AttentionMask(key_valid=key_valid, window=self.window, sink=self.sink if self.window is not None else 0)
-        visible = visible_key_counts(key_valid, seq_len, mask.window, mask.sink, device)
+        visible = visible_key_counts(mask.key_valid, seq_len, mask.window, mask.sink, device)  # (padding alone sees every key)
         row_scale = None
         if config.attention_normalization == "softmax_plus":  # the checkpoint's own log n, over visible keys
             row_scale = log_length_scale(visible, config.softmax_plus_base, config.softmax_plus_min_len)
