@@ -223,7 +223,7 @@ def attention_with_weights(q, k, v, mask, scale: float, dropout_p: float, **_):
 def additive_bias(mask: torch.Tensor | None, dtype: torch.dtype, least_of: torch.dtype | None = None) -> torch.Tensor | None:
     """The boolean mask as an additive one in `dtype`: 0 where a key is seen, the minimum of `least_of`
     (`dtype` unless given) where not. Added to a row's scores the minimum absorbs them, so a row that sees
-    no key at all (a batch row of padding alone) gets equal probabilities: the mean of v."""
+    no key at all (a window can leave one: AttentionMask) gets equal probabilities: the mean of v."""
     if mask is None:
         return None
     least = torch.finfo(least_of or dtype).min
