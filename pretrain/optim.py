@@ -1,12 +1,18 @@
 """Optimizers and learning-rate schedules.
 
 LAMB (You et al. 2019) as bert4keras trains RoFormerV2 and GAU-α (architectures.md §1.6): AdamW's
-update u = m̂/(√v̂ + ε) + λ·x, rescaled per tensor so that its norm equals the weight's norm,
+update u = m/(√v + ε) + λ·x, rescaled per tensor so that its norm equals the weight's norm,
 
-    x ← x − lr · r · u,   r = ‖x‖ / ‖u‖ (1 when either norm is 0), clipped to [min_coeff, max_coeff]
+    x ← x − lr · c_t · r · u,   r = ‖x‖ / ‖u‖ (1 when either norm is 0), clipped to [min_coeff, max_coeff]
 
-(DeepSpeed's FusedLamb clips r to [0.01, 10]; bert4keras does not clip). DeepSpeed's FusedLamb
-has no CPU kernel, so off CUDA this one runs instead, with the same parameters.
+(DeepSpeed's FusedLamb clips r to [0.01, 10]; bert4keras does not clip). DeepSpeed's FusedLamb runs
+on CUDA and has no CPU kernel, so off CUDA `Lamb` runs instead: the same function of the same
+parameters, with FusedLamb's defaults (fused_lamb_cuda_kernel.cu). With `bias_correction` that kernel
+does not correct m and v before the ratio; it multiplies the step by Adam's c_t = √(1 − β₂ᵗ)/(1 − β₁ᵗ)
+(c_t = 1 without). The paper corrects m and v instead, so that c_t all but cancels in the ratio: the two
+take other steps for the first thousands. The published recipes turn it off, as bert4keras does, and
+there all of them agree.
+`eps_inside_sqrt` puts ε under the root (√(v + ε)), as FusedLamb's option of that name does.
 """
 
 from __future__ import annotations
@@ -27,17 +33,18 @@ class Lamb(Optimizer):
         params,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
+        eps: float = 1e-8,
         weight_decay: float = 0.0,
         bias_correction: bool = True,
         max_coeff: float | None = 10.0,
         min_coeff: float | None = 0.01,
         adapt: bool = True,
+        eps_inside_sqrt: bool = False,
     ):
         if lr < 0 or eps < 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
             raise ValueError(f"invalid Lamb hyper-parameters lr={lr} betas={betas} eps={eps}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        bias_correction=bias_correction, max_coeff=max_coeff, min_coeff=min_coeff, adapt=adapt)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
+                        max_coeff=max_coeff, min_coeff=min_coeff, adapt=adapt, eps_inside_sqrt=eps_inside_sqrt)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -61,14 +68,15 @@ class Lamb(Optimizer):
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step_size = group["lr"]
                 if group["bias_correction"]:
                     t = state["step"].item()
-                    m_hat = exp_avg / (1 - beta1**t)
-                    v_hat = exp_avg_sq / (1 - beta2**t)
-                else:
-                    m_hat, v_hat = exp_avg, exp_avg_sq
+                    step_size *= math.sqrt(1 - beta2**t) / (1 - beta1**t)
                 weight = p.float()
-                update = m_hat / (v_hat.sqrt() + group["eps"])
+                if group.get("eps_inside_sqrt"):
+                    update = exp_avg / (exp_avg_sq + group["eps"]).sqrt()
+                else:
+                    update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(weight, alpha=group["weight_decay"])
                 ratio = 1.0
@@ -80,7 +88,7 @@ class Lamb(Optimizer):
                             ratio = min(ratio, group["max_coeff"])
                         if group["min_coeff"] is not None:
                             ratio = max(ratio, group["min_coeff"])
-                p.add_(update.to(p.dtype), alpha=-group["lr"] * ratio)
+                p.add_(update.to(p.dtype), alpha=-step_size * ratio)
         return loss
 
 

@@ -383,6 +383,14 @@ def validate_deepspeed(ds: dict, src: str) -> None:
         if not isinstance(optimizer, dict) or "type" not in optimizer:
             raise RecipeError(f"{src}: deepspeed.optimizer needs a type")
         stage = ds.get("zero_optimization", {}).get("stage", 0)
+        bf16 = next((key for key in ("bf16", "bfloat16") if isinstance(ds.get(key), dict) and ds[key].get("enabled")), None)
+        if optimizer["type"].lower() in LAMB_TYPES and bf16 is not None:
+            raise RecipeError(
+                f"{src}: deepspeed.{bf16}.enabled with optimizer Lamb: DeepSpeed's bf16 mode hands the optimizer bf16 "
+                "gradients, and on CUDA its FusedLamb kernel takes fp32 and fp16 ones only (\"lamb_cuda_kernel\" not "
+                "implemented for 'BFloat16'); use deepspeed.torch_autocast: {enabled: true, dtype: bfloat16} instead "
+                "(fp32 weights and gradients, bf16 matrix products), as the published recipes do"
+            )
         if optimizer["type"].lower() in LAMB_TYPES and stage > 0:
             raise RecipeError(
                 f"{src}: deepspeed.zero_optimization.stage={stage} with optimizer Lamb: LAMB's layer-wise trust "

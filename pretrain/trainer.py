@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 import zoo
 from zoo.families import CONFIG_CLASSES, FAMILIES, model_class
-from zoo.runtime import Runtime, parse_device
+from zoo.runtime import Runtime, bf16_is_native, parse_device
 
 from . import checkpoint as ckpt
 from . import rank_failure
@@ -301,21 +301,33 @@ def deepspeed_config(recipe: Recipe, device: torch.device) -> tuple[dict, dict |
 
 
 def _compute_dtype(config: dict) -> torch.dtype:
-    """The dtype the run's matmuls use: bf16 or fp16 (DeepSpeed's mixed precision or torch_autocast), else fp32."""
-    autocast = config.get("torch_autocast", {})
-    if config.get("bf16", {}).get("enabled") or (autocast.get("enabled") and "bfloat16" in str(autocast.get("dtype", "bfloat16"))):
+    """The dtype the run's matmuls use: bf16 or fp16 (DeepSpeed's mixed precision or torch_autocast), else fp32.
+    Read as DeepSpeed reads the config, so every spelling it takes counts ("bf16", "half", "torch.float16", the
+    old `bfloat16` block): a test of the names ("bfloat16" in the dtype) took "bf16" and "half" for fp32, and the
+    MFU was then against the fp32 peak (15× too high on an H100) and evaluation ran without autocast."""
+    from deepspeed.runtime.config import get_torch_autocast_dtype, get_torch_autocast_enabled
+    from deepspeed.runtime.precision_config import get_bfloat16_config, get_float16_config
+
+    if get_bfloat16_config(config).enabled:
         return torch.bfloat16
-    if config.get("fp16", {}).get("enabled") or (autocast.get("enabled") and "float16" in str(autocast.get("dtype"))):
+    if get_float16_config(config).enabled:
         return torch.float16
+    if get_torch_autocast_enabled(config):
+        return get_torch_autocast_dtype(config) or torch.bfloat16  # deepspeed_config names bf16 where none is given
     return torch.float32
 
 
-def _gradient_norm(module: torch.nn.Module) -> torch.Tensor | None:
-    """‖g‖₂ over the module's gradients (already averaged over ranks at the accumulation boundary)."""
+def _gradient_norm(module: torch.nn.Module, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor | None:
+    """‖g‖₂ over the module's gradients (already averaged over ranks at the accumulation boundary). With fp16
+    autocast DeepSpeed scales the loss (`scaler`, its torch_autocast_z0_gradscaler) and unscales the
+    gradients only in its step: they are read before it, so divided by the scale here (logged ×65536 before)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
         return None
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+    if scaler is not None and scaler.is_enabled():
+        norm = norm / scaler.get_scale()
+    return norm
 
 
 def _weight_decay(config: dict, own_optimizer: dict | None) -> float:
@@ -365,6 +377,9 @@ class Trainer:
                            f"{self.model.config.vocab_size} (model section of {recipe.source})")
         config, _ = deepspeed_config(recipe, device)
         self.runtime = Runtime(device, _compute_dtype(config))
+        if self.runtime.compute_dtype == torch.bfloat16 and not bf16_is_native(device):
+            self.status(f"{torch.cuda.get_device_name(device)} has no bf16 arithmetic: bf16 runs emulated, slower than "
+                        "fp32; on it, train in fp16 (deepspeed.torch_autocast.dtype=float16: DeepSpeed scales the loss)")
         self.corpus = self._build_corpus()
         self.policy = MaskingPolicy.from_recipe(recipe.data.masking, self.tokenizer, self.model.config.vocab_size)
         self._init_engine()
@@ -696,7 +711,8 @@ class Trainer:
                 if float(finite[0]) < self.world:
                     self._stop_nonfinite(loss_sum / count)
                 if logging_step and self.measures_grad_norm:
-                    grad_norm = _gradient_norm(self.engine.module)  # nothing in DeepSpeed reports it
+                    # nothing in DeepSpeed reports it
+                    grad_norm = _gradient_norm(self.engine.module, getattr(self.engine, "torch_autocast_z0_gradscaler", None))
             self.engine.step()
         self.stream_state = step_batches.state
         if logging_step and grad_norm is None:

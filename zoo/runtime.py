@@ -154,6 +154,16 @@ class Runtime:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether `device` runs bf16 matrix products in hardware. A GPU before Ampere (V100, T4: compute
+    capability below 8.0) runs bf16 autocast emulated, with no tensor cores, far slower than fp16 and
+    than fp32; torch's autocast takes it without a word. The CPU's bf16 is faster than its fp32 even
+    without AMX (BENCHMARKS.md), so it counts as native."""
+    if device.type != "cuda":
+        return True
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def _short(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}.get(dtype, str(dtype))
 

@@ -3,6 +3,8 @@ a model into submission-style predictions. The fine-tuning loop (finetune.py) on
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from abc import ABC, abstractmethod
 from collections import defaultdict
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo.runtime import Runtime
+from zoo.runtime import Runtime, bf16_is_native
 
 from ..errors import UsageError
 from . import decoding, features
@@ -38,7 +40,7 @@ class Runner(ABC):
     def __init__(self, task: TaskSpec, tokenizer, recipe: FinetuneHyperparameters, bf16: bool = False,
                  runtime: Runtime | None = None):
         self.task, self.tokenizer, self.recipe, self.bf16 = task, tokenizer, recipe, bf16
-        self.runtime = runtime or Runtime.resolve("auto", torch.bfloat16 if bf16 else torch.float32)
+        self.runtime = runtime or fine_tuning_runtime("auto", bf16)
         self.pad_id = tokenizer.pad_token_id or 0
         self.eval_batch_size = max(recipe.batch_size * 2, 8)
 
@@ -278,10 +280,22 @@ RUNNERS = {CLASSIFICATION: ClassificationRunner, MULTIPLE_CHOICE: MultipleChoice
            SPAN_MRC: SpanMrcRunner, NER: NerRunner}
 
 
+def fine_tuning_runtime(device: str | torch.device | None, bf16: bool) -> Runtime:
+    """bf16 autocast where the device computes in bf16 natively, else fp32 (and a note): a GPU before Ampere
+    emulates bf16, slower than fp32 (zoo.runtime.bf16_is_native)."""
+    runtime = Runtime.resolve(device, torch.bfloat16 if bf16 else torch.float32)
+    if bf16 and not bf16_is_native(runtime.device):
+        where = f"{runtime.device} ({torch.cuda.get_device_name(runtime.device)})" if runtime.is_cuda else str(runtime.device)
+        print(f"clue: {where} has no bf16 arithmetic (bf16 would be emulated, slower than fp32): fine-tuning in fp32",
+              file=sys.stderr, flush=True)
+        runtime = dataclasses.replace(runtime, compute_dtype=torch.float32)
+    return runtime
+
+
 def make_runner(task: TaskSpec, tokenizer, recipe: FinetuneHyperparameters, bf16: bool = False, cosent: bool = False,
                 device: str | torch.device | None = "auto") -> Runner:
     """The runner of `task`'s kind; its model computes on `device` ("auto": CUDA when present)."""
-    runtime = Runtime.resolve(device, torch.bfloat16 if bf16 else torch.float32)
+    runtime = fine_tuning_runtime(device, bf16)
     if cosent:
         return CoSENTRunner(task, tokenizer, recipe, bf16, runtime)
     return RUNNERS[task.kind](task, tokenizer, recipe, bf16, runtime)

@@ -49,6 +49,12 @@ def test_recipe_by_name_and_overrides():
         ({"deepspeed": {"train_batch_size": 8, "gradient_accumulation_steps": 2, "sparse_attention": {}}}, r"Sparse Attention has been removed"),
         ({"deepspeed": {"train_batch_size": 8, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": 2},
                         "optimizer": {"type": "Lamb", "params": {}}}}, r"zero_optimization.stage=2 with optimizer Lamb"),
+        # DeepSpeed's bf16 mode hands FusedLamb bf16 gradients, which its CUDA kernel refuses at the first step
+        ({"deepspeed": {"train_batch_size": 8, "gradient_accumulation_steps": 2, "bf16": {"enabled": True},
+                        "optimizer": {"type": "Lamb", "params": {}}}},
+         r"deepspeed.bf16.enabled with optimizer Lamb: .* use deepspeed.torch_autocast: \{enabled: true, dtype: bfloat16\}"),
+        ({"deepspeed": {"train_batch_size": 8, "gradient_accumulation_steps": 2, "bfloat16": {"enabled": True},
+                        "optimizer": {"type": "Lamb", "params": {}}}}, r"deepspeed.bfloat16.enabled with optimizer Lamb"),
         ({"training": {"lr_schedule": {"type": "piecewise_linear", "points": {"a": 1}}}}, r"lr_schedule.points entry"),
         ({"publish": {"name": "Bad Name"}}, r"publish: invalid model name"),
         ({"publish": {"version": "1"}}, r"publish: missing required key"),

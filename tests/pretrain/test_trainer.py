@@ -248,6 +248,27 @@ def test_resume_auto_starts_afresh_then_continues(tmp_path, corpus_file, cache_d
     assert (run_dir / "checkpoints" / "step_0000004").is_dir()
 
 
+def test_fp16_autocast_by_any_of_its_names_logs_the_unscaled_gradient_norm(tmp_path, corpus_file, cache_dir):
+    """torch_autocast in fp16, named "half" (DeepSpeed takes fp16, float16, half, torch.float16): the run computes
+    in fp16 (read as fp32 before: MFU against the fp32 peak, evaluation without autocast), and the gradient norm
+    it logs is the norm of the gradients, not of DeepSpeed's loss-scaled ones (65536× at the start). The same
+    first step in bf16, without dropout: the norms agree to the two dtypes' rounding."""
+    norms, devices = {}, {}
+    for name, dtype in (("bf16", "bfloat16"), ("fp16", "half")):
+        recipe = yaml.safe_load(write_recipe(tmp_path, corpus_file, cache_dir, name, steps=2, dropout=0.0).read_text())
+        recipe["deepspeed"]["torch_autocast"]["dtype"] = dtype
+        recipe["training"].update(eval_every=100, checkpoint_every=100, export=False, peak_tflops=1.0)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        code, output = launch(path, ranks=1)
+        assert code == 0, output[-3000:]
+        metrics = tmp_path / name / "metrics.jsonl"
+        devices[name] = read_metrics(metrics, "run")[0]["device"]
+        norms[name] = read_metrics(metrics, "train")[0]["grad_norm"]
+    assert devices == {"bf16": "cpu, bf16 autocast", "fp16": "cpu, fp16 autocast"}
+    assert norms["fp16"] == pytest.approx(norms["bf16"], rel=0.05)
+
+
 def test_incomplete_checkpoint_never_shadows_the_last_complete(tmp_path):
     directory = tmp_path / "checkpoints"
     for step, complete in ((4, True), (8, True), (12, False)):

@@ -100,3 +100,14 @@ def test_one_process_sums_on_the_cpu_without_a_process_group():
     assert total.dtype == torch.float64 and total.tolist() == [2.0, 3.0, 0.5]
     assert runtime.mean_across_ranks(torch.tensor([4.0, 6.0])).tolist() == [4.0, 6.0]
     assert runtime.peak_memory_mb() > 0
+
+
+def test_bf16_is_native_on_the_cpu_and_on_cuda_only_without_emulation(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a V100 or T4 (emulated bf16, slower than fp32): the question asked
+    is the one without emulation."""
+    from zoo.runtime import bf16_is_native
+
+    assert bf16_is_native(torch.device("cpu"))
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation))
+    assert not bf16_is_native(torch.device("cuda", 0)) and asked == [False]

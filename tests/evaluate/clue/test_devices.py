@@ -36,3 +36,19 @@ def test_the_stand_in_catches_an_unmoved_batch(fixtures, tiny_folder, tmp_path, 
     with pytest.raises(RuntimeError, match="input_ids reached .* without Runtime.to_device"):
         main(["--model", str(tiny_folder), "--data-dir", str(fixtures), "--dry-run", "--tasks", "tnews",
               "--output", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
+
+
+def test_fine_tuning_falls_back_to_fp32_where_bf16_would_be_emulated(monkeypatch, capsys):
+    """A GPU before Ampere runs bf16 autocast emulated, slower than fp32: CLUE's default bf16 becomes fp32 there,
+    with a note; where bf16 is native it stays."""
+    import torch
+
+    from evaluate.clue import runners
+
+    assert runners.fine_tuning_runtime("cpu", bf16=True).compute_dtype == torch.bfloat16
+    assert runners.fine_tuning_runtime("cpu", bf16=False).compute_dtype == torch.float32
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(runners, "bf16_is_native", lambda device: False)
+    assert runners.fine_tuning_runtime("cpu", bf16=True).compute_dtype == torch.float32
+    assert capsys.readouterr().err == ("clue: cpu has no bf16 arithmetic (bf16 would be emulated, slower than fp32): "
+                                       "fine-tuning in fp32\n")
