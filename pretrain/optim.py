@@ -70,7 +70,7 @@ class Lamb(Optimizer):
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 step_size = group["lr"]
                 if group["bias_correction"]:
-                    t = state["step"].item()
+                    t = float(state["step"])  # FusedLamb's state (a checkpoint from CUDA) counts in an int
                     step_size *= math.sqrt(1 - beta2**t) / (1 - beta1**t)
                 weight = p.float()
                 if group.get("eps_inside_sqrt"):
@@ -80,7 +80,7 @@ class Lamb(Optimizer):
                 if group["weight_decay"]:
                     update.add_(weight, alpha=group["weight_decay"])
                 ratio = 1.0
-                if group["adapt"]:
+                if group.get("adapt", True):  # FusedLamb's groups have none: its bounds pin the unadapted ones
                     w_norm, u_norm = weight.norm().item(), update.norm().item()
                     if w_norm > 0 and u_norm > 0:
                         ratio = w_norm / u_norm

@@ -57,17 +57,17 @@ class _Watch:
         try:
             store = _connect(timedelta(seconds=CONNECT_TIMEOUT_S))
         except Exception as error:
-            self.tried.set()
-            if self.stopping.is_set():
-                return  # the run ended meanwhile
-            print(f"pretrain: rank {self.rank} of {self.world} does not watch for other ranks' failures (no connection "
-                  f"to the rendezvous store: {str(error).splitlines()[0] if str(error) else type(error).__name__}); "
-                  "if another rank fails, this one waits for the collectives' timeout (ZOO_DIST_TIMEOUT_S)",
-                  file=sys.stderr, flush=True)
+            if not self.stopping.is_set():  # (else the run ended, or this rank failed, meanwhile)
+                why = str(error).splitlines()[0] if str(error) else type(error).__name__
+                print(f"pretrain: rank {self.rank} of {self.world} does not watch for other ranks' failures (no "
+                      f"connection to the rendezvous store: {why}); if another rank fails, this one waits for the "
+                      "collectives' timeout (ZOO_DIST_TIMEOUT_S)", file=sys.stderr, flush=True)
             return
-        with self.lock:
-            self.store = store
-        self.tried.set()
+        else:
+            with self.lock:
+                self.store = store
+        finally:
+            self.tried.set()
         # a look every POLL_S seconds rather than one long wait: a store's wait logs a warning each time it
         # times out, and cannot be called off when the run ends
         while not self.stopping.wait(POLL_S):
@@ -125,9 +125,10 @@ def announce(what: str | None) -> None:
     watch = _watch
     if watch is None:
         return
-    watch.tried.wait(ANNOUNCE_WAIT_S)  # a failure in the run's first moments: the connection is being made
     with watch.lock:
         watch.stopping.set()
+    watch.tried.wait(ANNOUNCE_WAIT_S)  # a failure in the run's first moments: the connection is being made
+    with watch.lock:
         if watch.store is None:
             return  # no connection: the others hear of it from their collectives
     try:

@@ -214,7 +214,7 @@ def raise_open_file_limit(world: int, rank: int) -> int:
     it sets up a communicator: about FILES_PER_RANK per rank. Many systems start processes with a soft
     limit of 1024 under a far higher hard one; past the limit the store accepts no connection, and a rank's
     connect waits out its timeout (at 1024, from about 300 ranks on). Where the hard limit itself is short,
-    rank 0 says how many it needs."""
+    rank 0 says how many it needs. (Under torchrun the store is its agent's, a process this does not reach.)"""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -228,7 +228,7 @@ def raise_open_file_limit(world: int, rank: int) -> int:
     needed = FILES_PER_RANK * world + FILES_BESIDES
     if rank == 0 and world > 1 and soft != resource.RLIM_INFINITY and soft < needed:
         print(f"pretrain: rank 0 may hold about {needed} open files ({FILES_PER_RANK} per rank of {world}: the "
-              f"rendezvous store's connections and NCCL's) but may open {soft} (its hard limit); where it runs out, "
+              f"rendezvous store's connections and NCCL's) but may open {soft}; where it runs out, "
               f"ranks wait for connections that time out. Raise the limit where the launcher starts rank 0 (`ulimit "
               f"-Hn {needed}` as root, LimitNOFILE= in a systemd unit, nofile in /etc/security/limits.conf)",
               file=sys.stderr, flush=True)

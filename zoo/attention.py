@@ -25,7 +25,7 @@ accordingly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +59,10 @@ class AttentionMask:
     key_valid: torch.Tensor | None = None
     window: int | None = None
     sink: int = 0
+    tokens: torch.Tensor | None = field(init=False, repr=False)  # key_valid as given: which positions are tokens
 
     def __post_init__(self):
+        self.tokens = self.key_valid
         if self.key_valid is not None:
             self.key_valid = self.key_valid | ~self.key_valid.any(-1, keepdim=True)
 
@@ -220,19 +222,20 @@ def attention_with_weights(q, k, v, mask, scale: float, dropout_p: float, **_):
     return torch.matmul(fast_dropout(probs, dropout_p, dropout_p > 0.0), v), probs
 
 
-def additive_bias(mask: torch.Tensor | None, dtype: torch.dtype, least_of: torch.dtype | None = None) -> torch.Tensor | None:
-    """The boolean mask as an additive one in `dtype`: 0 where a key is seen, the minimum of `least_of`
-    (`dtype` unless given) where not. Added to a row's scores the minimum absorbs them, so a row that sees
-    no key at all (a window can leave one: AttentionMask) gets equal probabilities: the mean of v."""
+def additive_bias(mask: torch.Tensor | None, dtype: torch.dtype, least: float | None = None) -> torch.Tensor | None:
+    """The boolean mask as an additive one in `dtype`: 0 where a key is seen, `least` (the dtype's minimum
+    unless given) where not. Added to a row's scores the minimum absorbs them, so a row that sees no key at
+    all (a window can leave one: AttentionMask) gets equal probabilities: the mean of v."""
     if mask is None:
         return None
-    least = torch.finfo(least_of or dtype).min
+    least = torch.finfo(dtype).min if least is None else least
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, least)
 
 
 def sdpa_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
-    """sdpa's `attn_mask` for the boolean `mask`: `additive_bias` at the minimum of the dtype sdpa computes
-    in (autocast's, where autocast casts q; fp32's minimum cast to bf16 would be -inf). A query row that
+    """sdpa's `attn_mask` for the boolean `mask`: `additive_bias` in q's dtype at the least value both it and
+    the dtype sdpa computes in hold (autocast's, to which autocast casts q and the mask unless q is fp64:
+    fp32's or bf16's minimum cast to bf16 or fp16 would be -inf, as bf16's in an fp16 q). A query row that
     sees no key (a window can leave one: AttentionMask) then gets the mean of v, as from the other
     entries, where the boolean mask gave it zeros from torch's CPU kernels and, by kernel and torch
     version, zeros or NaN on CUDA (NaN that a zero gradient carries into the weights' gradients)."""
@@ -240,9 +243,12 @@ def sdpa_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None
         return None
     device_type = q.device.type
     computes_in = q.dtype
-    if q.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+    if q.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
         computes_in = torch.get_autocast_dtype(device_type)
-    return additive_bias(mask, q.dtype, least_of=computes_in)
+    least = max(torch.finfo(q.dtype).min, torch.finfo(computes_in).min)
+    if {q.dtype, computes_in} == {torch.bfloat16, torch.float16}:
+        least /= 2  # fp16's minimum in bf16 rounds to -65536, past fp16's range
+    return additive_bias(mask, q.dtype, least=least)
 
 
 @register("softmax_attention", "blocked-cpu-kernel", device_types=("cpu",), dtypes=FLOAT_KERNEL_DTYPES,
@@ -446,7 +452,7 @@ class SoftmaxAttention(torch.autograd.Function):
             else:
                 grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
                 grad_p = torch.matmul(grad_out, v.transpose(-1, -2))
-            # accumulated in fp32 at least (fp64 stays fp64: a float32 sum put errors of 1e-8 into fp64 gradients)
+            # accumulated in fp32 at least (fp64 stays fp64: a float32 sum put errors of 5e-8 into fp64 gradients)
             row = (grad_p * probs).sum(-1, keepdim=True, dtype=torch.promote_types(grad_p.dtype, torch.float32))
             row = row.to(grad_p.dtype)
             grad_s = grad_p.sub_(row).mul_(probs)

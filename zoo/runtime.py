@@ -161,7 +161,9 @@ def bf16_is_native(device: torch.device) -> bool:
     without AMX (BENCHMARKS.md), so it counts as native."""
     if device.type != "cuda":
         return True
-    return torch.cuda.is_bf16_supported(including_emulation=False)
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cuda.get_device_capability(device) >= (8, 0)  # this device's, not the current one's
 
 
 def _short(dtype: torch.dtype) -> str:

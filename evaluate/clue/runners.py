@@ -286,10 +286,15 @@ def fine_tuning_runtime(device: str | torch.device | None, bf16: bool) -> Runtim
     runtime = Runtime.resolve(device, torch.bfloat16 if bf16 else torch.float32)
     if bf16 and not bf16_is_native(runtime.device):
         where = f"{runtime.device} ({torch.cuda.get_device_name(runtime.device)})" if runtime.is_cuda else str(runtime.device)
-        print(f"clue: {where} has no bf16 arithmetic (bf16 would be emulated, slower than fp32): fine-tuning in fp32",
-              file=sys.stderr, flush=True)
+        if where not in _SAID_FP32:  # once, not for every task
+            _SAID_FP32.add(where)
+            print(f"clue: {where} has no bf16 arithmetic (bf16 would be emulated, slower than fp32): fine-tuning in "
+                  "fp32", file=sys.stderr, flush=True)
         runtime = dataclasses.replace(runtime, compute_dtype=torch.float32)
     return runtime
+
+
+_SAID_FP32: set[str] = set()
 
 
 def make_runner(task: TaskSpec, tokenizer, recipe: FinetuneHyperparameters, bf16: bool = False, cosent: bool = False,

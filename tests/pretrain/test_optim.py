@@ -1,5 +1,7 @@
 """LAMB against an independent numpy implementation; schedules against their definitions."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +59,31 @@ def test_lambs_defaults_are_fused_lambs():
     ours = inspect.signature(Lamb.__init__).parameters
     for name in ("lr", "bias_correction", "betas", "eps", "eps_inside_sqrt", "weight_decay", "max_coeff", "min_coeff"):
         assert ours[name].default == fused[name].default, name
+
+
+def test_a_checkpoint_of_fused_lamb_resumes_with_our_lamb():
+    """A run checkpointed on CUDA (FusedLamb) and resumed on the CPU (our Lamb): FusedLamb counts `step` in an
+    int and its groups have no `adapt` (nor `eps_inside_sqrt`, and a `max_grad_norm` ours does not read). The
+    resumed optimizer takes the step the one that wrote the state would (it raised on `.item()` of the int)."""
+    rng = np.random.default_rng(1)
+    w0, g1, g2 = (torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32) for _ in range(3))
+    options = dict(lr=0.05, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, bias_correction=True)
+    p = torch.nn.Parameter(w0.clone())
+    ours = Lamb([p], **options)
+    p.grad = g1
+    ours.step()
+    state = copy.deepcopy(ours.state_dict())  # as a checkpoint holds it (the dict shares the optimizer's tensors)
+    state["state"][0]["step"] = 1
+    for group in state["param_groups"]:
+        del group["adapt"], group["eps_inside_sqrt"]
+        group["max_grad_norm"] = 0.0
+    q = torch.nn.Parameter(p.detach().clone())
+    resumed = Lamb([q], **options)
+    resumed.load_state_dict(state)
+    p.grad, q.grad = g2, g2.clone()
+    ours.step()
+    resumed.step()
+    assert torch.equal(p, q)
 
 
 def test_norms_and_biases_neither_decay_nor_adapt():

@@ -483,3 +483,39 @@ def test_a_dropout_rate_that_rounds_to_every_lane_keeps_one_lane_in_65536():
     assert set(out.unique().tolist()) <= {0.0, 65536.0}
     out, _ = attention(*qkv(dtype=torch.float32), None, dropout_p=p, training=True, backend="matmul")
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("q_dtype, autocast_dtype, least", [
+    (torch.float32, None, torch.float32), (torch.float64, torch.bfloat16, torch.float64),
+    (torch.float32, torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float16, torch.float16),
+    (torch.float16, torch.bfloat16, torch.float16)])
+def test_sdpa_gets_the_least_value_of_the_dtype_it_computes_in(q_dtype, autocast_dtype, least):
+    """Autocast casts q and the mask to its dtype (fp64 excepted): a mask at q's dtype's minimum became -inf there
+    (fp32's or bf16's minimum in fp16, fp32's in bf16), and a row without a key zeros or NaN; the value must
+    also be one that q's dtype holds (bf16's minimum in an fp16 mask is -inf)."""
+    mask = torch.tensor([[[[True, False]]]])
+    q = torch.zeros(1, 1, 1, 4, dtype=q_dtype)
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        bias = zoo.attention.sdpa_bias(mask, q)
+    least = torch.finfo(least).min / (2 if {q_dtype, autocast_dtype} == {torch.bfloat16, torch.float16} else 1)
+    assert bias.dtype == q_dtype and bias[0, 0, 0, 0] == 0 and bias[0, 0, 0, 1] == torch.tensor(least, dtype=q_dtype)
+    computes_in = q_dtype if autocast_dtype is None or q_dtype == torch.float64 else autocast_dtype
+    assert torch.isfinite(bias.to(computes_in)).all()
+
+
+def test_relu2_with_a_window_gives_finite_gradients_to_rows_without_a_key():
+    """A window leaves padded query rows far from every token without a key (n = 0): relu² divided by it, NaN
+    gradients in dq and dk, through the library kernel and the chunked one of the position variants."""
+    from zoo.positions.context import PositionAttentionContext, chunked_attention, visible_key_counts
+
+    key_valid = torch.zeros(1, 8, dtype=torch.bool)
+    key_valid[0, :2] = True
+    mask = AttentionMask(key_valid=key_valid, window=2)  # queries 5, 6 and 7 see padding only
+    ctx = PositionAttentionContext(mask=mask, cos=None, sin=None, row_scale=None, backend="matmul",
+                                   visible=visible_key_counts(mask.key_valid, 8, 2, 0), chunk_size=4)
+    for run in (lambda q, k, v: attention(q, k, v, mask, normalization="relu2"),
+                lambda q, k, v: chunked_attention(q, k, v, ctx, normalization="relu2")):
+        q, k, v = qkv(b=1, a=1, s=8, d=4)
+        out, _ = run(q, k, v)
+        out.sum().backward()
+        assert all(torch.isfinite(t).all() for t in (out, q.grad, k.grad, v.grad))

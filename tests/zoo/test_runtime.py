@@ -102,12 +102,13 @@ def test_one_process_sums_on_the_cpu_without_a_process_group():
     assert runtime.peak_memory_mb() > 0
 
 
-def test_bf16_is_native_on_the_cpu_and_on_cuda_only_without_emulation(monkeypatch):
-    """torch.cuda.is_bf16_supported() says yes on a V100 or T4 (emulated bf16, slower than fp32): the question asked
-    is the one without emulation."""
+def test_bf16_is_native_on_the_cpu_and_on_gpus_from_ampere_on(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a V100 or T4 (emulated bf16, slower than fp32), and asks about the
+    current device: the capability of the device asked about decides (8.0, Ampere, and later)."""
     from zoo.runtime import bf16_is_native
 
     assert bf16_is_native(torch.device("cpu"))
-    asked = []
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation))
-    assert not bf16_is_native(torch.device("cuda", 0)) and asked == [False]
+    capabilities = {0: (7, 0), 1: (9, 0)}  # a V100 beside an H100
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capabilities[torch.device(device).index])
+    assert not bf16_is_native(torch.device("cuda", 0)) and bf16_is_native(torch.device("cuda", 1))

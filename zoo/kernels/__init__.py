@@ -205,7 +205,8 @@ def resident_programs(work: int, device: torch.device) -> int:
 
 def threshold_for(p: float) -> int:
     """Lanes below round(p · 2¹⁶) are dropped: the realised rate is within 8e-6 of p. At most 2¹⁶ − 1, so that
-    one lane in 2¹⁶ is kept: a rate in [1 − 2⁻¹⁷, 1) rounded to all of them, and its keep scale divided by 0."""
+    one lane in 2¹⁶ is kept: a rate in [1 − 2⁻¹⁷, 1) rounded to all of them, and its keep scale divided by 0
+    (there the realised rate is within 1.6e-5 of p)."""
     return min(round(p * LANES), LANES - 1)
 
 

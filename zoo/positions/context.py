@@ -181,7 +181,7 @@ def _chunked_attention(q, k, v, ctx: PositionAttentionContext, normalization: st
             del right, left
         allowed = _allowed(key_valid, window, sink, i0, i1, lo, hi, q.device)
         if normalization == "relu2":
-            probs = torch.relu(scores).square() / visible[..., i0:i1, :].to(dtype)
+            probs = torch.relu(scores).square() / visible[..., i0:i1, :].clamp_min(1).to(dtype)  # n = 0: masked out
             if allowed is not None:
                 probs = probs.masked_fill(~allowed, 0.0)
         else:
@@ -190,7 +190,7 @@ def _chunked_attention(q, k, v, ctx: PositionAttentionContext, normalization: st
             probs = torch.softmax(scores, dim=-1)
         del scores
         if layer is not None:
-            _record_entropy(ctx.entropy, layer, probs, key_valid, i0, i1)
+            _record_entropy(ctx.entropy, layer, probs, mask.tokens, i0, i1)
         if need_weights:
             probs_full[..., i0:i1, lo:hi] = probs
         if p > 0.0:
