@@ -59,10 +59,11 @@ class AttentionMask:
     key_valid: torch.Tensor | None = None
     window: int | None = None
     sink: int = 0
-    tokens: torch.Tensor | None = field(init=False, repr=False)  # key_valid as given: which positions are tokens
+    tokens: torch.Tensor | None = field(default=None, repr=False)  # key_valid as given: which positions are tokens
 
     def __post_init__(self):
-        self.tokens = self.key_valid
+        if self.tokens is None:  # (a copy on another device gets both)
+            self.tokens = self.key_valid
         if self.key_valid is not None:
             self.key_valid = self.key_valid | ~self.key_valid.any(-1, keepdim=True)
 

@@ -519,3 +519,20 @@ def test_relu2_with_a_window_gives_finite_gradients_to_rows_without_a_key():
         out, _ = run(q, k, v)
         out.sum().backward()
         assert all(torch.isfinite(t).all() for t in (out, q.grad, k.grad, v.grad))
+
+
+def test_entropy_counts_the_tokens_not_the_padding_a_sequence_of_padding_alone_attends_with():
+    """The entropy recorder averages over query rows that are tokens; a sequence of padding alone, which now
+    attends as if unpadded, has none, on the device the mask was made on and on another one."""
+    from zoo.positions.context import EntropyRecorder, PositionAttentionContext
+
+    key_valid = torch.tensor([[True, True, True, False], [False, False, False, False]])
+    mask = AttentionMask(key_valid=key_valid)
+    for moved in (mask, zoo.runtime.map_tensors(mask, lambda t: t.clone())):
+        assert torch.equal(moved.tokens, key_valid) and moved.key_valid[1].all()
+        recorder = EntropyRecorder()
+        ctx = PositionAttentionContext(mask=moved, cos=None, sin=None, row_scale=None, backend="matmul")
+        ctx.entropy = recorder.start_pass()
+        with torch.no_grad():
+            ctx.attend(*qkv(b=2, a=3, s=4, d=8), normalization="softmax", dropout_p=0.0, training=False)
+        assert recorder.counts == [3 * 3]  # the first sequence's 3 tokens, in each of 3 heads
