@@ -936,14 +936,13 @@ def close_distributed(barrier: bool = True) -> None:
     if dist.is_initialized():
         if barrier:
             dist.barrier()
-        buffer = shm_allreduce_buffer()
+        _remove_shm_allreduce_buffer()  # after the last collective (the name reads the process group)
         dist.destroy_process_group()
-        if buffer is not None:
-            buffer.unlink(missing_ok=True)
 
 
 def _remove_shm_allreduce_buffer() -> None:
-    """Before a rank ends its process on another rank's failure (pretrain/rank_failure.py)."""
+    """This rank's `shm_allreduce_buffer`, removed as the rank leaves: at the end of the run (close_distributed)
+    or on another rank's failure (pretrain/rank_failure.py)."""
     buffer = shm_allreduce_buffer() if dist.is_initialized() else None
     if buffer is not None:
         buffer.unlink(missing_ok=True)
