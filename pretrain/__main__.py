@@ -57,17 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         message = lost_peer_message(error, trainer)
         if message is None:
-            rank_failure.announce(f"failed: {_first_line(error)}")
-            if trainer is not None:
-                trainer.say_where_to_resume()
+            _tell_before_the_traceback(error, trainer)
             raise
         print(message, file=sys.stderr, flush=True)  # and leave without a collective: the peer will not answer
         rank_failure.announce("lost contact with another rank")
         return 1
     except BaseException as error:  # a bug, an interrupt: the traceback follows
-        rank_failure.announce(f"failed: {_first_line(error)}")
-        if trainer is not None:
-            trainer.say_where_to_resume()
+        _tell_before_the_traceback(error, trainer)
         raise
     if trainer.rank == 0:
         print(f"pretrain: finished {recipe.run_name} at step {result.step}; outputs in {result.output_dir}")
@@ -78,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain: published {result.published}")
     trainer.close()
     return 0
+
+
+def _tell_before_the_traceback(error: BaseException, trainer) -> None:
+    """An unexpected error: the other ranks hear of it (pretrain/rank_failure.py), rank 0 names the checkpoint
+    to resume from, and the traceback follows."""
+    from . import rank_failure
+
+    rank_failure.announce(f"failed: {_first_line(error)}")
+    if trainer is not None:
+        trainer.say_where_to_resume()
 
 
 def _first_line(error: BaseException) -> str:
