@@ -1,4 +1,4 @@
-"""One autocast copy of an input that several matrix products read.
+"""Casts: one autocast copy of an input that several matrix products read, and fp32 at least for a loss.
 
 (Attention makes its q, k and v products as one where the modules allow, zoo/projections.py; this is
 how the modules run where they do not, and how a recomputed block's first product gets its input.)
@@ -54,3 +54,9 @@ def cast_for_products(x: torch.Tensor, uses: int) -> tuple[torch.Tensor, ...]:
     if not (torch.is_grad_enabled() and x.requires_grad):
         return (x.to(dtype),) * uses
     return _CastForProducts.apply(x, dtype, uses)
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32 where its dtype is narrower (bf16, fp16 logits), else x as it is: a loss or a score
+    computed from it keeps fp64 in an fp64 model, where `.float()` would round it to fp32."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

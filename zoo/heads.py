@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .casting import at_least_fp32
 from .dropout import Dropout
 from .initialization import dense
 from .norms import LayerNorm
@@ -60,10 +61,10 @@ class GlobalPointer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, seq, _ = hidden_states.shape
-        qk = self.dense(hidden_states).float().view(batch, seq, self.heads, 2 * self.head_size).transpose(1, 2)
+        qk = at_least_fp32(self.dense(hidden_states)).view(batch, seq, self.heads, 2 * self.head_size).transpose(1, 2)
         q, k = qk[..., : self.head_size], qk[..., self.head_size :]
         cos, sin = rope_cos_sin(torch.arange(seq, device=q.device), rope_inv_freq(self.head_size, device=q.device),
-                                torch.float32)  # made on the device: no copy from the host per forward
+                                q.dtype)  # made on the device: no copy from the host per forward
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         logits = torch.matmul(q, k.transpose(-1, -2)) / self.head_size**0.5
         return logits.masked_fill(~_span_mask(attention_mask, seq, q.device), NEG_INF)
@@ -84,13 +85,13 @@ class EfficientGlobalPointer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         seq = hidden_states.shape[1]
-        p = self.p_dense(hidden_states).float()
+        p = at_least_fp32(self.p_dense(hidden_states))
         q, k = p[..., 0::2], p[..., 1::2]
         cos, sin = rope_cos_sin(torch.arange(seq, device=p.device), rope_inv_freq(self.head_size, device=p.device),
-                                torch.float32)
+                                p.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         logits = torch.matmul(q, k.transpose(-1, -2)) / self.head_size**0.5  # [B, S, S]
-        bias = (self.q_dense(p.to(self.q_dense.weight.dtype)).float() / 2).transpose(1, 2)  # [B, 2·heads, S]
+        bias = (at_least_fp32(self.q_dense(p.to(self.q_dense.weight.dtype))) / 2).transpose(1, 2)  # [B, 2·heads, S]
         logits = logits[:, None] + bias[:, 0::2, None, :] + bias[:, 1::2, :, None]
         return logits.masked_fill(~_span_mask(attention_mask, seq, p.device), NEG_INF)
 
@@ -114,5 +115,5 @@ def global_pointer_loss(labels: torch.Tensor, logits: torch.Tensor) -> torch.Ten
     """Mean over (batch, type) of the multi-label CE over all S×S spans (bert4keras)."""
     batch, heads = logits.shape[:2]
     return multilabel_categorical_crossentropy(
-        labels.reshape(batch * heads, -1), logits.float().reshape(batch * heads, -1)
+        labels.reshape(batch * heads, -1), at_least_fp32(logits).reshape(batch * heads, -1)
     ).mean()

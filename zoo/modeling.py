@@ -26,6 +26,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput
 
 from .attention import AttentionContext, AttentionMask, log_length_scale
+from .casting import at_least_fp32
 from .configuration import ATTN_IMPLEMENTATIONS, EncoderConfig
 from .dropout import Dropout
 from .heads import EfficientGlobalPointer, GlobalPointer, MaskedLMHead, global_pointer_loss
@@ -333,11 +334,11 @@ class EncoderForMaskedLM(_EncoderHeadModel):
                 hidden = hidden.flatten(0, 1).index_select(0, masked_positions)
                 targets = labels.flatten().index_select(0, masked_positions)
             logits = self.lm_head(hidden)
-            loss = F.cross_entropy(logits.float(), targets)
+            loss = F.cross_entropy(at_least_fp32(logits), targets)
         else:
             logits = self.lm_head(hidden)
             if labels is not None:
-                loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
+                loss = F.cross_entropy(at_least_fp32(logits).view(-1, logits.shape[-1]), labels.view(-1))
         output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                 attentions=outputs.attentions)
         return self._finish(output, return_dict, self.config)
@@ -402,11 +403,12 @@ def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> t
             problem = "single_label_classification"
         else:
             problem = "multi_label_classification"
+    logits = at_least_fp32(logits)
     if problem == "regression":
-        return F.mse_loss(logits.float().squeeze(-1), labels.float().view(-1))
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
     if problem == "single_label_classification":
-        return F.cross_entropy(logits.float().view(-1, config.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 class EncoderForTokenClassification(_DenseHeadModel):
@@ -421,7 +423,7 @@ class EncoderForTokenClassification(_DenseHeadModel):
         return hidden
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+        return F.cross_entropy(at_least_fp32(logits).view(-1, self.num_labels), labels.view(-1))
 
 
 class EncoderForQuestionAnswering(_EncoderHeadModel):
@@ -449,8 +451,8 @@ class EncoderForQuestionAnswering(_EncoderHeadModel):
             start = start_positions.view(-1).clamp(0, ignored)
             end = end_positions.view(-1).clamp(0, ignored)
             loss = (
-                F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
-                + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)
+                F.cross_entropy(at_least_fp32(start_logits), start, ignore_index=ignored)
+                + F.cross_entropy(at_least_fp32(end_logits), end, ignore_index=ignored)
             ) / 2
         output = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
                                               hidden_states=outputs.hidden_states, attentions=outputs.attentions)
@@ -491,7 +493,7 @@ class EncoderForMultipleChoice(_EncoderHeadModel):
         if padded_choice is not None:
             scores = scores.masked_fill(padded_choice, torch.finfo(scores.dtype).min)
         logits = scores.view(batch, choices)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        loss = F.cross_entropy(at_least_fp32(logits), labels) if labels is not None else None
         output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                            attentions=outputs.attentions)
         return self._finish(output, return_dict, self.config)
