@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import zoo
 from pretrain.masking import IGNORE
+from zoo.casting import at_least_fp32
 from zoo.positions import EntropyRecorder, PositionVariant
 from zoo.runtime import parse_device
 
@@ -165,7 +166,7 @@ def score(loaded: LoadedModel, test_set: TestSet, variant: PositionVariant, buck
         out = model(input_ids=ids, labels=labels, position_ids=positions, masked_positions_only=True,
                     attention_context=ctx)
         targets = labels[selected]
-        logits = out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))  # bf16 → fp32, fp64 stays
+        logits = at_least_fp32(out.logits)
         ce = float(F.cross_entropy(logits, targets, reduction="sum")) if len(targets) else 0.0
         correct = (logits.argmax(-1) == targets).cpu().numpy()
         where = selected.nonzero()[:, 1].cpu().numpy()  # row-major, the order of hidden[selected]
