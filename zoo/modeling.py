@@ -62,13 +62,15 @@ class Embeddings(nn.Module):
         else:
             embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
         if self.position_embeddings is not None:
-            if position_ids is None:
+            table = self.position_embeddings.num_embeddings
+            if position_ids is None:  # 0 … S − 1: checked on the host (reading the largest id back would wait for a GPU)
+                if embeddings.shape[1] > table:
+                    raise ValueError(f"a {embeddings.shape[1]}-token input is longer than the learned position "
+                                     f"embeddings' max_position_embeddings={table}")
                 position_ids = torch.arange(embeddings.shape[1], device=embeddings.device)[None]
-            if position_ids.is_floating_point() or int(position_ids.max()) >= self.position_embeddings.num_embeddings:
-                raise ValueError(
-                    "learned position embeddings take integer position_ids below "
-                    f"max_position_embeddings={self.position_embeddings.num_embeddings}"
-                )
+            elif position_ids.is_floating_point() or int(position_ids.max()) >= table:
+                raise ValueError(f"learned position embeddings take integer position_ids below "
+                                 f"max_position_embeddings={table}")
             embeddings = embeddings + self.position_embeddings(position_ids)
         if self.norm is None:
             return self.dropout(embeddings)

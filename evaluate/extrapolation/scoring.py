@@ -157,20 +157,22 @@ def score(loaded: LoadedModel, test_set: TestSet, variant: PositionVariant, buck
         torch.cuda.reset_peak_memory_stats(device)
     for rows in batches(count, length, batch_tokens):
         started = time.perf_counter()
-        ids = torch.from_numpy(test_set.input_ids[rows]).to(device)
-        labels = torch.from_numpy(test_set.labels[rows]).to(device)
+        labels = test_set.labels[rows]
+        # the masked tokens, flat over [batch × length], found on the host: the model selects them with no wait
+        # for the device (a boolean selection there would read the mask back, twice per batch)
+        flat = np.flatnonzero(labels != IGNORE)
+        ids, labels, masked = (torch.from_numpy(a).to(device) for a in (test_set.input_ids[rows], labels, flat))
         positions = None if position_ids is None else torch.from_numpy(position_ids[rows]).to(device)
         ctx = variant.context(encoder, None, length, positions, dtype, device)
         ctx.entropy = metrics.entropy.start_pass()
-        selected = labels != IGNORE
         out = model(input_ids=ids, labels=labels, position_ids=positions, masked_positions_only=True,
-                    attention_context=ctx)
-        targets = labels[selected]
-        logits = at_least_fp32(out.logits)
-        ce = float(F.cross_entropy(logits, targets, reduction="sum")) if len(targets) else 0.0
-        correct = (logits.argmax(-1) == targets).cpu().numpy()
-        where = selected.nonzero()[:, 1].cpu().numpy()  # row-major, the order of hidden[selected]
-        metrics.add(where, correct, ce)
+                    masked_positions=masked, attention_context=ctx)
+        if len(flat):
+            targets = labels.flatten().index_select(0, masked)
+            logits = at_least_fp32(out.logits)
+            ce = float(F.cross_entropy(logits, targets, reduction="sum"))  # the batch's one wait for the device
+            correct = (logits.argmax(-1) == targets).cpu().numpy()
+            metrics.add(flat % length, correct, ce)  # positions in the window
         rows_per_block = variant.chunk_size or max(1, variant.max_score_elements // (ids.shape[0] * heads * length))
         matrices = 3 if variant.rerope_window is not None else 1  # ReRoPE's three score matrices (B.5)
         block = ids.shape[0] * heads * min(rows_per_block, length) * length * element_bytes * matrices

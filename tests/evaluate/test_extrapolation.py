@@ -283,3 +283,23 @@ def test_unknown_model_is_named(tmp_path, registry, capsys):
     code, _ = run_cli(tmp_path, "--model", "no-such-model", "--train-length", "8")
     assert code == 2
     assert "no model 'no-such-model'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["window_half+logn_dagger", "rerope_w4"])
+def test_scoring_waits_for_the_device_once_per_batch(name, stream, policy, tokenizer):
+    """Per batch the scorer reads its results back once (the cross-entropy sum; the correct flags follow at
+    once): the model selects the masked tokens by indices found on the host, and the entropy recorder keeps
+    its sums on the device until the cell's figures are read."""
+    from ..host_reads import HostReads
+
+    model = tiny_model()
+    loaded = scoring.LoadedModel(model, tokenizer, "tiny", None)
+    plan = data.make_plan(stream, N, [32], max_tokens=32 * 5)
+    test_set = data.natural_set(stream, 32, plan, policy, seed=0)
+    with HostReads() as reads:
+        metrics = scoring.score(loaded, test_set, variant(name, N), bucket_size=N, batch_tokens=64)
+    assert [site.split(" ")[-1] for site in reads.sites] == ["(score)"] * 3  # 5 windows, 2 per batch
+    with HostReads() as reads:
+        entropy = metrics.to_json()["entropy_by_layer"]
+    assert reads.sites and all(site.startswith("zoo/positions/context.py") for site in reads.sites)
+    assert len(entropy) == 2 and all(math.isfinite(h) for h in entropy)

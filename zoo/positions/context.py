@@ -45,12 +45,14 @@ class EntropyRecorder:
     """Mean attention entropy −Σ_j p_ij ln p_ij per layer, over heads and valid query rows (B.6 item 5).
 
     Give it to a context (`context.entropy = recorder`); call `start_pass()` before each forward:
-    the k-th attention call of a pass is layer k.
+    the k-th attention call of a pass is layer k. The sums stay on the attention's device (fp64, the
+    arithmetic of Python floats) until `per_layer()` reads them: reading each chunk's sum back would wait
+    for a GPU once per layer and query chunk.
     """
 
     def __init__(self):
-        self.totals: list[float] = []
-        self.counts: list[int] = []
+        self._totals: list[torch.Tensor | None] = []
+        self._counts: list[torch.Tensor | int] = []
         self._layer = 0
 
     def start_pass(self) -> EntropyRecorder:
@@ -60,14 +62,24 @@ class EntropyRecorder:
     def next_layer(self) -> int:
         layer = self._layer
         self._layer += 1
-        if layer == len(self.totals):
-            self.totals.append(0.0)
-            self.counts.append(0)
+        if layer == len(self._totals):
+            self._totals.append(None)
+            self._counts.append(0)
         return layer
 
-    def add(self, layer: int, total: float, count: int) -> None:
-        self.totals[layer] += total
-        self.counts[layer] += count
+    def add(self, layer: int, total: torch.Tensor, count: torch.Tensor | int) -> None:
+        """Add one chunk's entropy sum (a 0-d tensor) over `count` rows (an int or a 0-d integer tensor)."""
+        total = total.to(torch.float64)
+        self._totals[layer] = total if self._totals[layer] is None else self._totals[layer] + total
+        self._counts[layer] = self._counts[layer] + count
+
+    @property
+    def totals(self) -> list[float]:
+        return [0.0 if t is None else float(t) for t in self._totals]
+
+    @property
+    def counts(self) -> list[int]:
+        return [int(c) for c in self._counts]
 
     def per_layer(self) -> list[float]:
         return [t / c if c else float("nan") for t, c in zip(self.totals, self.counts)]
@@ -221,8 +233,6 @@ def _record_entropy(recorder: EntropyRecorder, layer: int, probs: torch.Tensor, 
     rows = torch.special.entr(normalised).sum(-1)  # [B, A, rows]
     if key_valid is not None:  # padded query rows do not count
         valid = key_valid[:, None, i0:i1].to(rows.device)
-        total = float(rows.masked_fill(~valid, 0.0).sum())
-        count = int(valid.sum()) * rows.shape[1]
+        recorder.add(layer, rows.masked_fill(~valid, 0.0).sum(), valid.sum() * rows.shape[1])
     else:
-        total, count = float(rows.sum()), rows.numel()
-    recorder.add(layer, total, count)
+        recorder.add(layer, rows.sum(), rows.numel())
