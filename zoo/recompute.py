@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.weak import WeakIdKeyDictionary
 
 # Made again in the backward pass besides ATen's pointwise and view operations: casts, copies (a
 # reshape that cannot be a view is a clone and an _unsafe_view), the splits that are not tagged as
@@ -102,18 +102,31 @@ def recomputed_product():
         _IN_RECOMPUTED_PRODUCT.reset(token)
 
 
-def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    if is_elementwise(op) or (op in PRODUCTS and _IN_RECOMPUTED_PRODUCT.get()):
-        return CheckpointPolicy.PREFER_RECOMPUTE
-    return CheckpointPolicy.MUST_SAVE
+def _contexts():
+    """The checkpoint contexts of one recomputed call and its policy. An operation that writes into its
+    input is kept, not run again: run again, it would write into the kept output a second time (the
+    attention kernels scale their product in place, `out.mul_(·)`). The kept entry then holds the value
+    after that write, which is why the cache may see it mutated; it is correct as long as nothing reads
+    the output between the product and the in-place write, which is how the kernels are written
+    (tests/zoo/test_recompute.py compares gradients bit for bit).
 
+    Except a write into a tensor that a random fill made, which is made again too: torch's dropout where
+    it has no fused kernel (the CPU's, which sdpa's math path draws) scales its mask in place,
+    `empty_like(x).bernoulli_(1 − p).div_(1 − p)`, and reads the mask, not what `div_` returns: kept,
+    the run in the backward pass multiplied by the unscaled mask of that run."""
+    filled = WeakIdKeyDictionary()  # the tensors a made-again random fill wrote, in either pass
 
-# An operation that writes into its input is kept, not run again: run again, it would write into the
-# kept output a second time (the attention kernels scale their product in place, `out.mul_(·)`).
-# The kept entry then holds the value after that write, which is why the cache may see it mutated;
-# it is correct as long as nothing reads the output between the product and the in-place write,
-# which is how the kernels are written (tests/zoo/test_recompute.py compares gradients bit for bit).
-_contexts = functools.partial(create_selective_checkpoint_contexts, _policy, allow_cache_entry_mutation=True)
+    def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+        target = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if op in RECOMPUTED_FILLS and target is not None:
+            filled[target] = True
+        elif target is not None and target in filled and getattr(getattr(op, "_schema", None), "is_mutable", False):
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        if is_elementwise(op) or (op in PRODUCTS and _IN_RECOMPUTED_PRODUCT.get()):
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.MUST_SAVE
+
+    return create_selective_checkpoint_contexts(policy, allow_cache_entry_mutation=True)
 
 
 def recompute_elementwise(fn, *args, **kwargs):

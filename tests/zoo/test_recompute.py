@@ -22,6 +22,8 @@ SCENARIOS = {
     "fp64-padded": dict(dtype=torch.float64, dropout=0.0, padded=True, normalization="softmax_plus"),
     "fp32-dropout": dict(dtype=torch.float32, dropout=0.1, padded=True, normalization="softmax_plus"),
     "bf16-dropout": dict(dtype=torch.bfloat16, dropout=0.1, padded=False, normalization="softmax"),
+    # torch's sdpa on the CPU draws its dropout with torch's unfused dropout (a mask scaled in place)
+    "sdpa-dropout": dict(dtype=torch.float32, dropout=0.1, padded=True, normalization="softmax", backend="sdpa"),
 }
 
 
@@ -45,7 +47,8 @@ def test_recomputing_gives_the_same_loss_and_gradients(family, scenario, kernels
         kernels_off(monkeypatch, "elementwise", "dropout", "attention")
     config = make_config(family, hidden_dropout_prob=options["dropout"],
                          attention_probs_dropout_prob=options["dropout"],
-                         attention_normalization=options["normalization"])
+                         attention_normalization=options["normalization"],
+                         attention_backend=options.get("backend", "auto"))
     model = randomize(zoo.families.model_class(config, "masked-lm")(config), scale=0.5)
     model = model.to(torch.float64 if options["dtype"] == torch.float64 else torch.float32).train()
     ids = torch.randint(5, 97, (3, 12), generator=torch.Generator().manual_seed(1))
@@ -63,6 +66,22 @@ def test_recomputing_gives_the_same_loss_and_gradients(family, scenario, kernels
     assert plain[1].keys() == recomputed[1].keys()
     for name, grad in plain[1].items():
         assert torch.equal(recomputed[1][name], grad), name
+
+
+def test_torch_dropout_on_the_cpu_gives_the_same_gradients_recomputed():
+    """torch's CPU dropout scales its mask in place (`bernoulli_` then `div_`) and multiplies by the mask,
+    not by what `div_` returns: the scaling is made again with the mask (kept, the gradients were those of
+    an unscaled mask)."""
+    x, w = torch.randn(4, 8, requires_grad=True), torch.randn(8, 8, requires_grad=True)
+
+    def f(x, w):
+        return torch.nn.functional.dropout(x * 1.0, 0.5, training=True) @ w
+
+    grads = []
+    for run in (f, lambda *args: zoo.recompute.recompute_elementwise(f, *args)):
+        torch.manual_seed(5)
+        grads.append(torch.autograd.grad(run(x, w).sum(), (x, w)))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 def test_the_option_is_a_config_field_and_stays_out_of_inference():
