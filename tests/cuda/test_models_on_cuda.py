@@ -231,8 +231,10 @@ def test_gau_scale_pair_runs_its_triton_kernels_on_cuda():
     grad_q, grad_k = (torch.randn(q.shape, device="cuda").to(torch.bfloat16) for _ in range(2))
     dz, dgq, dgk = torch.autograd.grad((q, k), (z, first.weight, second.weight), (grad_q, grad_k))
     z64, gq64, gk64 = (t.detach().double().requires_grad_() for t in (z, first.weight, second.weight))
-    exact = torch.autograd.grad((z64 * gq64.bfloat16().double(), z64 * gk64.bfloat16().double()), (z64, gq64, gk64),
-                                (grad_q.double(), grad_k.double()))
+    # γ rounded to bf16 in the product, as the kernel reads it, with the gradient passing the rounding
+    # unrounded (through `.bfloat16()` autograd would round dγ to bf16 too)
+    gq_bf16, gk_bf16 = (g + (g.bfloat16().double() - g).detach() for g in (gq64, gk64))
+    exact = torch.autograd.grad((z64 * gq_bf16, z64 * gk_bf16), (z64, gq64, gk64), (grad_q.double(), grad_k.double()))
     ulp = torch.exp2(torch.floor(torch.log2(exact[0].abs().clamp_min(1e-30))) - 7)
     assert ((dz.double() - exact[0]).abs() <= ulp + 1e-5 * exact[0].abs().max()).all()
     for got, want in ((dgq, exact[1]), (dgk, exact[2])):
