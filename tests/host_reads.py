@@ -30,6 +30,11 @@ class HostReads(TorchDispatchMode):
         super().__init__()
         self.sites: list[str] = []
 
+    @property
+    def functions(self) -> list[str]:
+        """The name of the project's function that made each read, in order."""
+        return [site.rsplit(" (", 1)[1][:-1] for site in self.sites]
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         boolean_index = func is aten.index.Tensor and any(
             isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])

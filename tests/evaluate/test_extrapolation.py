@@ -298,7 +298,7 @@ def test_scoring_waits_for_the_device_once_per_batch(name, stream, policy, token
     test_set = data.natural_set(stream, 32, plan, policy, seed=0)
     with HostReads() as reads:
         metrics = scoring.score(loaded, test_set, variant(name, N), bucket_size=N, batch_tokens=64)
-    assert [site.split(" ")[-1] for site in reads.sites] == ["(score)"] * 3  # 5 windows, 2 per batch
+    assert reads.functions == ["score"] * 3  # 5 windows, 2 per batch
     with HostReads() as reads:
         entropy = metrics.to_json()["entropy_by_layer"]
     assert reads.sites and all(site.startswith("zoo/positions/context.py") for site in reads.sites)

@@ -12,6 +12,7 @@ import torch
 
 from zoo.families import model_class
 
+from . import reference
 from .test_models import batch, make_config, randomize
 
 TOLERANCE = dict(rtol=1e-12, atol=1e-12)
@@ -103,27 +104,20 @@ def test_multiple_choice_loss_with_a_padded_choice():
     assert_fp64_loss(out.loss, cross_entropy(out.logits, labels))
 
 
-def rotate(x, positions):
-    """RoPE of the interleaved pairs (x₂ᵢ, x₂ᵢ₊₁) as complex numbers times e^{i·n·θᵢ}, θᵢ = 10000^(−2i/d)."""
-    d = x.shape[-1]
-    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    turn = torch.polar(torch.ones(len(positions), d // 2, dtype=torch.float64), positions[:, None] * theta)
-    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (d // 2, 2)).contiguous()) * turn).flatten(-2)
-
-
 def global_pointer_scores(head, hidden, mask, efficient):
-    """s_α(i, j) for the spans (i ≤ j, both tokens real), −1e12 elsewhere, from the head's weights."""
+    """s_α(i, j) for the spans (i ≤ j, both tokens real), −1e12 elsewhere, from the head's weights (RoPE as
+    tests/zoo/reference.py writes it from bert4keras)."""
     size = head.head_size
-    positions = torch.arange(hidden.shape[1], dtype=torch.float64)
+    positions = torch.arange(hidden.shape[1])[None]  # [1, S]: broadcast over the batch (and heads)
     if efficient:
         p = hidden @ head.p_dense.weight.T
-        q, k = rotate(p[..., 0::2], positions), rotate(p[..., 1::2], positions)
+        q, k = reference.rope(p[..., 0::2], positions), reference.rope(p[..., 1::2], positions)
         shared = q @ k.transpose(-1, -2) / math.sqrt(size)
         bias = (p @ head.q_dense.weight.T / 2).transpose(1, 2)  # [B, 2·types, S]: end, start per type
         scores = shared[:, None] + bias[:, 0::2, None, :] + bias[:, 1::2, :, None]
     else:
         qk = (hidden @ head.dense.weight.T).unflatten(-1, (head.heads, 2 * size)).transpose(1, 2)
-        q, k = rotate(qk[..., :size], positions), rotate(qk[..., size:], positions)
+        q, k = reference.rope(qk[..., :size], positions), reference.rope(qk[..., size:], positions)
         scores = q @ k.transpose(-1, -2) / math.sqrt(size)
     valid = mask.bool()
     spans = torch.ones(scores.shape[-2:], dtype=torch.bool).triu() & valid[:, None, :, None] & valid[:, None, None, :]
