@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
 from zoo import positions
@@ -189,6 +191,41 @@ def test_ntk_dynamic_per_row_base():
         cos, sin = expected_tables(theta(D, base), L)
         torch.testing.assert_close(ctx.cos[row, 0], cos, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(ctx.sin[row, 0], sin, rtol=1e-12, atol=1e-12)
+
+
+class OffDevice(TorchDispatchMode):
+    """Records every operator that takes or makes a tensor off `device` (a table built on the CPU and
+    copied over: on a GPU each such copy from pageable memory waits for the device)."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.device, self.ops = torch.device(device), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.device != self.device for t in tensors):
+            self.ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_variant_context_is_built_on_the_models_device(padded):
+    """Every table of every B.6 variant (dynamic NTK's per-row bases from the valid lengths included)
+    is made on the device it is asked for: before, each forward pass built θ on the CPU and copied it over,
+    and read the valid lengths back to the host. The meta device stands in for a GPU: an operator that
+    touches a CPU tensor shows, and a read of a meta tensor's values raises."""
+    meta = torch.device("meta")
+    key_valid = torch.ones(2, L, dtype=torch.bool, device=meta) if padded else None
+    encoder = Encoder(dim=D)
+    for name in positions.default_variants(N):
+        with OffDevice(meta) as off:
+            ctx = variant(name, N).context(encoder, key_valid, L, None, torch.float32, meta)
+        assert off.ops == [], (name, off.ops)
+        tables = [ctx.cos, ctx.sin, ctx.row_scale, ctx.visible]
+        if ctx.clipped is not None:
+            tables += [ctx.clipped.near_cos, ctx.clipped.far_sin]
+        assert all(t.device == meta for t in tables if t is not None), name
 
 
 @pytest.mark.parametrize("name", ["pi", "ntk", "ntk_fixed", "ntk_mixed", "ntk_dynamic", "yarn"])

@@ -1,5 +1,6 @@
 """RoPE frequency rules for length extrapolation (extrapolation.md B.5): position interpolation, NTK
-and Su's two refinements, dynamic NTK, YaRN. Each maps (d, base, κ = max(1, L/N)) to θ in float64."""
+and Su's two refinements, dynamic NTK, YaRN. Each maps (d, base, κ = max(1, L/N)) to θ in float64, made
+on the device it is asked for."""
 
 from __future__ import annotations
 
@@ -13,48 +14,48 @@ from ..rope import rope_inv_freq
 ROPE_SCALINGS = ("none", "pi", "ntk", "ntk_fixed", "ntk_mixed", "ntk_dynamic", "yarn")
 
 
-def pi_inv_freq(dim: int, base: float, kappa: float) -> torch.Tensor:
+def pi_inv_freq(dim: int, base: float, kappa: float, device=None) -> torch.Tensor:
     """Position interpolation: pos → pos·N/L, i.e. every θ_i divided by κ (B.5 PI)."""
-    return rope_inv_freq(dim, base) / kappa
+    return rope_inv_freq(dim, base, device) / kappa
 
 
-def ntk_inv_freq(dim: int, base: float, kappa: float) -> torch.Tensor:
+def ntk_inv_freq(dim: int, base: float, kappa: float, device=None) -> torch.Tensor:
     """NTK-aware (bloc97): the base becomes b' = b·κ^(d/(d−2)) (B.5)."""
     check_ntk_dim(dim)
-    return rope_inv_freq(dim, base * kappa ** (dim / (dim - 2)))
+    return rope_inv_freq(dim, base * kappa ** (dim / (dim - 2)), device)
 
 
-def ntk_fixed_inv_freq(dim: int, base: float, kappa: float) -> torch.Tensor:
+def ntk_fixed_inv_freq(dim: int, base: float, kappa: float, device=None) -> torch.Tensor:
     """Su's NTK-fixed: θ_m = 1/(λ·(βλ)^(m−1)), β = b^(2/d), λ = κ^(2/d), m = 1 … d/2 (B.5).
 
     Equals θ_p·λ^−(p+1) for p = m − 1: the extra 1/λ keeps the lowest frequency at exactly θ/κ.
     """
     lam = kappa ** (2.0 / dim)
-    p = torch.arange(dim // 2, dtype=torch.float64)
-    return rope_inv_freq(dim, base) * lam ** -(p + 1)
+    p = torch.arange(dim // 2, dtype=torch.float64, device=device)
+    return rope_inv_freq(dim, base, device) * lam ** -(p + 1)
 
 
-def ntk_mixed_inv_freq(dim: int, base: float, kappa: float, exponent: float = 0.625) -> torch.Tensor:
+def ntk_mixed_inv_freq(dim: int, base: float, kappa: float, exponent: float = 0.625, device=None) -> torch.Tensor:
     """Su's NTK-mixed: θ_p·exp(−a·(p+1)^b'), a = ln κ / (d/2)^b' (B.5; b' = 0.625 in his GAU runs)."""
     a = math.log(kappa) / (dim / 2) ** exponent
-    p = torch.arange(dim // 2, dtype=torch.float64)
-    return rope_inv_freq(dim, base) * torch.exp(-a * (p + 1) ** exponent)
+    p = torch.arange(dim // 2, dtype=torch.float64, device=device)
+    return rope_inv_freq(dim, base, device) * torch.exp(-a * (p + 1) ** exponent)
 
 
 def ntk_dynamic_inv_freq(dim: int, base: float, lengths: torch.Tensor, train_length: int, factor: float = 2.0) -> torch.Tensor:
     """Dynamic NTK (HF/vLLM form, B.5): b' = b·((s·ℓ/N) − (s−1))^(d/(d−2)) with ℓ = max(length, N).
 
-    `lengths` [B] → inv_freq [B, 1, d/2] (one base per row).
+    `lengths` [B] → inv_freq [B, 1, d/2] (one base per row), on the device of `lengths`.
     """
     check_ntk_dim(dim)
     ell = lengths.to(torch.float64).clamp_min(train_length)
     bases = base * ((factor * ell / train_length) - (factor - 1)) ** (dim / (dim - 2))
-    exponent = torch.arange(0, dim, 2, dtype=torch.float64) / dim
-    return (bases[:, None, None] ** -exponent).to(torch.float64)
+    exponent = torch.arange(0, dim, 2, dtype=torch.float64, device=lengths.device) / dim
+    return bases[:, None, None] ** -exponent
 
 
 def yarn_inv_freq(dim: int, base: float, kappa: float, train_length: int,
-                  beta_fast: float = 32.0, beta_slow: float = 1.0) -> torch.Tensor:
+                  beta_fast: float = 32.0, beta_slow: float = 1.0, device=None) -> torch.Tensor:
     """YaRN frequencies (B.5): a ramp over pair index p between θ (extrapolate) and θ/κ (interpolate).
 
     dim(r) = d·ln(N/(2πr)) / (2 ln b); low = ⌊dim(β_fast)⌋, high = ⌈dim(β_slow)⌉ (clamped to [0, d−1]);
@@ -67,9 +68,9 @@ def yarn_inv_freq(dim: int, base: float, kappa: float, train_length: int,
     high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
     if low == high:
         high += 0.001  # as the reference code: avoid a zero-width ramp
-    p = torch.arange(dim // 2, dtype=torch.float64)
+    p = torch.arange(dim // 2, dtype=torch.float64, device=device)
     ramp = ((p - low) / (high - low)).clamp(0.0, 1.0)
-    extrapolated = rope_inv_freq(dim, base)
+    extrapolated = rope_inv_freq(dim, base, device)
     return extrapolated / kappa * ramp + extrapolated * (1 - ramp)
 
 

@@ -88,25 +88,31 @@ class PositionVariant:
         """κ = max(1, L/N) (B.5)."""
         return max(1.0, seq_len / self.train_length)
 
-    def inv_freq(self, dim: int, base: float, seq_len: int, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-        """(inv_freq in float64, mscale) of this variant at sequence length `seq_len`."""
+    def inv_freq(self, dim: int, base: float, seq_len: int, lengths: torch.Tensor | None = None,
+                 device=None) -> tuple[torch.Tensor, float]:
+        """(inv_freq in float64 on `device`, mscale) of this variant at sequence length `seq_len`.
+
+        Dynamic NTK takes one base per row from `lengths` [B] (the valid tokens of each row; by default
+        `seq_len`) and builds its table on their device.
+        """
         kappa = self.kappa(seq_len)
         scaling = self.rope_scaling
         if scaling == "none" or (kappa == 1.0 and scaling != "ntk_dynamic"):
-            return rope_inv_freq(dim, base), 1.0
+            return rope_inv_freq(dim, base, device), 1.0
         if scaling == "pi":
-            return pi_inv_freq(dim, base, kappa), 1.0
+            return pi_inv_freq(dim, base, kappa, device), 1.0
         if scaling == "ntk":
-            return ntk_inv_freq(dim, base, kappa), 1.0
+            return ntk_inv_freq(dim, base, kappa, device), 1.0
         if scaling == "ntk_fixed":
-            return ntk_fixed_inv_freq(dim, base, kappa), 1.0
+            return ntk_fixed_inv_freq(dim, base, kappa, device), 1.0
         if scaling == "ntk_mixed":
-            return ntk_mixed_inv_freq(dim, base, kappa, self.ntk_mixed_exponent), 1.0
+            return ntk_mixed_inv_freq(dim, base, kappa, self.ntk_mixed_exponent, device), 1.0
         if scaling == "ntk_dynamic":
             if lengths is None:
-                lengths = torch.tensor([seq_len])
+                lengths = torch.full((1,), seq_len, device=device)
             return ntk_dynamic_inv_freq(dim, base, lengths, self.train_length, self.dynamic_factor), 1.0
-        return yarn_inv_freq(dim, base, kappa, self.train_length, self.yarn_beta_fast, self.yarn_beta_slow), yarn_mscale(kappa)
+        return (yarn_inv_freq(dim, base, kappa, self.train_length, self.yarn_beta_fast, self.yarn_beta_slow, device),
+                yarn_mscale(kappa))
 
     def leaky_k(self, seq_len: int) -> float | None:
         """Leaky ReRoPE's k at this length (None = ReRoPE, k = ∞)."""
@@ -138,12 +144,12 @@ class PositionVariant:
         clipped = None
         if encoder.rotary is not None:
             positions = _positions(position_ids, seq_len, device)
-            lengths = key_valid.sum(-1) if key_valid is not None else torch.full((1,), seq_len)
-            inv_freq, mscale = self.inv_freq(encoder.rotary.dim, encoder.rotary.base, seq_len, lengths.cpu())
-            cos, sin = rope_cos_sin(positions, inv_freq.to(device), dtype, mscale)
+            lengths = key_valid.sum(-1) if key_valid is not None and self.rope_scaling == "ntk_dynamic" else None
+            inv_freq, mscale = self.inv_freq(encoder.rotary.dim, encoder.rotary.base, seq_len, lengths, device)
+            cos, sin = rope_cos_sin(positions, inv_freq, dtype, mscale)
             cos, sin = cos[:, None], sin[:, None]  # [B or 1, 1, S, d/2]: broadcast over heads
             if self.rerope_window is not None:
-                clipped = self._clipped(positions, inv_freq.to(device), seq_len, dtype)
+                clipped = self._clipped(positions, inv_freq, seq_len, dtype)
         return PositionAttentionContext(
             mask=mask, cos=cos, sin=sin, row_scale=row_scale, backend=config.active_attention_backend, clipped=clipped,
             visible=visible, chunk_size=self.chunk_size, max_score_elements=self.max_score_elements,
