@@ -153,17 +153,32 @@ def sdpa_has_a_kernel(q, k, v, mask, dropout_p: float, shared_qk: bool = False) 
     alone to be sure it runs), and where none of them takes the call (flash takes no mask and no fp32,
     the CPU's no dropout) sdpa fails with "No available kernel"; the call then goes to the registry's
     next entry instead. The math backend, on unless switched off, takes every call; otherwise torch's
-    own choice (`_fused_sdp_choice`, what sdpa asks on either device) says, for sdpa's operands
-    (`shared_qk`: those of `sdpa_shared_qk`)."""
+    own choice (`_fused_sdp_choice`, what sdpa asks on either device) says, for the operands sdpa will
+    get (`shared_qk`: those of `sdpa_shared_qk`): in the dtype it computes in (autocast's: a bf16 call
+    flash takes though q is fp32) and with the additive mask of `sdpa_bias` rather than the boolean one.
+    It asks with stand-ins of their shapes and strides, allocated but never filled: the probe copies nothing."""
     if torch.compiler.is_compiling() or torch.backends.cuda.math_sdp_enabled():
         return True
     if shared_qk:
         q, k, v = shared_qk_operands(q, k, v)
+    dtype = sdpa_compute_dtype(q)
+    q, k, v = (x if x.dtype == dtype else torch.empty_like(x, dtype=dtype).requires_grad_(x.requires_grad)
+               for x in (q, k, v))  # as autocast's cast makes them
+    bias = None if mask is None else torch.empty(mask.shape, dtype=dtype, device=q.device)
     try:
-        torch._fused_sdp_choice(q, k, v, mask, dropout_p, False)
+        torch._fused_sdp_choice(q, k, v, bias, dropout_p, False)
     except RuntimeError:  # "No available kernel" / "No viable backend"
         return False
     return True
+
+
+def sdpa_compute_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype sdpa computes in for this q: autocast's where autocast is on for q's device (it casts q,
+    k, v and the additive mask), unless q is fp64, which autocast leaves alone; q's own otherwise."""
+    device_type = q.device.type
+    if q.dtype != torch.float64 and q.is_floating_point() and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return q.dtype
 
 
 def _sdpa_wanted(q, k, v, mask, scale, dropout_p, *, backend: str, need_weights: bool) -> bool:
@@ -242,10 +257,7 @@ def sdpa_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None
     version, zeros or NaN on CUDA (NaN that a zero gradient carries into the weights' gradients)."""
     if mask is None:
         return None
-    device_type = q.device.type
-    computes_in = q.dtype
-    if q.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
-        computes_in = torch.get_autocast_dtype(device_type)
+    computes_in = sdpa_compute_dtype(q)
     least = max(torch.finfo(q.dtype).min, torch.finfo(computes_in).min)
     if {q.dtype, computes_in} == {torch.bfloat16, torch.float16}:
         least /= 2  # fp16's minimum in bf16 rounds to -65536, past fp16's range

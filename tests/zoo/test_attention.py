@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend
 
 import zoo
 import zoo.attention
@@ -11,7 +12,7 @@ import zoo.rope
 from zoo.attention import AttentionMask, SoftmaxAttention, attention, blocked_softmax_attention
 from zoo.dropout import dropout, keep_mask
 from zoo.families import model_class
-from zoo.kernels import dropout_kernels, keep_scale, new_seed, reference_keep_mask, threshold_for
+from zoo.kernels import dropout_kernels, keep_scale, new_seed, reference_keep_mask, registry, threshold_for
 
 from .kernel_switch import kernels_off
 from .test_models import SMALL, batch, make_config, randomize
@@ -501,6 +502,74 @@ def test_sdpa_gets_the_least_value_of_the_dtype_it_computes_in(q_dtype, autocast
     assert bias.dtype == q_dtype and bias[0, 0, 0, 0] == 0 and bias[0, 0, 0, 1] == torch.tensor(least, dtype=q_dtype)
     computes_in = q_dtype if autocast_dtype is None or q_dtype == torch.float64 else autocast_dtype
     assert torch.isfinite(bias.to(computes_in)).all()
+
+
+def probed_operands(q, k, v, mask, shared_qk=False):
+    """The operands `sdpa_has_a_kernel` hands torch's backend choice."""
+    seen = []
+
+    def choice(*args):
+        seen.append(args[:4])
+        return 0
+
+    with pytest.MonkeyPatch.context() as patch, torch.nn.attention.sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        patch.setattr(torch, "_fused_sdp_choice", choice)
+        assert zoo.attention.sdpa_has_a_kernel(q, k, v, mask, 0.0, shared_qk=shared_qk)
+    return seen[0]
+
+
+@pytest.mark.parametrize("q_dtype, autocast_dtype", [
+    (torch.float32, None), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16),
+    (torch.float64, torch.bfloat16), (torch.float32, torch.float16)])
+@pytest.mark.parametrize("shared_qk", [False, True])
+def test_sdpas_kernel_probe_asks_for_the_operands_sdpa_gets(q_dtype, autocast_dtype, shared_qk):
+    """The probe asked with the boolean mask and q's own dtype, while sdpa gets the additive mask and, under
+    autocast, everything cast to autocast's dtype (fp64 excepted): on CUDA, where flash takes neither fp32 nor
+    a mask, its answer could differ from the call's. Now the probe's operands have the dtype, shape and
+    strides of autocast's casts (a contiguous copy of GAU's q and k expanded over the value heads)."""
+    q = torch.randn(2, 1, 5, 4, dtype=q_dtype, requires_grad=True)
+    k, v = torch.randn(2, 1, 5, 4, dtype=q_dtype), torch.randn(2, 1, 5, 12 if shared_qk else 4, dtype=q_dtype)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        probed = probed_operands(q, k, v, mask, shared_qk)
+        given = (*(zoo.attention.shared_qk_operands(q, k, v) if shared_qk else (q, k, v)), zoo.attention.sdpa_bias(mask, q))
+    computes_in = q_dtype if autocast_dtype is None or q_dtype == torch.float64 else autocast_dtype
+    for got, operand in zip(probed, given):
+        cast = operand.to(computes_in)  # what autocast gives sdpa (the operand itself where no cast is needed)
+        assert (got.dtype, got.shape, got.stride(), got.device) == (cast.dtype, cast.shape, cast.stride(), cast.device)
+    assert probed[0].requires_grad
+
+
+def test_sdpa_runs_where_its_backend_takes_the_autocast_call():
+    """As CUDA's flash kernel, a backend that takes no fp32 and no boolean mask: an fp32 q under bf16 autocast
+    with a padding mask is a bf16 call with an additive mask, which it takes; the old probe (fp32, boolean)
+    sent the call to the next entry."""
+    choose = torch._fused_sdp_choice
+
+    def flash_like(q, k, v, mask, *args):
+        if q.dtype == torch.float32 or (mask is not None and mask.dtype == torch.bool):
+            raise RuntimeError("No available kernel. Aborting execution.")
+        return choose(q, k, v, mask, *args)
+
+    q, k, v = qkv(dtype=torch.float32)
+    key_valid = torch.ones(q.shape[0], q.shape[-2], dtype=torch.bool)
+    key_valid[0, -2:] = False
+    chosen = []
+    select = registry.select
+
+    def recording(op, *args, **kwargs):
+        kernel = select(op, *args, **kwargs)
+        chosen.append(kernel.name)
+        return kernel
+
+    with pytest.MonkeyPatch.context() as patch, torch.nn.attention.sdpa_kernel([SDPBackend.FLASH_ATTENTION]), \
+            torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        patch.setattr(torch, "_fused_sdp_choice", flash_like)
+        patch.setattr(registry, "select", recording)
+        out, _ = attention(q, k, v, AttentionMask(key_valid=key_valid), backend="sdpa")
+    assert chosen == ["sdpa-requested"]
+    expected = reference_attention(q.detach(), k.detach(), v.detach(), key_valid)
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)  # bf16 operands: 8-bit mantissas
 
 
 def test_relu2_with_a_window_gives_finite_gradients_to_rows_without_a_key():
