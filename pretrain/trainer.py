@@ -687,9 +687,18 @@ class Trainer:
     def _compiled_batch(self, batch: dict) -> dict:
         """With `training.compile`, the number of masked tokens (the length of `masked_positions`, a new
         one every batch) marked dynamic, so the forward pass is compiled once with it symbolic rather than
-        for the first batch's count and again, made dynamic then, for the second's."""
-        if self.recipe.training.compile and "masked_positions" in batch:
-            torch._dynamo.maybe_mark_dynamic(batch["masked_positions"], 0)
+        for the first batch's count and again, made dynamic then, for the second's; and the batch's other
+        sizes marked static. Without that, a short last held-out batch (held-out sequences per rank not a
+        multiple of the micro-batch) made dynamo take the batch size for a dynamic one, and the training
+        graph compiled after it had a symbolic batch size for the rest of the run, although every
+        training batch has the same; now the short batch gets a graph of its own."""
+        if self.recipe.training.compile:
+            for name, tensor in batch.items():
+                if name == "masked_positions":
+                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
+                elif isinstance(tensor, torch.Tensor):
+                    for dim in range(tensor.dim()):
+                        torch._dynamo.mark_static(tensor, dim)
         return batch
 
     def _train_step(self, step_batches, logging_step: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -313,6 +313,59 @@ def test_compiled_training_follows_the_eager_curve_without_graph_breaks(tmp_path
         assert abs(curves["compiled"][step] - loss) <= 2e-3 * loss, (step, curves)  # seen: 1e-4
 
 
+def test_a_short_heldout_batch_leaves_the_compiled_training_graph_static():
+    """Ten held-out sequences in micro-batches of 4: the last evaluation batch has 2. Dynamo then took the
+    batch size for a dynamic one, and the training graph compiled after the evaluation had a symbolic
+    batch size for the whole run. With the batches as `_compiled_batch` marks them, the short batch gets
+    a graph of its own and the training graph's only symbolic size is the number of masked tokens."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pretrain.loader import heldout_batches
+    from pretrain.masking import MaskingPolicy
+    from pretrain.recipe import MaskingSection
+    from pretrain.trainer import Trainer
+
+    torch.manual_seed(5)
+    model = zoo.create("roformer-v2-mini", task="masked-lm", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids = np.random.default_rng(0).integers(104, 12000, (10, 32))
+
+    class Heldout:
+        def __len__(self):
+            return len(ids)
+
+        def __getitem__(self, index):
+            return {"input_ids": ids[index], "word_starts": np.ones_like(ids[index])}
+
+    policy = MaskingPolicy.from_recipe(MaskingSection(), zoo.default_tokenizer(), model.config.vocab_size)
+    batches = list(heldout_batches(Heldout(), len(ids), 4, 5, policy))
+    assert [len(batch["input_ids"]) for batch in batches] == [4, 4, 2]
+    trainer = Trainer.__new__(Trainer)  # only what _compiled_batch reads
+    trainer.recipe = SimpleNamespace(training=SimpleNamespace(compile=True))
+    graphs = []  # (for training?, the symbolic sizes of its inputs), one per compiled graph
+
+    def backend(graph, example_inputs):
+        sizes = {str(s) for x in example_inputs for s in (x.shape if isinstance(x, torch.Tensor) else [x])
+                 if isinstance(s, torch.SymInt)}
+        graphs.append((torch.is_grad_enabled(), len(sizes)))
+        return graph.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    try:
+        with torch.no_grad():
+            model.eval()
+            for batch in batches:
+                compiled(**trainer._compiled_batch(dict(batch)), masked_positions_only=True)
+        model.train()
+        for batch in batches[:2]:
+            compiled(**trainer._compiled_batch(dict(batch)), masked_positions_only=True).loss.backward()
+    finally:
+        torch._dynamo.reset()
+    assert graphs == [(False, 1), (False, 1), (True, 1)], graphs  # the evaluation's two sizes, then training
+
+
 def test_resuming_a_zero1_checkpoint_with_zero0_names_both_stages(tmp_path, corpus_file, cache_dir):
     recipe = write_recipe(tmp_path, corpus_file, cache_dir, "zero1", zero=1, optimizer="adamw", steps=2)
     code, output = launch(recipe, ranks=1)
