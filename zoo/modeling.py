@@ -33,6 +33,7 @@ from .heads import EfficientGlobalPointer, GlobalPointer, MaskedLMHead, global_p
 from .initialization import dense, init_dense, init_embedding
 from .layers import EncoderLayer
 from .norms import LayerNorm, ScaleOffset, make_norm
+from .projections import runs_unwatched
 from .rope import RotaryEmbedding
 
 
@@ -56,11 +57,14 @@ class Embeddings(nn.Module):
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
-        if token_type_ids is None:
+        segments = self.token_type_embeddings
+        if token_type_ids is None and type(segments) is nn.Embedding and runs_unwatched(segments):
             # every Zhuiyi script passes all-zero segment ids (§1.3): add row 0 without a gather
-            embeddings = inputs_embeds + self.token_type_embeddings.weight[0]
+            embeddings = inputs_embeds + segments.weight[0]
+        elif token_type_ids is None:  # through the module, whose hooks (ZeRO-3's gather) must see it run
+            embeddings = inputs_embeds + segments(torch.zeros((), dtype=torch.long, device=inputs_embeds.device))
         else:
-            embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+            embeddings = inputs_embeds + segments(token_type_ids)
         if self.position_embeddings is not None:
             table = self.position_embeddings.num_embeddings
             if position_ids is None:  # 0 … S − 1: checked on the host (reading the largest id back would wait for a GPU)
@@ -304,7 +308,8 @@ class EncoderForMaskedLM(_EncoderHeadModel):
     `masked_positions_only=True` with `labels` computes logits only where labels ≠ −100
     (logits then have shape [n_masked, V]): the training fast path (ecosystem.md §6.1). The
     collator's `masked_positions` (the flat indices of those labels in [batch × seq], made on the
-    host) select them without the device→host wait a boolean selection costs on a GPU.
+    host) select them without the device→host wait a boolean selection costs on a GPU, and without the
+    graph break it costs under `torch.compile` (a selection whose length depends on the values).
     """
 
     _tied_weights_keys = {"lm_head.decoder.weight": "encoder.embeddings.word_embeddings.weight"}

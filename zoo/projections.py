@@ -54,23 +54,25 @@ class _ColumnBlocks(torch.autograd.Function):
         return torch.cat(blocks, dim=-1), None
 
 
-def _hooked(linear: nn.Module) -> bool:
-    """Hooks of its own, or a forward replaced on the instance: accelerate's offloading (device_map with
-    "cpu" or "disk") sets `_hf_hook` and wraps `forward`, which moves the weights in for the call, while
-    the module's own weight stays on "meta"."""
-    return bool(linear._forward_hooks or linear._forward_pre_hooks or linear._backward_hooks
-                or linear._backward_pre_hooks or hasattr(linear, "_hf_hook") or "forward" in vars(linear))
+def runs_unwatched(module: nn.Module) -> bool:
+    """Whether nothing but the module itself would see its forward pass run, so that reading its weights
+    may stand in for calling it: no global module hooks (DeepSpeed's ZeRO-3 gathers partitioned weights in
+    hooks), none of its own, no forward replaced on the instance (accelerate's offloading, device_map with
+    "cpu" or "disk", sets `_hf_hook` and wraps `forward`, which moves the weights in for the call while the
+    module's own weight stays on "meta")."""
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks or \
+            module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks:
+        return False
+    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or hasattr(module, "_hf_hook") or "forward" in vars(module))
 
 
 def one_product_applies(linears) -> bool:
     """Whether `project` may make one product for these modules (see the module docstring)."""
-    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks or \
-            module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks:
-        return False
     first = linears[0].weight
     with_bias = linears[0].bias is not None
     return first.device.type != "meta" and all(
-        type(linear) is nn.Linear and not _hooked(linear) and linear.weight.dtype == first.dtype
+        type(linear) is nn.Linear and runs_unwatched(linear) and linear.weight.dtype == first.dtype
         and linear.weight.device == first.device and (linear.bias is not None) == with_bias for linear in linears)
 
 

@@ -213,3 +213,28 @@ def test_a_model_trains_the_same_with_the_one_product(preset, monkeypatch):
     assert (results[0][0] - results[1][0]).abs() <= 1e-12 * results[1][0].abs()
     for name, grad in results[1][1].items():
         assert (results[0][1][name] - grad).abs().max() <= 1e-10 * grad.abs().max().clamp_min(1e-30), name
+
+
+@pytest.mark.parametrize("watch", ["own hook", "global hook"])
+def test_a_watched_segment_embedding_runs_itself(watch):
+    """The embeddings add token_type_embeddings' row 0 (the all-zero segment ids) by reading the weight, the
+    same rule as the one product: where hooks watch that module (ZeRO-3 gathers its partitioned weight in
+    one) it is called instead, with the same result."""
+    torch.manual_seed(0)
+    model = zoo.create("roformer-v2-mini").double().eval()
+    ids = torch.randint(104, 12000, (2, 9))
+    expected = model(input_ids=ids).logits
+    segments = model.encoder.embeddings.token_type_embeddings
+    calls = []
+    if watch == "own hook":
+        handle = segments.register_forward_pre_hook(lambda module, args: calls.append(args[0].tolist()))
+    else:
+        handle = nn.modules.module.register_module_forward_pre_hook(
+            lambda module, args: calls.append(args[0].tolist()) if module is segments else None)
+    try:
+        got = model(input_ids=ids).logits
+    finally:
+        handle.remove()
+    assert calls == [0]  # the all-zero segment, once
+    # (a global hook also makes q, k and v three products: the same sums in fp64 to rounding)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
