@@ -697,8 +697,7 @@ class Trainer:
                 if name == "masked_positions":
                     torch._dynamo.maybe_mark_dynamic(tensor, 0)
                 elif isinstance(tensor, torch.Tensor):
-                    for dim in range(tensor.dim()):
-                        torch._dynamo.mark_static(tensor, dim)
+                    torch._dynamo.mark_static(tensor)  # every size
         return batch
 
     def _train_step(self, step_batches, logging_step: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

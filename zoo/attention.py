@@ -156,16 +156,17 @@ def sdpa_has_a_kernel(q, k, v, mask, dropout_p: float, shared_qk: bool = False) 
     own choice (`_fused_sdp_choice`, what sdpa asks on either device) says, for the operands sdpa will
     get (`shared_qk`: those of `sdpa_shared_qk`): in the dtype it computes in (autocast's: a bf16 call
     flash takes though q is fp32) and with the additive mask of `sdpa_bias` rather than the boolean one.
-    It asks with stand-ins of their shapes and strides, allocated but never filled: the probe copies nothing."""
+    It asks with stand-ins of their shapes and strides, allocated and not filled (unless deterministic
+    algorithms are asked to fill new memory): the probe copies nothing."""
     if torch.compiler.is_compiling() or torch.backends.cuda.math_sdp_enabled():
         return True
     if shared_qk:
         q, k, v = shared_qk_operands(q, k, v)
-    dtype = sdpa_compute_dtype(q)
-    q, k, v = (x if x.dtype == dtype else torch.empty_like(x, dtype=dtype).requires_grad_(x.requires_grad)
-               for x in (q, k, v))  # as autocast's cast makes them
-    bias = None if mask is None else torch.empty(mask.shape, dtype=dtype, device=q.device)
     try:
+        dtype = sdpa_compute_dtype(q)
+        q, k, v = (x if x.dtype == dtype else torch.empty_like(x, dtype=dtype, requires_grad=x.requires_grad)
+                   for x in (q, k, v))  # as autocast's cast makes them
+        bias = None if mask is None else torch.empty(mask.shape, dtype=dtype, device=q.device)
         torch._fused_sdp_choice(q, k, v, bias, dropout_p, False)
     except RuntimeError:  # "No available kernel" / "No viable backend"
         return False

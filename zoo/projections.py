@@ -19,11 +19,11 @@ backward pass puts the three gradients side by side again in one operation (`_Co
 autograd's slices would fill a zero tensor per block and add them.
 
 The one product stands in for the modules' own forward passes, so it applies only where nothing else
-would see those: plain `nn.Linear`s (not a PEFT or quantised subclass), without hooks of their own or
-global module hooks (DeepSpeed's ZeRO-3 gathers partitioned weights in hooks) or a forward replaced on
-the instance (accelerate's offloading), with weights of one dtype and device (not "meta") and biases on
-all or none. Elsewhere each module runs itself, on one shared autocast copy of
-the input (`cast_for_products`).
+would see those (`runs_unwatched`): plain `nn.Linear`s (not a PEFT or quantised subclass), without hooks
+of their own (DeepSpeed's ZeRO-3 gathers partitioned weights in them) or global module hooks or a forward
+replaced on the instance (accelerate's offloading), with weights of one dtype and device (not "meta") and
+biases on all or none. Elsewhere each module runs itself, on one shared autocast copy of the input
+(`cast_for_products`).
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ class _ColumnBlocks(torch.autograd.Function):
 
 def runs_unwatched(module: nn.Module) -> bool:
     """Whether nothing but the module itself would see its forward pass run, so that reading its weights
-    may stand in for calling it: no global module hooks (DeepSpeed's ZeRO-3 gathers partitioned weights in
-    hooks), none of its own, no forward replaced on the instance (accelerate's offloading, device_map with
-    "cpu" or "disk", sets `_hf_hook` and wraps `forward`, which moves the weights in for the call while the
-    module's own weight stays on "meta")."""
+    may stand in for calling it: no global module hooks, none of its own (DeepSpeed's ZeRO-3 gathers
+    partitioned weights in the module's hooks), no forward replaced on the instance (accelerate's
+    offloading, device_map with "cpu" or "disk", sets `_hf_hook` and wraps `forward`, which moves the
+    weights in for the call while the module's own weight stays on "meta")."""
     if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks or \
             module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks:
         return False

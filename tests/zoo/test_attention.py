@@ -540,6 +540,23 @@ def test_sdpas_kernel_probe_asks_for_the_operands_sdpa_gets(q_dtype, autocast_dt
     assert probed[0].requires_grad
 
 
+def test_the_kernel_probe_runs_inside_torch_func_transforms():
+    """A stand-in made with `.requires_grad_()` raised inside torch.func.grad (functorch refuses that call
+    on tensors it made); the probe's answer is the one it gives outside."""
+    q, k, v = (t.detach() for t in qkv(dtype=torch.float32))
+    mask = torch.ones(q.shape[0], 1, 1, q.shape[-2], dtype=torch.bool)
+    with torch.nn.attention.sdpa_kernel([SDPBackend.FLASH_ATTENTION]), torch.autocast("cpu", dtype=torch.bfloat16):
+        outside = zoo.attention.sdpa_has_a_kernel(q, k, v, mask, 0.0)
+        answers = []
+
+        def probed(q):
+            answers.append(zoo.attention.sdpa_has_a_kernel(q, k, v, mask, 0.0))
+            return q.sum()
+
+        torch.func.grad(probed)(q)
+    assert answers == [outside]
+
+
 def test_sdpa_runs_where_its_backend_takes_the_autocast_call():
     """As CUDA's flash kernel, a backend that takes no fp32 and no boolean mask: an fp32 q under bf16 autocast
     with a padding mask is a bf16 call with an additive mask, which it takes; the old probe (fp32, boolean)

@@ -215,26 +215,46 @@ def test_a_model_trains_the_same_with_the_one_product(preset, monkeypatch):
         assert (results[0][1][name] - grad).abs().max() <= 1e-10 * grad.abs().max().clamp_min(1e-30), name
 
 
-@pytest.mark.parametrize("watch", ["own hook", "global hook"])
+class Lookups(TorchDispatchMode):
+    """Counts embedding lookups (aten.embedding), by the number of rows each one asks for."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.embedding.default:
+            self.rows.append(args[1].numel())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("watch", [None, "own hook", "global hook"])
 def test_a_watched_segment_embedding_runs_itself(watch):
     """The embeddings add token_type_embeddings' row 0 (the all-zero segment ids) by reading the weight, the
-    same rule as the one product: where hooks watch that module (ZeRO-3 gathers its partitioned weight in
-    one) it is called instead, with the same result."""
+    same rule as the one product: unwatched, only the word embeddings look rows up; where hooks watch that
+    module (ZeRO-3 gathers its partitioned weight in one) it is called instead, with the same result."""
     torch.manual_seed(0)
     model = zoo.create("roformer-v2-mini").double().eval()
     ids = torch.randint(104, 12000, (2, 9))
     expected = model(input_ids=ids).logits
     segments = model.encoder.embeddings.token_type_embeddings
     calls = []
+    handle = None
     if watch == "own hook":
         handle = segments.register_forward_pre_hook(lambda module, args: calls.append(args[0].tolist()))
-    else:
+    elif watch == "global hook":
         handle = nn.modules.module.register_module_forward_pre_hook(
             lambda module, args: calls.append(args[0].tolist()) if module is segments else None)
     try:
-        got = model(input_ids=ids).logits
+        with Lookups() as lookups:
+            got = model(input_ids=ids).logits
     finally:
-        handle.remove()
-    assert calls == [0]  # the all-zero segment, once
+        if handle is not None:
+            handle.remove()
+    if watch is None:
+        assert calls == [] and lookups.rows == [ids.numel()]  # the words only: the segment row is a view
+        assert torch.equal(got, expected)
+        return
+    assert calls == [0] and lookups.rows == [ids.numel(), 1]  # the all-zero segment, once
     # (a global hook also makes q, k and v three products: the same sums in fp64 to rounding)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

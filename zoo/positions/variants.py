@@ -93,7 +93,7 @@ class PositionVariant:
         """(inv_freq in float64 on `device`, mscale) of this variant at sequence length `seq_len`.
 
         Dynamic NTK takes one base per row from `lengths` [B] (the valid tokens of each row; by default
-        `seq_len`) and builds its table on their device.
+        `seq_len`).
         """
         kappa = self.kappa(seq_len)
         scaling = self.rope_scaling
@@ -106,12 +106,11 @@ class PositionVariant:
         if scaling == "ntk_fixed":
             return ntk_fixed_inv_freq(dim, base, kappa, device), 1.0
         if scaling == "ntk_mixed":
-            return ntk_mixed_inv_freq(dim, base, kappa, self.ntk_mixed_exponent, device), 1.0
+            return ntk_mixed_inv_freq(dim, base, kappa, self.ntk_mixed_exponent, device=device), 1.0
         if scaling == "ntk_dynamic":
-            if lengths is None:
-                lengths = torch.full((1,), seq_len, device=device)
+            lengths = torch.full((1,), seq_len, device=device) if lengths is None else lengths.to(device)
             return ntk_dynamic_inv_freq(dim, base, lengths, self.train_length, self.dynamic_factor), 1.0
-        return (yarn_inv_freq(dim, base, kappa, self.train_length, self.yarn_beta_fast, self.yarn_beta_slow, device),
+        return (yarn_inv_freq(dim, base, kappa, self.train_length, self.yarn_beta_fast, self.yarn_beta_slow, device=device),
                 yarn_mscale(kappa))
 
     def leaky_k(self, seq_len: int) -> float | None:
