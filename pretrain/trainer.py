@@ -842,8 +842,11 @@ class Trainer:
         small_params = sum(p.numel() for p in small.parameters())
         carried = mode if mapped else "none"
         del small, weights, state
-        # a fresh engine over the grown model
-        self.engine = self.optimizer = self.scheduler = None
+        # a fresh engine over the grown model. The small model goes too: DeepSpeed's hooks on it hold the
+        # engine, so with self.model kept the collection below freed neither, and once self.model was
+        # replaced they were a cycle that only a later full collection would free, with the small
+        # model's weights and optimizer moments (12 bytes a parameter) held on the device until then
+        self.engine = self.optimizer = self.scheduler = self.model = None
         if self.recipe.training.compile:
             # the small model's graphs (training and evaluation) are of no more use, and each growth would
             # add two recompilations of the same forward: past dynamo's limit (8) it falls back to eager

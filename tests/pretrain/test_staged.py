@@ -215,3 +215,34 @@ def test_a_compiled_run_compiles_each_stage_afresh(tmp_path, corpus_file, cache_
     recompiles = [line for line in output.splitlines() if "Recompiling function forward" in line]
     assert len(recompiles) <= 3, "\n".join(recompiles)
     assert "recompile_limit" not in output and "cache_size_limit" not in output
+
+
+def _old_engine_after_growth(rank, world, recipe_path):
+    """Train a staged recipe in this process; whether the small model and its engine outlived grow()."""
+    import weakref
+
+    from pretrain.trainer import Trainer
+
+    trainer = Trainer(load_recipe(recipe_path), restart=True)
+    grow, alive = trainer.grow, {}
+
+    def watched_grow(stage):
+        engine, model = weakref.ref(trainer.engine), weakref.ref(trainer.model)
+        grow(stage)
+        alive.update(engine=engine() is not None, model=model() is not None)
+
+    trainer.grow = watched_grow
+    trainer.train()
+    return alive
+
+
+def test_growth_frees_the_small_model_and_its_engine(tmp_path, corpus_file, cache_dir):
+    """grow() dropped the engine but kept self.model until the grown model replaced it: DeepSpeed's hooks on
+    the small model hold its engine, so the collection in grow() freed neither, and afterwards they were a
+    cycle that waited for a later full collection, with the small model's weights and optimizer moments
+    held (on a GPU, 12 bytes a parameter of the small model through the next steps)."""
+    from .ranks import run_ranks
+
+    recipe = write_staged(tmp_path, corpus_file, cache_dir, "freed", steps=3, grow_at=2, rewarm=0)
+    alive, = run_ranks(_old_engine_after_growth, world=1, timeout_s=60, args=(str(recipe),))
+    assert alive == {"engine": False, "model": False}
