@@ -343,7 +343,7 @@ def test_a_short_heldout_batch_leaves_the_compiled_training_graph_static():
     assert [len(batch["input_ids"]) for batch in batches] == [4, 4, 2]
     trainer = Trainer.__new__(Trainer)  # only what _compiled_batch reads
     trainer.recipe = SimpleNamespace(training=SimpleNamespace(compile=True))
-    graphs = []  # (for training?, the symbolic sizes of its inputs), one per compiled graph
+    graphs = []  # (compiled for training?, how many symbolic sizes its inputs have), one per graph
 
     def backend(graph, example_inputs):
         sizes = {str(s) for x in example_inputs for s in (x.shape if isinstance(x, torch.Tensor) else [x])
