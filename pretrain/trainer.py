@@ -48,6 +48,7 @@ from torch.distributed import distributed_c10d
 from tqdm.auto import tqdm
 
 import zoo
+from zoo.casting import at_least_fp32
 from zoo.families import CONFIG_CLASSES, FAMILIES, model_class
 from zoo.runtime import Runtime, bf16_is_native, parse_device
 
@@ -778,7 +779,7 @@ class Trainer:
             targets = batch["labels"].flatten()[batch["masked_positions"]]
             sums[0] += (out.logits.argmax(-1) == targets).sum()
             sums[1] += targets.numel()
-            sums[2] += F.cross_entropy(out.logits.float(), targets, reduction="sum")
+            sums[2] += F.cross_entropy(at_least_fp32(out.logits), targets, reduction="sum")
         correct, total, loss_sum = self.runtime.sum_across_ranks(sums).tolist()
         module.train(was_training)
         return {"mlm_accuracy": correct / max(total, 1), "mlm_loss": loss_sum / max(total, 1), "masked_tokens": int(total)}

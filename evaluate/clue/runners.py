@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zoo.casting import at_least_fp32
 from zoo.runtime import Runtime, bf16_is_native
 
 from ..errors import UsageError
@@ -65,11 +66,11 @@ class Runner(ABC):
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def loss(self, logits, batch) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), batch["labels"], ignore_index=-100)
+        return F.cross_entropy(at_least_fp32(logits), batch["labels"], ignore_index=-100)
 
     def rdrop_kl(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Symmetric KL between the two dropout passes' distributions (R-Drop)."""
-        la, lb = F.log_softmax(a.float(), -1), F.log_softmax(b.float(), -1)
+        la, lb = F.log_softmax(at_least_fp32(a), -1), F.log_softmax(at_least_fp32(b), -1)
         return 0.5 * (F.kl_div(la, lb, log_target=True, reduction="batchmean")
                       + F.kl_div(lb, la, log_target=True, reduction="batchmean"))
 
@@ -265,7 +266,7 @@ class NerRunner(Runner):
     def loss(self, logits, batch):
         from zoo.heads import global_pointer_loss
 
-        return global_pointer_loss(batch["labels"], logits.float())
+        return global_pointer_loss(batch["labels"], logits)  # widened there
 
     def predict(self, model, examples):
         items = self.train_items(examples)
