@@ -642,6 +642,7 @@ class Trainer:
         total = training.steps
         self._build_cpu_kernels()
         last_eval = None
+        self.runtime.reset_peak_memory()  # each record's peak is its window's: from here to the record
         if self.step == 0:
             last_eval = self.evaluate()
             self.log.write("eval", 0, **last_eval, train_flops=0.0, **self._stage_field())
@@ -651,8 +652,10 @@ class Trainer:
             window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
             while True:
                 while self.stage + 1 < len(self.stages) and self.step == self.stages[self.stage + 1].start:
+                    self.runtime.synchronize()  # the steps before it end here, in their window
+                    paused = time.perf_counter()
                     self.grow(self.stages[self.stage + 1])
-                    window_start = time.perf_counter()  # the growth's time is not training throughput
+                    window_start += time.perf_counter() - paused  # the growth's time is not training throughput
                 if self.step >= total:
                     break
                 logging_step = (self.step + 1) % training.log_every == 0 or self.step + 1 == total
@@ -663,21 +666,31 @@ class Trainer:
                 self.train_flops += self.global_batch * recipe.data.seq_len * self.flops_per_token
                 bar.update(1)
                 if logging_step:
-                    record = self._train_record(loss, grad_norm, window_tokens, window_steps,
-                                                time.perf_counter() - window_start)
+                    # windows follow each other with no gap, so the logging's own cost (the wait for the
+                    # step's values, the record, the bar) is in the next window's time
+                    window_end = time.perf_counter()
+                    record = self._train_record(loss, grad_norm, window_tokens, window_steps, window_end - window_start)
                     self.log.write("train", self.step, **record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}",
                                     mfu=f"{record['mfu']:.1%} ({self.peak.basis})")
-                    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
-                if self.step % training.eval_every == 0 or self.step == total:
+                    window_start, window_steps, window_tokens = window_end, 0, 0
+                    self.runtime.reset_peak_memory()
+                evaluating = self.step % training.eval_every == 0 or self.step == total
+                checkpointing = self.step % training.checkpoint_every == 0 or self.step == total
+                if not (evaluating or checkpointing):
+                    continue
+                self.runtime.synchronize()  # evaluation and checkpoints are not training throughput either
+                paused = time.perf_counter()
+                if evaluating:
                     last_eval = self.evaluate()
                     self.log.write("eval", self.step, **last_eval, train_flops=self.train_flops,
                                    **self._stage_field())
                     if self.rank == 0:
                         bar.write(f"step {self.step}: held-out masked accuracy {last_eval['mlm_accuracy']:.2%}, "
                                   f"loss {last_eval['mlm_loss']:.3f}")
-                if self.step % training.checkpoint_every == 0 or self.step == total:
+                if checkpointing:
                     self.save_checkpoint()
+                window_start += time.perf_counter() - paused
         finally:
             prefetcher.close()
             bar.close()

@@ -144,13 +144,24 @@ class Runtime:
 
     # -- memory
     def reset_peak_memory(self) -> None:
+        """Start a new peak: from here on `peak_memory_mb` is the peak since this call. On the CPU this
+        resets Linux's high-water mark of the resident set (VmHWM, through /proc/self/clear_refs); where
+        that cannot be written the CPU's peak stays the process's all-time peak."""
         if self.is_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        with contextlib.suppress(OSError):
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # Linux >= 4.0: VmHWM becomes the current resident set
 
     def peak_memory_mb(self) -> float:
-        """Peak allocated CUDA memory of this process, or its peak resident memory on the CPU."""
+        """Peak allocated CUDA memory of this process since the last `reset_peak_memory` (or since it
+        started), or on the CPU its peak resident memory likewise."""
         if self.is_cuda:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
+        with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
+            with open("/proc/self/status") as status:
+                return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

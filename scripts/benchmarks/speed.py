@@ -196,9 +196,9 @@ def run_cell(models: dict, seq_len: int, dtype: torch.dtype, tokens: int, rounds
 
 def memory_cell(name: str, seq_len: int, dtype: str, dropout: float, tokens: int, peers: str,
                 device: str = "cpu") -> float:
-    """Peak memory growth (MB) over one training step, in a fresh process. On the CPU: resident memory,
-    its high-water mark reset just before the step, so imports and model construction do not count.
-    On CUDA: allocated device memory (`Runtime.peak_memory_mb`), its peak reset just before the step."""
+    """Peak memory growth (MB) over one training step, in a fresh process (`Runtime.peak_memory_mb`: on
+    CUDA allocated device memory, on the CPU resident memory), its peak reset just before the step, so
+    imports and model construction do not count."""
     code = f"""
 import gc, sys, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -210,23 +210,13 @@ model = speed.place(build({dropout}, {seq_len}), runtime)
 ids, labels = runtime.to_device(speed.batch({seq_len}, {tokens}))
 gc.collect()
 model.model.train()
-if runtime.is_cuda:
-    runtime.synchronize()
-    runtime.reset_peak_memory()  # the peak becomes what is allocated now: the model and the batch
-    before = runtime.peak_memory_mb()
-    with runtime.autocast():
-        model.train_step(ids, labels)
-    runtime.synchronize()
-    print(runtime.peak_memory_mb() - before)
-else:
-    def status(key):
-        line = next(l for l in open('/proc/self/status') if l.startswith(key + ':'))
-        return int(line.split()[1]) / 1024
-    open('/proc/self/clear_refs', 'w').write('5')  # reset the high-water mark VmHWM to the current RSS (Linux ≥ 4.0)
-    before = status('VmRSS')
-    with runtime.autocast():
-        model.train_step(ids, labels)
-    print(status('VmHWM') - before)
+runtime.synchronize()
+runtime.reset_peak_memory()  # the peak becomes what is allocated (CUDA) or resident (CPU) now
+before = runtime.peak_memory_mb()
+with runtime.autocast():
+    model.train_step(ids, labels)
+runtime.synchronize()
+print(runtime.peak_memory_mb() - before)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if result.returncode != 0:

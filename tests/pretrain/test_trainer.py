@@ -491,6 +491,103 @@ def test_zero3_trains_through_engine_compile():
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-5)  # the same function, fp32 sums in other orders
 
 
+def _window_peaks(rank, world, recipe_path):
+    """A run in this process whose second step also allocates and frees 305 MiB; each train record's peak."""
+    from pretrain.metrics import read_metrics
+    from pretrain.recipe import load_recipe
+    from pretrain.trainer import Trainer
+
+    trainer = Trainer(load_recipe(recipe_path), restart=True)
+    train_step = trainer._train_step
+
+    def step_with_a_spike(step_batches, logging_step):
+        if trainer.step == 1:
+            torch.ones(80_000_000)  # written, so resident, and freed at once
+        return train_step(step_batches, logging_step)
+
+    trainer._train_step = step_with_a_spike
+    trainer.train()
+    return [[r["step"], r["peak_memory_mb"]] for r in read_metrics(trainer.output_dir / "metrics.jsonl", "train")]
+
+
+def test_each_record_reports_the_peak_memory_of_its_own_window(tmp_path, corpus_file, cache_dir):
+    """peak_memory_mb was the process's all-time peak, so after a peak (a growth, an evaluation) every later
+    record repeated it. Each record now has the peak since the one before (on the CPU, resident memory)."""
+    from .ranks import run_ranks
+
+    recipe = yaml.safe_load(write_recipe(tmp_path, corpus_file, cache_dir, "peaks", steps=4, dropout=0.0).read_text())
+    recipe["training"].update(eval_every=100, checkpoint_every=100, export=False, peak_tflops=1.0)
+    path = tmp_path / "peaks.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    records, = run_ranks(_window_peaks, world=1, timeout_s=120, args=(str(path),))
+    peaks = dict(records)
+    assert sorted(peaks) == [1, 2, 3, 4]
+    assert peaks[2] > max(peaks[1], peaks[3], peaks[4]) + 250  # the 305 MiB shows in its window only
+    assert abs(peaks[4] - peaks[3]) < 50
+
+
+class _Clock:
+    """time, with a perf_counter that moves only when told to."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def _clocked_step_times(rank, world, recipe_path):
+    """A run in this process on a clock that moves 1 s per step, 0.5 s per metrics record, 40 s per evaluation,
+    60 s per growth and 70 s per checkpoint; each train record's step_time_s."""
+    import pretrain.trainer as trainer_module
+    from pretrain.metrics import read_metrics
+    from pretrain.recipe import load_recipe
+
+    trainer = trainer_module.Trainer(load_recipe(recipe_path), restart=True)
+    clock = trainer_module.time = _Clock()
+
+    def costing(method, seconds):
+        def timed(*args, **kwargs):
+            result = method(*args, **kwargs)
+            clock.now += seconds
+            return result
+        return timed
+
+    trainer._train_step = costing(trainer._train_step, 1.0)
+    trainer.evaluate = costing(trainer.evaluate, 40.0)
+    trainer.grow = costing(trainer.grow, 60.0)
+    trainer.save_checkpoint = costing(trainer.save_checkpoint, 70.0)
+    trainer.log.write = costing(trainer.log.write, 0.5)
+    trainer.train()
+    return [[r["step"], r["step_time_s"]] for r in read_metrics(trainer.output_dir / "metrics.jsonl", "train")]
+
+
+@pytest.mark.parametrize("pause", ["evaluation", "growth"])
+def test_step_times_count_the_loop_and_not_its_evaluations_checkpoints_or_growth(tmp_path, corpus_file, cache_dir, pause):
+    """The logged step time is the loop's: each window starts where the one before ended, so the cost of writing
+    a record counts (it went uncounted); an evaluation, checkpoint or growth between them does not (an evaluation
+    or checkpoint after a record counted in the next window; a growth dropped the time of the steps before it
+    since the last record). A clock that moves by fixed amounts, no timing: 2 steps a window, steps 3 and 6 followed
+    by an evaluation or a growth (step 3) and a checkpoint (step 6)."""
+    from .ranks import run_ranks
+
+    recipe = yaml.safe_load(write_recipe(tmp_path, corpus_file, cache_dir, pause, steps=6, dropout=0.0).read_text())
+    recipe["training"].update(log_every=2, eval_every=3 if pause == "evaluation" else 100, checkpoint_every=100,
+                              export=False, peak_tflops=1.0)
+    if pause == "growth":
+        recipe["stages"] = [{"name": "small", "steps": 3},
+                            {"name": "grown", "grow": {"hidden_size": 256, "num_layers": 4, "num_heads": 4,
+                                                       "intermediate_size": 1024, "seed": 3}}]
+    path = tmp_path / f"{pause}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    records, = run_ranks(_clocked_step_times, world=1, timeout_s=120, args=(str(path),))
+    # steps 1-2: 2 s; steps 3-4: the record at 2 (0.5 s) and 2 s; steps 5-6 likewise
+    assert records == [[2, 1.0], [4, 1.25], [6, 1.25]]
+
+
 def _build_corpus_slowly(rank, world, seconds):
     """Trainer._build_corpus with rank 0's tokenising taking `seconds`, once to the end and once into
     a data error; returns what each rank got."""

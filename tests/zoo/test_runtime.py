@@ -102,6 +102,19 @@ def test_one_process_sums_on_the_cpu_without_a_process_group():
     assert runtime.peak_memory_mb() > 0
 
 
+def test_the_cpu_peak_memory_starts_again_at_a_reset():
+    """On the CPU the peak is the resident set's high-water mark, which a reset brings down to what is
+    resident now (Linux's VmHWM); getrusage's ru_maxrss never comes down."""
+    runtime = Runtime.resolve("cpu")
+    runtime.reset_peak_memory()
+    before = runtime.peak_memory_mb()
+    torch.ones(50_000_000)  # 191 MiB written and freed
+    with_the_tensor = runtime.peak_memory_mb()
+    runtime.reset_peak_memory()
+    assert with_the_tensor > before + 150
+    assert runtime.peak_memory_mb() < with_the_tensor - 150
+
+
 def test_bf16_is_native_on_the_cpu_and_on_gpus_from_ampere_on(monkeypatch):
     """torch.cuda.is_bf16_supported() says yes on a V100 or T4 (emulated bf16, slower than fp32), and asks about the
     current device: the capability of the device asked about decides (8.0, Ampere, and later)."""
