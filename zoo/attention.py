@@ -340,19 +340,6 @@ def shared_qk_operands(q, k, v, value_width: int | None = None):
             v.reshape(batch, k_len, groups, width).transpose(1, 2))
 
 
-# Scores per block of the CPU kernel (≈ 1 MB in bf16, about the L2 cache). Measured in bf16 at
-# S = 128–2048 on one and two threads: within 4% of the best of 2^16 … 2^20.
-BLOCK_ELEMENTS = 2**19
-
-
-def block_shape(q_len: int, k_len: int, heads: int) -> tuple[int, int]:
-    """(heads per block, query rows per block): whole rows of several heads while a head's scores are
-    small, else blocks of rows of one head, about BLOCK_ELEMENTS scores each."""
-    if q_len * k_len >= BLOCK_ELEMENTS:
-        return 1, max(16, BLOCK_ELEMENTS // k_len)
-    return min(heads, BLOCK_ELEMENTS // (q_len * k_len)), q_len
-
-
 def blocked_softmax_attention(
     q, k, v, bias, scale: float, dropout_p: float, seed: int | torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -372,17 +359,16 @@ def blocked_softmax_attention(
         raise ValueError(f"blocked_softmax_attention needs q [B, H, Sq, d], k [B, H, Sk, d], v [B, H, Sk, dv]; "
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     with torch.autocast(q.device.type, enabled=False):
-        q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1).contiguous()
-        k_flat = k.reshape(batch * heads, k_len, -1).contiguous()
-        v_flat = v.reshape(batch * heads, k_len, -1).contiguous()
+        q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1)  # the operator makes
+        k_flat = k.reshape(batch * heads, k_len, -1)  # them contiguous, where it runs (zoo/kernels/ops.py)
+        v_flat = v.reshape(batch * heads, k_len, -1)
         if dropout_p > 0.0:
             threshold, keep_scale = threshold_for(dropout_p), kernel_keep_scale(dropout_p)
             seed = ops.seed_tensor() if seed is None else torch.as_tensor(seed, dtype=torch.int64).reshape(1)
         else:
             threshold, keep_scale, seed = 0, 1.0, torch.zeros(1, dtype=torch.int64)
         keep_probs = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        group, rows = block_shape(q_len, k_len, max(batch * heads, 1))  # an empty batch still needs a block
-        out, _ = ops.blocked_attention(q_scaled, k_flat, v_flat, bias, heads, seed, threshold, group, rows, keep_probs)
+        out, _ = ops.blocked_attention(q_scaled, k_flat, v_flat, bias, heads, seed, threshold, keep_probs)
         if keep_scale != 1.0:
             out.mul_(keep_scale)
     return out.view(batch, heads, q_len, -1)

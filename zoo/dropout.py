@@ -54,11 +54,11 @@ def fused_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """out = x ⊙ M / (1 − p) with the counter-based mask (the operator zoo::masked_scale); the backward
     pass regenerates M from the seed.
 
-    The kernel draws element i's mask from its row-major index, so x and the incoming gradient are made
-    contiguous (free when they are): any strides then see the same mask both ways. The output is
+    The kernel draws element i's mask from its row-major index, so the operator makes x and the incoming
+    gradient contiguous (free when they are): any strides then see the same mask both ways. The output is
     contiguous whatever x's layout.
     """
-    return ops.masked_scale(x.contiguous(), ops.seed_tensor(), threshold_for(p), keep_scale(p))
+    return ops.masked_scale(x, ops.seed_tensor(), threshold_for(p), keep_scale(p))
 
 
 @register("dropout", "cpu-lanes", device_types=("cpu",))

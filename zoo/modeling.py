@@ -72,9 +72,14 @@ class Embeddings(nn.Module):
                     raise ValueError(f"a {embeddings.shape[1]}-token input is longer than the learned position "
                                      f"embeddings' max_position_embeddings={table}")
                 position_ids = torch.arange(embeddings.shape[1], device=embeddings.device)[None]
-            elif position_ids.is_floating_point() or int(position_ids.max()) >= table:
-                raise ValueError(f"learned position embeddings take integer position_ids below "
-                                 f"max_position_embeddings={table}")
+            else:
+                message = f"learned position embeddings take integer position_ids below max_position_embeddings={table}"
+                if position_ids.is_floating_point():
+                    raise ValueError(message)
+                if torch.compiler.is_compiling():  # checked in the graph: reading the ids back would break it
+                    torch._assert_async(position_ids.max() < table, message)
+                elif int(position_ids.max()) >= table:
+                    raise ValueError(message)
             embeddings = embeddings + self.position_embeddings(position_ids)
         if self.norm is None:
             return self.dropout(embeddings)

@@ -33,10 +33,10 @@ class RMSNorm(nn.Module):
 def fused_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm's function as one pass each way on the CPU (zoo/kernels/elementwise_cpu.cpp, the operator
     zoo::rms_norm): fp32 statistics and arithmetic, one rounding to x's dtype; saves its output and the
-    per-row 1/rms (dx = r·(dy − y·mean(dy·y)) needs no more). The kernel reads rows row-major, so x is
-    made contiguous here (and the incoming gradient in the backward pass), which is free when it
+    per-row 1/rms (dx = r·(dy − y·mean(dy·y)) needs no more). The kernel reads rows row-major, so the
+    operator makes x contiguous (and the incoming gradient in the backward pass), which is free when it
     already is."""
-    y, _ = ops.rms_norm(x.contiguous(), eps)
+    y, _ = ops.rms_norm(x, eps)
     return y
 
 

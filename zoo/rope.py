@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import available, ops, unit_last_stride
+from .kernels import available, ops
 from .kernels.registry import FLOAT_KERNEL_DTYPES, dispatch, register
 
 
@@ -71,10 +71,10 @@ def fused_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     −sin).
 
     The kernel takes any strides across rows (q and k are transposed views of a projection, an incoming
-    gradient may be expanded) but reads each row at unit stride: `unit_last_stride` copies only the
-    tensors whose last dimension is strided.
+    gradient may be expanded) but reads each row at unit stride: the operator copies only the tensors
+    whose last dimension is strided (`unit_last_stride`).
     """
-    return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0, False)
+    return ops.rope(x, cos, sin, 1.0, False)
 
 
 def triton_rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
@@ -99,7 +99,7 @@ def layout_keeping_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
     the heads is a view (a heads-first q, as the CPU kernel's entry and the reference make it, costs a
     copy of the output forward, and one of q's and k's gradients backward). On the CPU the same call
     runs the C++ kernel, which is how scripts/benchmarks/cuda_registry.py counts CUDA's step here."""
-    return ops.rope(unit_last_stride(x), unit_last_stride(cos), unit_last_stride(sin), 1.0, True)
+    return ops.rope(x, cos, sin, 1.0, True)
 
 
 @register("rope", "reference")

@@ -7,6 +7,7 @@ from torch.nn.attention import SDPBackend
 import zoo
 import zoo.attention
 import zoo.dropout
+import zoo.kernels.ops
 import zoo.norms
 import zoo.rope
 from zoo.attention import AttentionMask, SoftmaxAttention, attention, blocked_softmax_attention
@@ -259,7 +260,7 @@ def test_blocked_kernel_equals_fp64_reference(block_elements, q_len, k_len, mask
     """The compiled blocked kernel, fp32, against fp64 autograd: outputs and all three gradients, with
     blocks that split rows and heads unevenly, padding and sliding-window masks, logits up to ±60
     (the exp's whole range, including underflow to 0)."""
-    monkeypatch.setattr(zoo.attention, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(zoo.kernels.ops, "BLOCK_ELEMENTS", block_elements)
     g = torch.Generator().manual_seed(q_len * 1000 + k_len)
     q, k, v = (torch.randn(3, 5, n, 8, generator=g) for n in (q_len, k_len, k_len))
     q = q * 2.5
@@ -287,7 +288,7 @@ def test_blocked_kernel_equals_fp64_reference(block_elements, q_len, k_len, mask
 def test_blocked_kernel_dropout_uses_the_documented_mask(block_elements, monkeypatch):
     """With a given seed the kernel drops exactly reference_keep_mask(shape, p, seed) of the full
     [B, H, Sq, Sk] score tensor, however it is cut into blocks, in the forward and the backward pass."""
-    monkeypatch.setattr(zoo.attention, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(zoo.kernels.ops, "BLOCK_ELEMENTS", block_elements)
     q, k, v = qkv(b=2, a=3, s=37, d=8, dtype=torch.float32, seed=3)
     out = blocked_softmax_attention(q, k, v, None, 0.4, 0.2, 2**40 + 17)
     grad = torch.randn_like(out)
@@ -592,7 +593,11 @@ def test_sdpa_runs_where_its_backend_takes_the_autocast_call():
 def test_relu2_with_a_window_gives_finite_gradients_to_rows_without_a_key():
     """A window leaves padded query rows far from every token without a key (n = 0): relu² divided by it, NaN
     gradients in dq and dk, through the library kernel and the chunked one of the position variants."""
-    from zoo.positions.context import PositionAttentionContext, chunked_attention, visible_key_counts
+    from zoo.positions.context import (
+        PositionAttentionContext,
+        chunked_attention,
+        visible_key_counts,
+    )
 
     key_valid = torch.zeros(1, 8, dtype=torch.bool)
     key_valid[0, :2] = True

@@ -17,6 +17,7 @@ import torch
 
 import zoo.attention
 import zoo.dropout
+import zoo.kernels.ops
 from zoo.attention import SoftmaxAttention, blocked_softmax_attention
 from zoo.dropout import fused_dropout, keep_mask
 from zoo.families import model_class
@@ -166,7 +167,7 @@ def test_attention_functions_take_any_layout(function, dropout_p, dtype, monkeyp
     gradients against fp64 autograd with the mask the function must have drawn."""
     if function == "softmax-pytorch-mask":
         kernels_off(monkeypatch, "dropout")
-    monkeypatch.setattr(zoo.attention, "BLOCK_ELEMENTS", 48)
+    monkeypatch.setattr(zoo.kernels.ops, "BLOCK_ELEMENTS", 48)
     for case, rng, layouts, mode in sweep(seed=ATTENTION_PATHS.index((function, dropout_p))):
         b, h, q_len, k_len = rng.choice([1, 2]), rng.choice([1, 3]), rng.randint(1, 13), rng.randint(1, 13)
         d, dv = rng.choice([4, 8]), rng.choice([3, 8])
