@@ -649,7 +649,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=self.rank != 0, desc=recipe.run_name, dynamic_ncols=True)
         prefetcher = Prefetcher(self.stream, self.prefetch_depth, self.runtime.pin)
         try:
-            window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+            window_start, window_steps, window_tokens, window_flops = time.perf_counter(), 0, 0, 0.0
             while True:
                 while self.stage + 1 < len(self.stages) and self.step == self.stages[self.stage + 1].start:
                     self.runtime.synchronize()  # the steps before it end here, in their window
@@ -663,17 +663,19 @@ class Trainer:
                 self.step += 1
                 window_steps += 1
                 window_tokens += self.global_batch * recipe.data.seq_len
+                window_flops += self.global_batch * recipe.data.seq_len * self.flops_per_token  # a growth changes it
                 self.train_flops += self.global_batch * recipe.data.seq_len * self.flops_per_token
                 bar.update(1)
                 if logging_step:
                     # windows follow each other with no gap, so the logging's own cost (the wait for the
                     # step's values, the record, the bar) is in the next window's time
                     window_end = time.perf_counter()
-                    record = self._train_record(loss, grad_norm, window_tokens, window_steps, window_end - window_start)
+                    record = self._train_record(loss, grad_norm, window_tokens, window_flops, window_steps,
+                                                window_end - window_start)
                     self.log.write("train", self.step, **record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}",
                                     mfu=f"{record['mfu']:.1%} ({self.peak.basis})")
-                    window_start, window_steps, window_tokens = window_end, 0, 0
+                    window_start, window_steps, window_tokens, window_flops = window_end, 0, 0, 0.0
                     self.runtime.reset_peak_memory()
                 evaluating = self.step % training.eval_every == 0 or self.step == total
                 checkpointing = self.step % training.checkpoint_every == 0 or self.step == total
@@ -742,7 +744,7 @@ class Trainer:
             grad_norm = None if reported is None else torch.as_tensor(reported)
         return loss_sum / count, grad_norm
 
-    def _train_record(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, tokens: int, steps: int,
+    def _train_record(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, tokens: int, flops: float, steps: int,
                       elapsed: float) -> dict:
         mean_loss = float(self.runtime.mean_across_ranks([loss])[0])
         norm = None if grad_norm is None else float(grad_norm)
@@ -753,7 +755,7 @@ class Trainer:
             grad_norm=norm if norm is not None and math.isfinite(norm) else None,
             tokens_per_s=tokens_per_s,
             step_time_s=elapsed / steps,
-            mfu=tokens_per_s * self.flops_per_token / self.total_peak_flops,
+            mfu=flops / elapsed / self.total_peak_flops,  # each step at its own model's FLOPs, a growth between
             mfu_basis=self.peak.basis,
             consumed_sequences=self.stream_state["consumed"],
             peak_memory_mb=float(self.runtime.max_across_ranks([self.runtime.peak_memory_mb()])[0]),

@@ -359,9 +359,11 @@ def blocked_softmax_attention(
         raise ValueError(f"blocked_softmax_attention needs q [B, H, Sq, d], k [B, H, Sk, d], v [B, H, Sk, dv]; "
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     with torch.autocast(q.device.type, enabled=False):
-        q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1)  # the operator makes
-        k_flat = k.reshape(batch * heads, k_len, -1)  # them contiguous, where it runs (zoo/kernels/ops.py)
-        v_flat = v.reshape(batch * heads, k_len, -1)
+        # contiguous here, so that the backward pass keeps these copies rather than views of the projections;
+        # the operator makes them so again where it runs, for a traced program that dropped these copies
+        q_scaled = (q * scale if scale != 1.0 else q).reshape(batch * heads, q_len, -1).contiguous()
+        k_flat = k.reshape(batch * heads, k_len, -1).contiguous()
+        v_flat = v.reshape(batch * heads, k_len, -1).contiguous()
         if dropout_p > 0.0:
             threshold, keep_scale = threshold_for(dropout_p), kernel_keep_scale(dropout_p)
             seed = ops.seed_tensor() if seed is None else torch.as_tensor(seed, dtype=torch.int64).reshape(1)

@@ -143,20 +143,23 @@ class Runtime:
         return self.sum_across_ranks(values, op=dist.ReduceOp.MAX)
 
     # -- memory
-    def reset_peak_memory(self) -> None:
+    def reset_peak_memory(self) -> bool:
         """Start a new peak: from here on `peak_memory_mb` is the peak since this call. On the CPU this
-        resets Linux's high-water mark of the resident set (VmHWM, through /proc/self/clear_refs); where
-        that cannot be written the CPU's peak stays the process's all-time peak."""
+        resets Linux's high-water mark of the resident set (VmHWM, through /proc/self/clear_refs). Returns
+        whether it could: where it cannot, the CPU's peak stays the process's all-time peak."""
         if self.is_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        with contextlib.suppress(OSError):
+            return True
+        try:
             with open("/proc/self/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")  # Linux >= 4.0: VmHWM becomes the current resident set
+        except OSError:
+            return False
+        return True
 
     def peak_memory_mb(self) -> float:
         """Peak allocated CUDA memory of this process since the last `reset_peak_memory` (or since it
-        started), or on the CPU its peak resident memory likewise."""
+        started), or on the CPU its peak resident memory likewise (all-time where a reset failed)."""
         if self.is_cuda:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):

@@ -595,7 +595,8 @@ def goal_lines(payload: dict) -> list[str]:
                  source="BERT-base compiled not measured" + (f"; against eager BERT-base {eager:.2f}" if eager else ""))
         else:
             goal(f"{name} / best BERT-base tokens/s, S={short}", ratio(cell, best, "tokens_per_s"), GOAL_OVER_BERT,
-                 ".2f", source=f"against {best['model']}" if best else "")
+                 ".2f", source=(f"against {best['model']}" + (", eager only: --no-compile" if payload.get("no_compile")
+                                                               else "")) if best else "")
     rof_name = "zoo RoFormerV2-base"
     # GAU-α as it comes, and each choice a user can make for it (not the diagnostic switches)
     gau_names = ["zoo GAU-α-base"] + [name for name in VARIANTS if name.startswith("zoo GAU-α-base")
@@ -626,7 +627,7 @@ def goal_lines(payload: dict) -> list[str]:
                  ratio(_cell(payload, "infer", name, length), bert, "tokens_per_s"), GOAL_INFERENCE, ".2f")
     bare = next((c for c in payload["cells"] if c["section"] == "bare_loop" and "error" not in c), None)
     run = payload.get("pretrain", {}).get("roformer-v2-base")
-    if run and run.get("devices") and run["devices"] != [payload.get("device")]:
+    if run and run.get("devices") and not payload.get("dry") and run["devices"] != [payload.get("device")]:
         # the two calls of a GPU session can land on different machines (an H100, then an H200)
         goal("`python -m pretrain` roformer-v2-base / the bare loop, tokens/s", None, GOAL_LOOP, ".3f",
              source=f"not comparable: the run on {', '.join(run['devices'])}, the bare loop on {payload.get('device')}")

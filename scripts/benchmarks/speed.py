@@ -211,7 +211,8 @@ ids, labels = runtime.to_device(speed.batch({seq_len}, {tokens}))
 gc.collect()
 model.model.train()
 runtime.synchronize()
-runtime.reset_peak_memory()  # the peak becomes what is allocated (CUDA) or resident (CPU) now
+if not runtime.reset_peak_memory():  # the peak becomes what is allocated (CUDA) or resident (CPU) now
+    raise SystemExit('no peak memory to reset here (/proc/self/clear_refs): the step would not be measured')
 before = runtime.peak_memory_mb()
 with runtime.autocast():
     model.train_step(ids, labels)

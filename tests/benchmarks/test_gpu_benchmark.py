@@ -177,4 +177,5 @@ def test_a_goal_is_not_measured_against_half_its_yardstick(monkeypatch, tmp_path
     # with --no-compile the eager BERT is the yardstick, and with the run on the bare loop's GPU the loop is judged
     payload["no_compile"], payload["device"] = True, "NVIDIA H100 80GB HBM3"
     assert line("zoo RoFormerV2-base / best BERT-base tokens/s").startswith("- [PASS] ")
+    assert line("zoo RoFormerV2-base / best BERT-base tokens/s").endswith("(against transformers BERT-base (sdpa), eager only: --no-compile)")
     assert line("the bare loop").startswith("- [PASS]")  # 430 / 420

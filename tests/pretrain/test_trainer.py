@@ -541,7 +541,8 @@ class _Clock:
 
 def _clocked_step_times(rank, world, recipe_path):
     """A run in this process on a clock that moves 1 s per step, 0.5 s per metrics record, 40 s per evaluation,
-    60 s per growth and 70 s per checkpoint; each train record's step_time_s."""
+    60 s per growth and 70 s per checkpoint: each train record's step_time_s and the model FLOPs per second
+    and token its MFU stands for, and the FLOPs per token of each model the run trained."""
     import pretrain.trainer as trainer_module
     from pretrain.metrics import read_metrics
     from pretrain.recipe import load_recipe
@@ -556,13 +557,22 @@ def _clocked_step_times(rank, world, recipe_path):
             return result
         return timed
 
+    flops = [trainer.flops_per_token]  # per token, of each model the run trains
+    grow = costing(trainer.grow, 60.0)
+
+    def growing(stage):
+        grow(stage)
+        flops.append(trainer.flops_per_token)
+
     trainer._train_step = costing(trainer._train_step, 1.0)
     trainer.evaluate = costing(trainer.evaluate, 40.0)
-    trainer.grow = costing(trainer.grow, 60.0)
+    trainer.grow = growing
     trainer.save_checkpoint = costing(trainer.save_checkpoint, 70.0)
     trainer.log.write = costing(trainer.log.write, 0.5)
     trainer.train()
-    return [[r["step"], r["step_time_s"]] for r in read_metrics(trainer.output_dir / "metrics.jsonl", "train")]
+    records = read_metrics(trainer.output_dir / "metrics.jsonl", "train")
+    tokens = trainer.global_batch * trainer.recipe.data.seq_len
+    return [[r["step"], r["step_time_s"], r["mfu"] * trainer.total_peak_flops / tokens] for r in records], flops
 
 
 @pytest.mark.parametrize("pause", ["evaluation", "growth"])
@@ -570,8 +580,9 @@ def test_step_times_count_the_loop_and_not_its_evaluations_checkpoints_or_growth
     """The logged step time is the loop's: each window starts where the one before ended, so the cost of writing
     a record counts (it went uncounted); an evaluation, checkpoint or growth between them does not (an evaluation
     or checkpoint after a record counted in the next window; a growth dropped the time of the steps before it
-    since the last record). A clock that moves by fixed amounts, no timing: 2 steps a window, steps 3 and 6 followed
-    by an evaluation or a growth (step 3) and a checkpoint (step 6)."""
+    since the last record, and credited the steps before it with the grown model's FLOPs in the MFU). A clock that
+    moves by fixed amounts, no timing: 2 steps a window, steps 3 and 6 followed by an evaluation or a growth
+    (step 3) and a checkpoint (step 6)."""
     from .ranks import run_ranks
 
     recipe = yaml.safe_load(write_recipe(tmp_path, corpus_file, cache_dir, pause, steps=6, dropout=0.0).read_text())
@@ -583,9 +594,13 @@ def test_step_times_count_the_loop_and_not_its_evaluations_checkpoints_or_growth
                                                        "intermediate_size": 1024, "seed": 3}}]
     path = tmp_path / f"{pause}.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    records, = run_ranks(_clocked_step_times, world=1, timeout_s=120, args=(str(path),))
+    (records, flops), = run_ranks(_clocked_step_times, world=1, timeout_s=120, args=(str(path),))
     # steps 1-2: 2 s; steps 3-4: the record at 2 (0.5 s) and 2 s; steps 5-6 likewise
-    assert records == [[2, 1.0], [4, 1.25], [6, 1.25]]
+    assert [[step, seconds] for step, seconds, _ in records] == [[2, 1.0], [4, 1.25], [6, 1.25]]
+    # the MFU's FLOPs per second: each step at its own model's FLOPs (steps 1-3 the small model's after a growth)
+    small, grown = (flops[0], flops[-1])
+    expected = [2 * small / 2.0, (small + grown) / 2.5, 2 * grown / 2.5]
+    assert [rate for _, _, rate in records] == pytest.approx(expected, rel=1e-12)
 
 
 def _build_corpus_slowly(rank, world, seconds):

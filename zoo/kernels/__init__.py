@@ -25,8 +25,8 @@ dispatch.
 
 The kernels read raw row-major memory, so their entry points check device, dtype, contiguity and
 shapes and raise naming the entry point and the argument ("attention_backward: grad_out must be
-contiguous, ..."); the autograd functions that call them (zoo.attention, zoo.dropout, zoo.norms,
-zoo.rope) make inputs and incoming gradients contiguous first, which costs nothing when they are.
+contiguous, ..."); the operators in `ops.py` make inputs and incoming gradients contiguous first (RoPE's
+rows: unit stride), inside their bodies, which costs nothing when they are.
 """
 
 from __future__ import annotations
@@ -181,7 +181,9 @@ def triton_launch(kernel: str, device: torch.device):
 def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     """t itself when its last dimension is read at unit stride, else a contiguous copy: the RoPE
     kernel takes any strides across rows (q and k arrive as transposed views) but not within one."""
-    return t if t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+    if t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1:
+        return t
+    return t.contiguous() if t.numel() else t.new_empty(t.shape)  # an empty tensor counts as contiguous already
 
 
 def empty_rows_like(x: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ void softmax_dropout_backward_impl(torch::Tensor& grad, const torch::Tensor& pro
 
 }  // namespace
 
-// Element i is x's element i in row-major order: x must be contiguous (FusedDropout makes it so).
+// Element i is x's element i in row-major order: x must be contiguous (zoo::masked_scale makes it so).
 torch::Tensor masked_scale(const torch::Tensor& x, int64_t seed, int64_t threshold, double scale) {
   constexpr const char* fn = "masked_scale";
   check_float(x, fn, "x");

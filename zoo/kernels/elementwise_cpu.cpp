@@ -110,7 +110,7 @@ bool unit_last_stride(const at::Tensor& t) { return t.size(-1) <= 1 || t.stride(
 
 }  // namespace
 
-// Rows are the last dimension of x, read row-major: x must be contiguous (FusedRMSNorm makes it so).
+// Rows are the last dimension of x, read row-major: x must be contiguous (zoo::rms_norm makes it so).
 // Returns (y, rstd): y like x, rstd float32 with one value per row.
 std::vector<at::Tensor> rms_norm_forward(const at::Tensor& x, double eps) {
   constexpr const char* fn = "rms_norm_forward";

@@ -165,6 +165,8 @@ def block_shape(q_len: int, k_len: int, heads: int) -> tuple[int, int]:
     length into every traced program (an exported one refused S ≥ 725) and a recompilation where S
     crossed it."""
     heads = max(heads, 1)  # an empty batch still needs a block
+    if q_len * k_len == 0:  # no scores: any block will do
+        return 1, max(q_len, 1)
     if q_len * k_len >= BLOCK_ELEMENTS:
         return 1, max(16, BLOCK_ELEMENTS // k_len)
     return min(heads, BLOCK_ELEMENTS // (q_len * k_len)), q_len
@@ -205,7 +207,7 @@ def blocked_attention_backward(
 
 @blocked_attention_backward.register_fake
 def _(grad_out, q, k, v, probs, seed, threshold):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, whatever q, k and v are
 
 
 def _blocked_attention_setup(ctx, inputs, output):
