@@ -91,9 +91,9 @@ rms_norm.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
 def rope(x: Tensor, cos: Tensor, sin: Tensor, sign: float, keep_layout: bool) -> Tensor:
     """Rotation of x's interleaved pairs by the tables (sign −1: the inverse rotation); x, cos, sin
     read at unit stride in their last dimension (copied where theirs is not), the tables not
-    differentiated. The output is
-    contiguous, or with `keep_layout` laid out as x is (`empty_rows_like`): what CUDA's attention
-    wants, whose output follows q's layout, where the CPU's blocked attention reads [B·H, S, d] rows."""
+    differentiated. The output is contiguous, or with `keep_layout` laid out as x is
+    (`empty_rows_like`): what CUDA's attention wants, whose output follows q's layout, where the CPU's
+    blocked attention reads [B·H, S, d] rows."""
     return elementwise_kernels().rope(*map(unit_last_stride, (x, cos, sin)), sign, keep_layout)
 
 
