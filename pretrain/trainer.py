@@ -662,9 +662,10 @@ class Trainer:
                 loss, grad_norm = self._train_step(prefetcher.next(), logging_step)
                 self.step += 1
                 window_steps += 1
-                window_tokens += self.global_batch * recipe.data.seq_len
-                window_flops += self.global_batch * recipe.data.seq_len * self.flops_per_token  # a growth changes it
-                self.train_flops += self.global_batch * recipe.data.seq_len * self.flops_per_token
+                step_tokens = self.global_batch * recipe.data.seq_len
+                window_tokens += step_tokens
+                window_flops += step_tokens * self.flops_per_token  # a growth changes it
+                self.train_flops += step_tokens * self.flops_per_token
                 bar.update(1)
                 if logging_step:
                     # windows follow each other with no gap, so the logging's own cost (the wait for the
