@@ -88,12 +88,37 @@ def device_census(runtime) -> dict[str, int]:
     return dict(sorted(collections.Counter(names).items()))
 
 
+CPU_MEASURE_SECONDS = 0.5  # the most one CPU measurement should spend, whatever the CPU
+_CPU_PROBE_SIDE = 256
+
+
 def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, device="cpu") -> float:
-    """Measured dense matmul throughput of this process (FLOP/s) for `dtype`."""
+    """Measured dense matmul throughput of this process (FLOP/s) for `dtype`.
+
+    On a GPU the side is at least 8192. On the CPU `size` is the largest side: a CPU without native
+    instructions for `dtype` (bf16 without AVX-512 BF16 or AMX: about 1 GFLOP/s, against 1-3 TFLOP/s
+    with AMX) would spend minutes on 2048-wide products, so a 256-wide probe times the rate first
+    and the side halves until the repeats fit in CPU_MEASURE_SECONDS."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)  # leave the global RNG (dropout) untouched
     if device.type != "cpu":
         size, repeats = max(size, 8192), max(repeats, 20)
+    else:
+        side = min(size, _CPU_PROBE_SIDE)
+        size = cpu_matmul_side(_time_matmuls(dtype, side, 1, device, generator), side, size, repeats)
+    return _time_matmuls(dtype, size, repeats, device, generator)
+
+
+def cpu_matmul_side(probe_flops: float, probe_side: int, size: int, repeats: int) -> int:
+    """The side, `size` halved as often as needed (not below the probe's), at which `repeats` products
+    and a warm-up one take at most CPU_MEASURE_SECONDS at the probe's rate."""
+    while size > probe_side and 2 * size**3 * (repeats + 1) / probe_flops > CPU_MEASURE_SECONDS:
+        size //= 2
+    return max(size, probe_side)
+
+
+def _time_matmuls(dtype: torch.dtype, size: int, repeats: int, device: torch.device, generator) -> float:
+    """FLOP/s of `repeats` products of two size × size matrices, after one untimed product."""
     # drawn on the generator's device (the CPU) whatever torch.set_default_device says, then moved
     a = torch.randn(size, size, generator=generator, device="cpu").to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=generator, device="cpu").to(device=device, dtype=dtype)
