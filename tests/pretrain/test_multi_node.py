@@ -169,7 +169,9 @@ def test_two_nodes_on_the_loopback_follow_the_one_node_curve(tmp_path, corpus_fi
     scripts/launch_multi_node.sh --loopback 2x1. Same ranks, same data and dropout masks, same
     all-reduce: the curves are the same (bitwise, in practice)."""
     overrides = [f"data.sources=[{{type: text, path: '{corpus_file}'}}]", f"data.cache_dir={cache_dir}",
-                 "training.steps=3", "training.log_every=1", "publish=null", "training.export=false"]
+                 "training.steps=3", "training.log_every=1", "publish=null", "training.export=false",
+                 # micro-batches of 4, not the quickstart's 32: its bf16 steps took minutes on a CPU without AMX
+                 "deepspeed.train_batch_size=8", "deepspeed.train_micro_batch_size_per_gpu=4"]
     one_dir, two_dir = tmp_path / "one-node", tmp_path / "two-nodes"
     code, output = launch("quickstart", args=[*overrides, f"training.output_dir={one_dir}"])
     assert code == 0, output[-3000:]
