@@ -379,8 +379,14 @@ class Trainer:
         config, _ = deepspeed_config(recipe, device)
         self.runtime = Runtime(device, _compute_dtype(config))
         if self.runtime.compute_dtype == torch.bfloat16 and not bf16_is_native(device):
-            self.status(f"{torch.cuda.get_device_name(device)} has no bf16 arithmetic: bf16 runs emulated, slower than "
-                        "fp32; on it, train in fp16 (deepspeed.torch_autocast.dtype=float16: DeepSpeed scales the loss)")
+            if self.runtime.is_cuda:
+                self.status(f"{torch.cuda.get_device_name(device)} has no bf16 arithmetic: bf16 runs emulated, slower "
+                            "than fp32; on it, train in fp16 (deepspeed.torch_autocast.dtype=float16: DeepSpeed scales "
+                            "the loss)")
+            else:
+                self.status(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 arithmetic (oneDNN's "
+                            "bf16 kernels need AVX-512): bf16 runs many times slower than fp32; on it, train in fp32 "
+                            "(deepspeed.torch_autocast.enabled=false)")
         self.corpus = self._build_corpus()
         self.policy = MaskingPolicy.from_recipe(recipe.data.masking, self.tokenizer, self.model.config.vocab_size)
         self._init_engine()

@@ -171,8 +171,12 @@ class Runtime:
 def bf16_is_native(device: torch.device) -> bool:
     """Whether `device` runs bf16 matrix products in hardware. A GPU before Ampere (V100, T4: compute
     capability below 8.0) runs bf16 autocast emulated, with no tensor cores, far slower than fp16 and
-    than fp32; torch's autocast takes it without a word. The CPU's bf16 is faster than its fp32 even
-    without AMX (BENCHMARKS.md), so it counts as native."""
+    than fp32; torch's autocast takes it without a word. So does a CPU without oneDNN's bf16 kernels,
+    which need AVX-512 (AMX is the fast case, where bf16 beats fp32 several times: BENCHMARKS.md): on
+    an AVX2 CPU (AMD EPYC) bf16 products ran at about 1 GFLOP/s against fp32's 120, and a training step
+    of roformer-v2-tiny 30 times slower under bf16 autocast than in fp32."""
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if device.type != "cuda":
         return True
     if torch.version.hip:

@@ -841,3 +841,34 @@ def test_an_mpi_launch_over_machines_without_a_master_address_says_how_to_launch
     chosen, seen = _start(monkeypatch, OPEN_MPI, mpi4py=True)
     assert chosen == ["cuda:5"] and "MASTER_ADDR" not in seen
     assert (seen["RANK"], seen["WORLD_SIZE"], seen["LOCAL_RANK"]) == ("5", "16", "5")
+
+
+def _startup_lines(rank, world, recipe_path, onednn_bf16):
+    """What a run in this process says while it is set up, on a CPU with or without oneDNN's bf16 kernels."""
+    import pretrain.trainer
+    from pretrain.recipe import load_recipe
+
+    said = []
+    pretrain.trainer.bf16_is_native = lambda device: onednn_bf16
+    pretrain.trainer.Trainer.status = lambda self, message: said.append(message)
+    pretrain.trainer.Trainer(load_recipe(recipe_path), restart=True)
+    return said
+
+
+def test_a_cpu_without_bf16_kernels_is_told_to_train_in_fp32(tmp_path, corpus_file, cache_dir):
+    """On an AVX2 CPU bf16 autocast ran a training step 30 times slower than fp32 (zoo.runtime.bf16_is_native):
+    the run says so and how to train in fp32; where oneDNN has bf16 kernels it says nothing of it."""
+    from .ranks import run_ranks
+
+    recipe = yaml.safe_load(write_recipe(tmp_path, corpus_file, cache_dir, "avx2", steps=1).read_text())
+    recipe["training"].update(export=False, peak_tflops=1.0)
+    path = tmp_path / "avx2.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    for onednn_bf16 in (False, True):
+        said, = run_ranks(_startup_lines, world=1, timeout_s=120, args=(str(path), onednn_bf16))
+        hint = [line for line in said if "no bf16 arithmetic" in line]
+        if onednn_bf16:
+            assert not hint, said
+        else:
+            assert len(hint) == 1 and hint[0].startswith(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no")
+            assert hint[0].endswith("on it, train in fp32 (deepspeed.torch_autocast.enabled=false)")

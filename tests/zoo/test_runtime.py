@@ -115,12 +115,15 @@ def test_the_cpu_peak_memory_starts_again_at_a_reset():
     assert runtime.peak_memory_mb() < with_the_tensor - 150
 
 
-def test_bf16_is_native_on_the_cpu_and_on_gpus_from_ampere_on(monkeypatch):
+def test_bf16_is_native_on_cpus_with_onednns_bf16_and_on_gpus_from_ampere_on(monkeypatch):
     """torch.cuda.is_bf16_supported() says yes on a V100 or T4 (emulated bf16, slower than fp32), and asks about the
-    current device: the capability of the device asked about decides (8.0, Ampere, and later)."""
+    current device: the capability of the device asked about decides (8.0, Ampere, and later). On the CPU,
+    oneDNN's bf16 kernels decide (AVX-512 or AMX; an AVX2 CPU has none)."""
     from zoo.runtime import bf16_is_native
 
-    assert bf16_is_native(torch.device("cpu"))
+    for onednn_bf16 in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+        assert bf16_is_native(torch.device("cpu")) is onednn_bf16
     capabilities = {0: (7, 0), 1: (9, 0)}  # a V100 beside an H100
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capabilities[torch.device(device).index])

@@ -39,12 +39,13 @@ def test_the_stand_in_catches_an_unmoved_batch(fixtures, tiny_folder, tmp_path, 
 
 
 def test_fine_tuning_falls_back_to_fp32_where_bf16_would_be_emulated(monkeypatch, capsys):
-    """A GPU before Ampere runs bf16 autocast emulated, slower than fp32: CLUE's default bf16 becomes fp32 there,
-    with a note; where bf16 is native it stays."""
+    """A GPU before Ampere, or a CPU without AVX-512, runs bf16 autocast emulated, slower than fp32: CLUE's
+    default bf16 becomes fp32 there, with a note; where bf16 is native it stays."""
     import torch
 
     from evaluate.clue import runners
 
+    monkeypatch.setattr(runners, "bf16_is_native", lambda device: True)  # an AVX-512 or AMX CPU
     assert runners.fine_tuning_runtime("cpu", bf16=True).compute_dtype == torch.bfloat16
     assert runners.fine_tuning_runtime("cpu", bf16=False).compute_dtype == torch.float32
     assert capsys.readouterr().err == ""
