@@ -96,7 +96,7 @@ def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, 
     """Measured dense matmul throughput of this process (FLOP/s) for `dtype`.
 
     On a GPU the side is at least 8192. On the CPU `size` is the largest side: a CPU without native
-    instructions for `dtype` (bf16 without AVX-512 BF16 or AMX: about 1 GFLOP/s, against 1-3 TFLOP/s
+    instructions for `dtype` (bf16 on an AVX2 CPU, without AVX-512: about 1 GFLOP/s, against 1-3 TFLOP/s
     with AMX) would spend minutes on 2048-wide products, so a 256-wide probe times the rate first
     and the side halves until the repeats fit in CPU_MEASURE_SECONDS."""
     device = torch.device(device)

@@ -6,7 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RANKS="${RANKS:-2}"
-deepspeed --num_gpus "$RANKS" --module pretrain --config pretrain/recipes/quickstart.yaml --restart "$@"
+# the recipe's bf16 autocast is the fast path on a CPU with AVX-512 or AMX; without them (an AVX2 CPU) bf16
+# runs through a fallback many times slower than fp32, so there the quickstart trains in fp32
+PRECISION=()
+if python -c "import sys, zoo.runtime as r; sys.exit(0 if not r.bf16_is_native(r.default_device()) else 1)"; then
+    echo "quickstart: this CPU has no bf16 arithmetic (AVX-512 or AMX): training in fp32"
+    PRECISION=("deepspeed.torch_autocast.enabled=false")
+fi
+deepspeed --num_gpus "$RANKS" --module pretrain --config pretrain/recipes/quickstart.yaml --restart "${PRECISION[@]}" "$@"
 python -m pretrain.summary checkpoints/runs/quickstart
 python -m zoo fill-mask quickstart-roformer-v2-tiny \
     "今天天气很[MASK]，我们去公园散步吧。" \

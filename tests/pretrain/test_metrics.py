@@ -103,7 +103,7 @@ def test_matmul_peak_draws_its_inputs_whatever_the_default_device():
 
 @pytest.mark.parametrize("probe_flops, side", [(1e9, 256), (120e9, 1024), (3e12, 2048)])
 def test_cpu_matmul_peak_fits_its_time_on_any_cpu(monkeypatch, probe_flops, side):
-    """bf16 on a CPU without AVX-512 BF16 or AMX runs at about 1 GFLOP/s: 2048-wide products (6 of them,
+    """bf16 on an AVX2 CPU (no AVX-512) runs at about 1 GFLOP/s: 2048-wide products (6 of them,
     3 times per start) would take minutes per rank. The side shrinks until the products fit in
     CPU_MEASURE_SECONDS at the probe's rate: 256 there, 1024 for fp32 on AVX2, 2048 with AMX."""
     from pretrain import metrics
