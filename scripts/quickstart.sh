@@ -13,8 +13,11 @@ if python -c "import sys, zoo.runtime as r; sys.exit(0 if not r.bf16_is_native(r
     echo "quickstart: this CPU has no bf16 arithmetic (AVX-512 or AMX): training in fp32"
     PRECISION=("deepspeed.torch_autocast.enabled=false")
 fi
-deepspeed --num_gpus "$RANKS" --module pretrain --config pretrain/recipes/quickstart.yaml --restart "${PRECISION[@]}" "$@"
-python -m pretrain.summary checkpoints/runs/quickstart
+# the run's folder named here: its default follows ZOO_REGISTRY (the registry's parent folder, then runs/)
+RUN_DIR="checkpoints/runs/quickstart"
+deepspeed --num_gpus "$RANKS" --module pretrain --config pretrain/recipes/quickstart.yaml --restart \
+    "training.output_dir=$RUN_DIR" "${PRECISION[@]}" "$@"
+python -m pretrain.summary "$RUN_DIR"
 python -m zoo fill-mask quickstart-roformer-v2-tiny \
     "今天天气很[MASK]，我们去公园散步吧。" \
     "北[MASK]是中华人民共和国的首都。" \
