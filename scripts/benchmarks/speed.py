@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import zoo  # noqa: E402
+from pretrain.metrics import measure_matmul_peak  # noqa: E402
 from zoo.families import model_class  # noqa: E402
 from zoo.runtime import DeviceError, Runtime  # noqa: E402
 
@@ -139,22 +140,6 @@ def batch(seq_len: int, tokens: int, seed: int = 0):
 
 
 CPU = Runtime(torch.device("cpu"))
-
-
-def matmul_peak(dtype: torch.dtype, size: int = 4096, runtime: Runtime = CPU) -> float:
-    if runtime.is_cuda:
-        size = max(size, 8192)  # a 4096³ product takes well under a millisecond on a current GPU
-    a = torch.randn(size, size).to(device=runtime.device, dtype=dtype)
-    b = torch.randn(size, size).to(device=runtime.device, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(5):
-        runtime.synchronize()
-        start = time.perf_counter()
-        a @ b
-        runtime.synchronize()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
 
 
 def place(model, runtime: Runtime):
@@ -255,7 +240,10 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if runtime.is_cuda:
         print(f"device: {runtime.describe()}")
-    peaks = {"fp32": matmul_peak(torch.float32, runtime=runtime), "bf16": matmul_peak(torch.bfloat16, runtime=runtime)}
+    # pretrain's measurement, bounded in time on a CPU without native bf16 (4096-wide bf16 products took
+    # minutes each on an AVX2 CPU); at least 8192 wide on a GPU
+    peaks = {name: measure_matmul_peak(dtype, 4096, device=runtime.device)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     table = candidates(args.peers)
     results = []
