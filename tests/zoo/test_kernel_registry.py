@@ -293,3 +293,34 @@ def test_a_callers_sdpa_restriction_is_kept_or_the_next_entry_runs(preset, left_
     takes = left_on == ["MATH"] or (left_on == ["FLASH_ATTENTION"] and preset.startswith("roformer"))
     assert set(chosen) == ({"sdpa-fp32-inference"} if takes else {"blocked-cpu-kernel"})
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)  # fp32 kernels summing in other orders
+
+
+@pytest.mark.parametrize("disabled, failing", [("", None), ("dropout", None), ("", "attention")])
+def test_the_first_use_of_a_cpu_kernel_builds_every_one_at_once(disabled, failing, monkeypatch):
+    """Each C++ module is one compiler process of about 20 s, and a CPU model's first training step uses
+    all three: the first use of any builds every one not switched off, concurrently (the stand-in builds
+    meet at a barrier, which builds one after another never reach) and once. A module that cannot be
+    built is None without holding back the others."""
+    import threading
+
+    import zoo.kernels as kernels
+
+    monkeypatch.setattr(kernels, "_BUILT", {})
+    monkeypatch.setenv("ZOO_DISABLE_KERNELS", disabled)
+    wanted = [name for name in kernels.SOURCES if name != disabled]
+    meeting = threading.Barrier(len(wanted), timeout=30)
+    built = []
+
+    def build(name, source):
+        meeting.wait()  # BrokenBarrierError unless every wanted build runs at the same time
+        built.append(name)
+        return None if name == f"zoo_{failing}_cpu" else f"{source} built"
+
+    monkeypatch.setattr(kernels, "_build", build)
+    assert kernels.compiled("elementwise") == "elementwise_cpu.cpp built"
+    assert sorted(built) == sorted(f"zoo_{name}_cpu" for name in wanted)
+    expected = {name: None if name in (disabled, failing) else f"{source} built"
+                for name, source in kernels.SOURCES.items()}
+    assert {name: kernels.compiled(name) for name in kernels.SOURCES} == expected
+    assert kernels.build_cpu_kernels() == expected
+    assert len(built) == len(wanted)  # nothing built twice

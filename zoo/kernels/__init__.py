@@ -15,8 +15,9 @@
   holds the dropout mask rule and seed they share); `triton_aot.py` compiles them for CUDA GPUs on a
   machine without one, to check their code.
 
-Each build needs a C++ compiler and takes about a minute once (cached under TORCH_EXTENSIONS_DIR);
-when it is not possible, the loader returns None and callers use their PyTorch path.
+Each build needs a C++ compiler and takes about 20 s once (cached under TORCH_EXTENSIONS_DIR); the
+first use of any of them builds the three at once (`build_cpu_kernels`). Where a build is not possible,
+the loader returns None and callers use their PyTorch path.
 
 `ops.py` wraps the kernels as PyTorch operators (torch.ops.zoo.*) that torch.compile traces through;
 `registry.py` is the table of every op's implementations (these kernels, torch's, the references)
@@ -31,10 +32,12 @@ rows: unit stride), inside their bodies, which costs nothing when they are.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -116,14 +119,39 @@ def _import_triton():
         return None
 
 
+_BUILDING = threading.Lock()  # one thread builds; another that needs a module meanwhile waits for it
+
+
 @torch.compiler.disable
 def _load(name: str):
-    if name not in _BUILT:
-        if disabled_by_environment(name):
-            _BUILT[name] = None
-        else:
-            _BUILT[name] = _import_triton() if name == "triton" else _build(f"zoo_{name}_cpu", SOURCES[name])
+    if name == "triton":
+        if name not in _BUILT:
+            _BUILT[name] = None if disabled_by_environment(name) else _import_triton()
+    else:
+        build_cpu_kernels()
     return _BUILT[name]
+
+
+def build_cpu_kernels() -> dict[str, object]:
+    """Build (or load from the cache) every C++ module not built yet in this process and not switched
+    off by ZOO_DISABLE_KERNELS, all at once: each is one compiler process of about 20 s, and a model on
+    the CPU uses all three in its first training step, so the first use of any of them starts the three
+    (on two cores about 30 s instead of a minute). Returns {name: module, or None where it could not be
+    built or is switched off}."""
+    with _BUILDING:
+        wanted = [name for name in SOURCES if name not in _BUILT]
+        for name in [name for name in wanted if disabled_by_environment(name)]:
+            _BUILT[name] = None
+            wanted.remove(name)
+        if len(wanted) == 1:
+            _BUILT[wanted[0]] = _build(f"zoo_{wanted[0]}_cpu", SOURCES[wanted[0]])
+        elif wanted:
+            import torch.utils.cpp_extension  # noqa: F401  imported here, not by the threads at once
+
+            with concurrent.futures.ThreadPoolExecutor(len(wanted), thread_name_prefix="zoo-kernel-build") as pool:
+                modules = pool.map(lambda name: _build(f"zoo_{name}_cpu", SOURCES[name]), wanted)
+                _BUILT.update(zip(wanted, modules))
+    return {name: _BUILT[name] for name in SOURCES}
 
 
 def compiled(name: str):
