@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# slow: 47 s with torch.compile's caches filled, 130 s without (its four compiled cells), on a 2-core CPU;
+# .ci/run runs it after the default test run
+@pytest.mark.slow
 def test_the_gpu_benchmark_runs_every_cell_in_its_dry_mode(tmp_path):
     result = subprocess.run([sys.executable, "scripts/benchmarks/gpu.py", "--dry", "--steps", "2", "--out", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
