@@ -28,15 +28,16 @@ def rope_cos_sin(
     position_ids: torch.Tensor,
     inv_freq: torch.Tensor,
     dtype: torch.dtype,
-    mscale: float = 1.0,
+    mscale: float | torch.Tensor = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos(nθ_i)·mscale and sin(nθ_i)·mscale for positions [..., S] → two tensors [..., S, d/2].
 
-    The product n·θ_i and the trigonometric functions run in float64.
+    The product n·θ_i and the trigonometric functions run in float64. A tensor mscale (YaRN's, a scalar
+    on the tables' device) multiplies without being read back to decide.
     """
     angles = position_ids.to(torch.float64)[..., None] * inv_freq.to(device=position_ids.device, dtype=torch.float64)
     cos, sin = torch.cos(angles), torch.sin(angles)
-    if mscale != 1.0:
+    if isinstance(mscale, torch.Tensor) or mscale != 1.0:
         cos, sin = cos * mscale, sin * mscale
     return cos.to(dtype), sin.to(dtype)
 

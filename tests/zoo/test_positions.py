@@ -176,7 +176,8 @@ def test_rope_variant_frequency_endpoints():
     assert bool(torch.all(mixed[1:] / plain[1:] < mixed[:-1] / plain[:-1]))
     yarn = positions.yarn_inv_freq(D, BASE, KAPPA, N)
     assert yarn[0] == plain[0] and math.isclose(yarn[-1].item(), plain[-1].item() / KAPPA, rel_tol=1e-12)
-    assert positions.yarn_mscale(1.0) == 1.0 and math.isclose(positions.yarn_mscale(8.0), 0.1 * math.log(8) + 1)
+    assert [positions.yarn_mscale(kappa).item() for kappa in (0.5, 1.0)] == [1.0, 1.0]
+    assert math.isclose(positions.yarn_mscale(8.0).item(), 0.1 * math.log(8) + 1, rel_tol=1e-15)
 
 
 def test_ntk_dynamic_per_row_base():

@@ -254,3 +254,22 @@ def test_the_operators_take_empty_inputs_of_any_strides():
     for keep_layout in (False, True):
         assert ops.rope(x, cos, sin, 1.0, keep_layout).shape == (0, 2, 5, 8)
     assert block_shape(0, 5, 3) == (1, 1) and block_shape(5, 0, 3) == (1, 5)
+
+
+@pytest.mark.parametrize("name", ["ntk_mixed", "yarn", "ntk", "pi"])
+def test_a_length_scaled_position_variant_compiles_once_for_every_longer_length(name):
+    """κ = L/N is symbolic in the length under torch.compile. NTK-mixed's ln κ and YaRN's temperature were
+    taken with math.log, which fixed κ to one value: every new length compiled the model again, and past
+    dynamo's limit of 8 the model ran eagerly without a word. Now the first length compiles with its sizes
+    fixed, the second with them symbolic, and every later one reuses that graph; the logits are eager's."""
+    torch.manual_seed(0)
+    model = zoo.create("roformer-v2-mini", task="masked-lm", num_hidden_layers=1).eval()
+    variant = zoo.positions.variant(name, train_length=16)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(lambda ids: model(input_ids=ids, position_variant=variant).logits, backend=counter)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for length in (24, 32, 40, 48, 56):
+            ids = torch.randint(104, 12000, (2, length), generator=generator)
+            assert torch.equal(compiled(ids), model(input_ids=ids, position_variant=variant).logits), length
+    assert counter.frame_count == 2

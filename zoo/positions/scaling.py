@@ -36,8 +36,11 @@ def ntk_fixed_inv_freq(dim: int, base: float, kappa: float, device=None) -> torc
 
 
 def ntk_mixed_inv_freq(dim: int, base: float, kappa: float, exponent: float = 0.625, device=None) -> torch.Tensor:
-    """Su's NTK-mixed: θ_p·exp(−a·(p+1)^b'), a = ln κ / (d/2)^b' (B.5; b' = 0.625 in his GAU runs)."""
-    a = math.log(kappa) / (dim / 2) ** exponent
+    """Su's NTK-mixed: θ_p·exp(−a·(p+1)^b'), a = ln κ / (d/2)^b' (B.5; b' = 0.625 in his GAU runs).
+
+    ln κ is taken of a tensor: under torch.compile κ is symbolic in the length, and `math.log` would fix it
+    to one value, so that every new length compiled the model again."""
+    a = torch.scalar_tensor(kappa, dtype=torch.float64, device=device).log() / (dim / 2) ** exponent
     p = torch.arange(dim // 2, dtype=torch.float64, device=device)
     return rope_inv_freq(dim, base, device) * torch.exp(-a * (p + 1) ** exponent)
 
@@ -74,9 +77,11 @@ def yarn_inv_freq(dim: int, base: float, kappa: float, train_length: int,
     return extrapolated / kappa * ramp + extrapolated * (1 - ramp)
 
 
-def yarn_mscale(kappa: float) -> float:
-    """YaRN attention temperature on cos and sin: 0.1·ln κ + 1 (logits × its square, B.5)."""
-    return 0.1 * math.log(kappa) + 1.0 if kappa > 1 else 1.0
+def yarn_mscale(kappa: float, device=None) -> torch.Tensor:
+    """YaRN attention temperature on cos and sin: 0.1·ln κ + 1, and 1 for κ ≤ 1 (logits × its square,
+    B.5), as a float64 scalar tensor on `device`: under torch.compile κ is symbolic in the length, and
+    `math.log` would fix it to one value, so that every new length compiled the model again."""
+    return torch.scalar_tensor(kappa, dtype=torch.float64, device=device).clamp_min(1.0).log() * 0.1 + 1.0
 
 
 def check_ntk_dim(dim: int) -> None:

@@ -89,8 +89,9 @@ class PositionVariant:
         return max(1.0, seq_len / self.train_length)
 
     def inv_freq(self, dim: int, base: float, seq_len: int, lengths: torch.Tensor | None = None,
-                 device=None) -> tuple[torch.Tensor, float]:
-        """(inv_freq in float64 on `device`, mscale) of this variant at sequence length `seq_len`.
+                 device=None) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """(inv_freq in float64 on `device`, mscale: 1.0, or YaRN's as a tensor) of this variant at sequence
+        length `seq_len`.
 
         Dynamic NTK takes one base per row from `lengths` [B] (the valid tokens of each row; by default
         `seq_len`).
@@ -111,7 +112,7 @@ class PositionVariant:
             lengths = torch.full((1,), seq_len, device=device) if lengths is None else lengths.to(device)
             return ntk_dynamic_inv_freq(dim, base, lengths, self.train_length, self.dynamic_factor), 1.0
         return (yarn_inv_freq(dim, base, kappa, self.train_length, self.yarn_beta_fast, self.yarn_beta_slow, device=device),
-                yarn_mscale(kappa))
+                yarn_mscale(kappa, device))
 
     def leaky_k(self, seq_len: int) -> float | None:
         """Leaky ReRoPE's k at this length (None = ReRoPE, k = ∞)."""
