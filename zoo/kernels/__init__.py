@@ -136,7 +136,7 @@ def build_cpu_kernels() -> dict[str, object]:
     """Build (or load from the cache) every C++ module not built yet in this process and not switched
     off by ZOO_DISABLE_KERNELS, all at once: each is one compiler process of about 20 s, and a model on
     the CPU uses all three in its first training step, so the first use of any of them starts the three
-    (on two cores about 30 s instead of a minute). Returns {name: module, or None where it could not be
+    (on two cores 35 s instead of 65: BENCHMARKS.md). Returns {name: module, or None where it could not be
     built or is switched off}."""
     with _BUILDING:
         wanted = [name for name in SOURCES if name not in _BUILT]
