@@ -40,7 +40,7 @@ start = time.perf_counter()
 if way == "at once":
     built = kernels.build_cpu_kernels()
 else:
-    built = {name: kernels._build(f"zoo_{name}_cpu", source) for name, source in kernels.SOURCES.items()}
+    built = {name: kernels.build_module(name) for name in kernels.SOURCES}
 print(json.dumps({"seconds": time.perf_counter() - start, "built": {k: v is not None for k, v in built.items()}}))
 """
 

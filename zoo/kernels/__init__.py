@@ -139,19 +139,20 @@ def build_cpu_kernels() -> dict[str, object]:
     (on two cores 35 s instead of 65: BENCHMARKS.md). Returns {name: module, or None where it could not be
     built or is switched off}."""
     with _BUILDING:
+        _BUILT.update({name: None for name in SOURCES if name not in _BUILT and disabled_by_environment(name)})
         wanted = [name for name in SOURCES if name not in _BUILT]
-        for name in [name for name in wanted if disabled_by_environment(name)]:
-            _BUILT[name] = None
-            wanted.remove(name)
-        if len(wanted) == 1:
-            _BUILT[wanted[0]] = _build(f"zoo_{wanted[0]}_cpu", SOURCES[wanted[0]])
-        elif wanted:
+        if wanted:
             import torch.utils.cpp_extension  # noqa: F401  imported here, not by the threads at once
 
             with concurrent.futures.ThreadPoolExecutor(len(wanted), thread_name_prefix="zoo-kernel-build") as pool:
-                modules = pool.map(lambda name: _build(f"zoo_{name}_cpu", SOURCES[name]), wanted)
-                _BUILT.update(zip(wanted, modules))
+                _BUILT.update(zip(wanted, pool.map(build_module, wanted)))
     return {name: _BUILT[name] for name in SOURCES}
+
+
+def build_module(name: str):
+    """Build (or load from the cache) the C++ module `name` ("dropout", "attention", "elementwise") alone,
+    whether or not this process has it already; None where it cannot be built."""
+    return _build(f"zoo_{name}_cpu", SOURCES[name])
 
 
 def compiled(name: str):
