@@ -14,8 +14,8 @@
 # interpreter, which runs the Triton kernels' tests on a machine without a GPU, fails on any loop over
 # a runtime integer with numpy 2.4 (`only 0-dimensional arrays can be converted to Python scalars`:
 # Triton's bug, fixed in 3.7), so where no GPU is present Triton 3.7 replaces the pinned one. The
-# project is installed without the `test` extra for the same reason: its Triton range would make pip
-# replace the torch under test.
+# `test` extra's Triton range is left out for the same reason: it would make pip replace the torch
+# under test.
 #
 # Each venv keeps its own caches (torch extensions, inductor, Triton) under its folder. The log of each
 # run is VENVS/torch-V/pytest.log; the script ends with one line per version and fails if any run did.
@@ -34,12 +34,13 @@ for version in "$@"; do
   if [ ! -x "$venv/bin/python" ]; then
     "$PYTHON" -m venv "$venv" || { RESULT[$version]="venv failed"; failed=1; continue; }
   fi
-  # the project's own dependencies but torch, with torch pinned: a release below pyproject's bound is
-  # tested as it is, not replaced by pip with one inside it
-  if ! { "$venv/bin/python" -c "import tomllib, sys; deps = tomllib.load(open(sys.argv[1], 'rb'))['project']['dependencies'];
-print('\n'.join(d for d in deps if not d.replace(' ', '').startswith(('torch>', 'torch<', 'torch='))))" \
+  # the project's dependencies and its test extra but torch and Triton, with torch pinned: a release below
+  # pyproject's bound is tested as it is, not replaced by pip with one inside it
+  if ! { "$venv/bin/python" -c "import re, sys, tomllib; project = tomllib.load(open(sys.argv[1], 'rb'))['project'];
+deps = project['dependencies'] + project['optional-dependencies']['test'];
+print('\n'.join(d for d in deps if re.match(r'[A-Za-z0-9_.-]+', d)[0] not in ('torch', 'triton')))" \
            "$ROOT/pyproject.toml" >"$venv/requirements.txt" &&
-         "$venv/bin/pip" install -q "torch==$version" -r "$venv/requirements.txt" pytest accelerate pytest-timeout &&
+         "$venv/bin/pip" install -q "torch==$version" -r "$venv/requirements.txt" &&
          "$venv/bin/pip" install -q --no-deps -e "$ROOT"; }; then
     RESULT[$version]="install failed"; failed=1; continue
   fi
